@@ -1,0 +1,1 @@
+"""Data: toy distributions with exact scores; TFDS builders and the grain pipeline (training issue)."""

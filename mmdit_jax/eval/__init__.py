@@ -1,0 +1,1 @@
+"""Evaluation: sample-based metrics (and, later, evaluators for the shapes data)."""

@@ -1,0 +1,1 @@
+"""Flax Linen modules: pure functions of (params, inputs)."""
