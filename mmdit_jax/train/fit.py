@@ -21,15 +21,17 @@ def fit(
     n_steps: int,
     learning_rate: float = 1e-3,
     batch_size: int = 128,
+    cosine_decay: bool = False,
 ) -> tuple[Any, Array]:
     """Minimise ``loss_fn(params, x, key)`` on batches ``sample_batch(key, batch_size)``.
 
-    Returns the final parameters and the loss of every step ``(n_steps,)``.
+    With ``cosine_decay`` the learning rate decays to 0 over ``n_steps`` (averages out gradient noise, which
+    dominates DSM at small noise levels). Returns the final parameters and every step's loss ``(n_steps,)``.
     """
     check_positive_int("n_steps", n_steps)
     check_positive_int("batch_size", batch_size)
     check_positive("learning_rate", learning_rate)
-    opt = optax.adam(learning_rate)
+    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, n_steps) if cosine_decay else learning_rate)
 
     @jax.jit
     def run(params, key):
