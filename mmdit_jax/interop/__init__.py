@@ -1,0 +1,1 @@
+"""Weight conversion to and from diffusers / Stability / Hugging Face folders (numpy + safetensors, no torch)."""

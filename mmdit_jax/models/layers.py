@@ -1,0 +1,99 @@
+"""Building blocks shared by the MMDiT and the text encoders: norms, modulation, MLPs, attention.
+
+Norm statistics are computed in float32 whatever the compute dtype (as torch does for LayerNorm and as
+diffusers' RMSNorm does), then cast back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+
+def layer_norm(x: Array, eps: float = 1e-6) -> Array:
+    """Affine-free LayerNorm over the last axis: two-pass biased variance, eps inside the sqrt."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+    """adaLN modulation ``x (1 + scale) + shift``; ``x: (B, N, D)``, ``shift, scale: (B, D)``."""
+    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (learned ``scale``; diffusers' ``weight``)."""
+
+    eps: float = 1e-6
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """``W2 gelu_tanh(W1 u + b1) + b2`` with hidden width ``mult * D`` (diffusers ``gelu-approximate``)."""
+
+    mult: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, u: Array) -> Array:
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        h = jax.nn.gelu(dense(self.mult * u.shape[-1], "proj_in")(u), approximate=True)
+        return dense(u.shape[-1], "proj_out")(h)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of the image stream, optionally joint with a context stream.
+
+    Joint (SD3): ``Q = [q(x); q'(c)]`` etc. concatenated along the sequence, image tokens first; one softmax
+    over all ``N + T`` keys; outputs split back and projected per stream. Optional per-head RMS QK-norm.
+    ``x: (B, N, D)``, ``c: (B, T, D)`` -> ``(B, N, D), (B, T, D) | None``.
+    """
+
+    num_heads: int
+    head_dim: int
+    qk_norm: bool = False
+    joint: bool = False
+    context_out: bool = True
+    attention_impl: str | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _proj(self, name: str, u: Array) -> Array:
+        out = nn.Dense(self.num_heads * self.head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(u)
+        return out.reshape(u.shape[:2] + (self.num_heads, self.head_dim))  # contiguous head blocks
+
+    def _norm(self, name: str, u: Array) -> Array:
+        return RMSNorm(param_dtype=self.param_dtype, name=name)(u) if self.qk_norm else u
+
+    @nn.compact
+    def __call__(self, x: Array, c: Array | None = None) -> tuple[Array, Array | None]:
+        q = self._norm("norm_q", self._proj("to_q", x))
+        k = self._norm("norm_k", self._proj("to_k", x))
+        v = self._proj("to_v", x)
+        n = x.shape[1]
+        if self.joint:
+            q = jnp.concatenate([q, self._norm("norm_added_q", self._proj("add_q_proj", c))], axis=1)
+            k = jnp.concatenate([k, self._norm("norm_added_k", self._proj("add_k_proj", c))], axis=1)
+            v = jnp.concatenate([v, self._proj("add_v_proj", c)], axis=1)
+        o = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))
+        dense = lambda name: nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        out_x = dense("to_out")(o[:, :n])
+        out_c = dense("to_add_out")(o[:, n:]) if self.joint and self.context_out else None
+        return out_x, out_c

@@ -1,0 +1,228 @@
+"""The SD3 / SD3.5 multimodal diffusion transformer (reference mmdit_spec.md §1), as Flax Linen modules.
+
+    tokens  = PatchEmbed(x) + crop(pos_table)                         x: (B, H, W, C) -> (B, N, D)
+    y       = e_t + h_y  (e_t = MLP(timestep features), h_y = MLP(pooled));  y = e_t without the pooled path
+    c       = context_embedder(context)                               (B, T, d_ctx) -> (B, T, D)
+    (x, c)  = JointBlock_i(x, c, y), i = 0 .. L-1 (the last block is context-pre-only)
+    out     = unpatchify(proj_out(modulate(LN(x), shift, scale)))   -> (B, H, W, C_out)
+
+Variables: ``params`` (trainable) and ``buffers`` (the position table, loaded from checkpoints, never trained).
+The image stream may carry extra token groups after the N patch tokens (e.g. clean reference tokens for
+in-context editing); the output is always read from the first N tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmdit_jax.models.embeddings import (
+    MLPEmbedder, crop_position_table, sincos_2d_table, timestep_features, unpatchify,
+)
+from mmdit_jax.models.layers import Attention, FeedForward, layer_norm, modulate
+from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive_int
+
+Array = jax.Array
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class MMDiTConfig:
+    """Architecture and numerics. ``hidden = num_heads * head_dim``; the context projection width is ``hidden``."""
+
+    patch_size: int = 2
+    in_channels: int = 16
+    out_channels: int = 16
+    num_layers: int = 24
+    num_heads: int = 24
+    head_dim: int = 64
+    joint_attention_dim: int = 4096          # width of the text tokens c
+    pooled_projection_dim: int = 2048        # width of the pooled text vector
+    use_pooled: bool = True                  # False: y = e_t, no h_y parameters (the CLIP-removal ablation)
+    pos_embed_max_size: int = 192
+    sample_size: int = 128                   # latent size the position table's frequencies are based on
+    qk_norm: str | None = None               # None | "rms_norm"
+    dual_attention_layers: tuple[int, ...] = ()
+    mlp_ratio: int = 4
+    dtype: str = "float32"                   # compute dtype
+    param_dtype: str = "float32"
+    remat: bool = False                      # rematerialise each block in the backward pass
+    scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
+    attention_impl: str | None = None        # jax.nn.dot_product_attention implementation: None | "xla" | "cudnn"
+
+    @property
+    def hidden(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "MMDiTConfig":
+        d = dict(d)
+        check_keys("model", d, {f.name for f in dataclasses.fields(cls)})
+        if "dual_attention_layers" in d:
+            d["dual_attention_layers"] = tuple(int(i) for i in d["dual_attention_layers"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for f in ("patch_size", "in_channels", "out_channels", "num_layers", "num_heads", "head_dim",
+                  "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio"):
+            check_positive_int(f"model.{f}", getattr(self, f))
+        if self.use_pooled:
+            check_positive_int("model.pooled_projection_dim", self.pooled_projection_dim)
+        check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.param_dtype", self.param_dtype, DTYPES)
+        check_choice("model.attention_impl", str(self.attention_impl), ("None", "xla", "cudnn"))
+        bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers - 1]
+        if bad:
+            raise ConfigError(f"model.dual_attention_layers {bad} must lie in [0, num_layers - 1 = {self.num_layers - 1})")
+
+    def block_groups(self) -> list[tuple[int, int, bool]]:
+        """Runs ``(start, stop, dual)`` of identical blocks among layers ``0 .. L-2`` (scanned together)."""
+        groups: list[tuple[int, int, bool]] = []
+        for i in range(self.num_layers - 1):
+            dual = i in self.dual_attention_layers
+            if groups and groups[-1][2] == dual:
+                groups[-1] = (groups[-1][0], i + 1, dual)
+            else:
+                groups.append((i, i + 1, dual))
+        return groups
+
+
+class JointBlock(nn.Module):
+    """One MMDiT block (spec §1.4): adaLN-Zero on both streams, joint attention, gated residuals, MLPs.
+
+    ``x: (B, N, D)``, ``c: (B, T, D)``, ``y: (B, D)`` -> ``(x, c)`` (``c`` unchanged if context-pre-only).
+    """
+
+    config: MMDiTConfig
+    context_pre_only: bool = False
+    dual: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, c: Array, y: Array) -> tuple[Array, Array]:
+        cfg = self.config
+        dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        d = cfg.hidden
+        dense = lambda n, name: nn.Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
+        act = nn.silu(y)
+        mods = jnp.split(dense((9 if self.dual else 6) * d, "norm1")(act), 9 if self.dual else 6, axis=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
+        u = layer_norm(x)
+        n1 = modulate(u, shift_msa, scale_msa)
+        if self.context_pre_only:
+            scale_c, shift_c = jnp.split(dense(2 * d, "norm1_context")(act), 2, axis=-1)  # diffusers: scale first
+            m1 = modulate(layer_norm(c), shift_c, scale_c)
+        else:
+            c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = jnp.split(
+                dense(6 * d, "norm1_context")(act), 6, axis=-1)
+            m1 = modulate(layer_norm(c), c_shift_msa, c_scale_msa)
+        attn = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, qk_norm=cfg.qk_norm == "rms_norm",
+                    attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype)
+        attn_x, attn_c = Attention(joint=True, context_out=not self.context_pre_only, name="attn", **attn)(n1, m1)
+        x = x + gate_msa[:, None] * attn_x
+        if self.dual:  # SD3.5 MMDiT-X: image-only attention on the same LN output, second modulation
+            shift_msa2, scale_msa2, gate_msa2 = mods[6:]
+            x = x + gate_msa2[:, None] * Attention(name="attn2", **attn)(modulate(u, shift_msa2, scale_msa2))[0]
+        ff = dict(mult=cfg.mlp_ratio, dtype=dtype, param_dtype=pdtype)
+        x = x + gate_mlp[:, None] * FeedForward(name="ff", **ff)(modulate(layer_norm(x), shift_mlp, scale_mlp))
+        if not self.context_pre_only:
+            c = c + c_gate_msa[:, None] * attn_c
+            c = c + c_gate_mlp[:, None] * FeedForward(name="ff_context", **ff)(
+                modulate(layer_norm(c), c_shift_mlp, c_scale_mlp))
+        return x, c
+
+
+class _ScanBody(nn.Module):
+    """``nn.scan`` body: one block, bypassed where ``skip`` is true (skip-layer guidance inside a scan)."""
+
+    config: MMDiTConfig
+    dual: bool
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], y: Array, skip: Array) -> tuple[tuple[Array, Array], None]:
+        block = nn.remat(JointBlock) if self.config.remat else JointBlock
+        x, c = carry
+        nx, nc = block(self.config, dual=self.dual, name="block")(x, c, y)
+        return (jnp.where(skip, x, nx), jnp.where(skip, c, nc)), None
+
+
+class MMDiT(nn.Module):
+    """``(x: (B, H, W, C), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool) | None) -> (B, H, W, C_out)``.
+
+    ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
+    """
+
+    config: MMDiTConfig
+
+    def _check_inputs(self, x: Array, context: Array, pooled: Array | None) -> None:
+        cfg, p = self.config, self.config.patch_size
+        if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
+            raise ConfigError(f"x must be NHWC (B, H, W, {cfg.in_channels}) for model.in_channels={cfg.in_channels}, "
+                              f"got shape {x.shape}")
+        _, height, width, _ = x.shape
+        if height % p or width % p:
+            raise ConfigError(f"x spatial size {height}x{width} is not divisible by model.patch_size={p}")
+        m = cfg.pos_embed_max_size
+        if height // p > m or width // p > m:
+            raise ConfigError(f"x spatial size {height}x{width} gives a {height // p}x{width // p} patch grid, larger "
+                              f"than the position table (model.pos_embed_max_size={m} patches per side)")
+        if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
+            raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
+                              f"{cfg.joint_attention_dim}, got shape {context.shape}")
+        if cfg.use_pooled and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_projection_dim)):
+            raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="
+                              f"{cfg.pooled_projection_dim}, got {None if pooled is None else pooled.shape}")
+
+    @nn.compact
+    def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
+                 skip_layers: Sequence[int] = ()) -> Array:
+        cfg = self.config
+        self._check_inputs(x, context, pooled)
+        dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        d, p = cfg.hidden, cfg.patch_size
+        b, height, width, _ = x.shape
+        h, w = height // p, width // p
+        dense = lambda n, name: nn.Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
+
+        # Patch embedding + the centre-cropped sin-cos position table (a buffer: loaded, never trained).
+        patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,
+                          name="patch_embed")(x.astype(dtype))
+        table = self.variable("buffers", "pos_embed", lambda: jnp.asarray(sincos_2d_table(
+            d, cfg.pos_embed_max_size, cfg.sample_size // p))[None]).value
+        tokens = patches.reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
+
+        # Conditioning vector y = e_t + h_y (or e_t alone in the CLIP-removal ablation).
+        t_feat = timestep_features(jnp.broadcast_to(jnp.asarray(timestep), (b,))).astype(dtype)
+        y = MLPEmbedder(d, dtype, pdtype, name="timestep_embedder")(t_feat)
+        if cfg.use_pooled:
+            y = y + MLPEmbedder(d, dtype, pdtype, name="text_embedder")(pooled.astype(dtype))
+        c = dense(d, "context_embedder")(context.astype(dtype))
+
+        skip = frozenset(int(i) for i in skip_layers)
+        if cfg.scan_blocks:
+            for start, stop, dual in cfg.block_groups():
+                scan = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
+                               in_axes=(nn.broadcast, 0), length=stop - start)
+                mask = jnp.asarray([i in skip for i in range(start, stop)])
+                (tokens, c), _ = scan(cfg, dual, name=f"scan_{start}_{stop}")((tokens, c), y, mask)
+        else:
+            block = nn.remat(JointBlock) if cfg.remat else JointBlock
+            for i in range(cfg.num_layers - 1):
+                module = block(cfg, dual=i in cfg.dual_attention_layers, name=f"transformer_blocks_{i}")
+                if i not in skip or self.is_initializing():
+                    tokens, c = module(tokens, c, y)
+        last = cfg.num_layers - 1
+        last_block = (nn.remat(JointBlock) if cfg.remat else JointBlock)(
+            cfg, context_pre_only=True, name=f"transformer_blocks_{last}")
+        if last not in skip or self.is_initializing():
+            tokens, _ = last_block(tokens, c, y)
+
+        scale, shift = jnp.split(dense(2 * d, "norm_out")(nn.silu(y)), 2, axis=-1)  # diffusers: scale first
+        out = dense(p * p * cfg.out_channels, "proj_out")(modulate(layer_norm(tokens[:, :h * w]), shift, scale))
+        return unpatchify(out, h, w, p, cfg.out_channels)
