@@ -1,0 +1,119 @@
+"""MMDiT presets, parameter counts, memory, the CLIP-removal switch and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.mmdit import get_config
+from mmdit_jax.interop.sd3 import from_diffusers, load_sd3, to_diffusers
+from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.mmdit_params import abstract_variables, count_params
+from mmdit_jax.train.sharding import bytes_per_device
+from mmdit_jax.validation import ConfigError
+
+
+@pytest.mark.parametrize("name, billions", [("sd3_medium", 2.028), ("sd35_medium", 2.243), ("sd35_large", 8.057)])
+def test_parameter_counts_of_the_released_models(name, billions):
+    variables = abstract_variables(MMDiTConfig.from_dict(get_config(name)))
+    assert round(count_params(variables["params"]) / 1e9, 3) == billions
+    m = get_config(name).pos_embed_max_size
+    assert variables["buffers"]["pos_embed"].shape == (1, m * m, 64 * get_config(name).num_layers)
+
+
+def test_sd3_medium_params_and_adamw_state_fit_80gb_per_device_with_fsdp_over_8():
+    params = abstract_variables(MMDiTConfig.from_dict(get_config("sd3_medium")))["params"]
+    opt_state = jax.eval_shape(optax.adamw(1e-4).init, params)
+    per_device = bytes_per_device((params, opt_state), fsdp_size=8)
+    total = bytes_per_device((params, opt_state), fsdp_size=1)
+    assert total > 3 * 4 * 2.0e9                      # fp32 params + two fp32 moments really counted
+    assert per_device < total / 7.9                   # nearly everything is sharded
+    assert per_device < 80e9
+
+
+def _tiny(**overrides):
+    return MMDiTConfig.from_dict({**get_config("tiny"), **overrides})
+
+
+def _init(cfg, h=8, w=8, tokens=5):
+    x = jnp.ones((2, h, w, cfg.in_channels))
+    c = jnp.ones((2, tokens, cfg.joint_attention_dim))
+    y = jnp.ones((2, cfg.pooled_projection_dim)) if cfg.use_pooled else None
+    return MMDiT(cfg).init(jax.random.PRNGKey(0), x, jnp.ones((2,)), c, y), x, c, y
+
+
+def test_clip_removal_switch_drops_the_pooled_path_entirely():
+    with_pooled, *_ = _init(_tiny())
+    without, x, c, _ = _init(_tiny(use_pooled=False))
+    assert "text_embedder" in with_pooled["params"] and "text_embedder" not in without["params"]
+    out = MMDiT(_tiny(use_pooled=False)).apply(without, x, jnp.ones((2,)), c)
+    assert out.shape == x.shape
+    cfg = _tiny(use_pooled=False)
+    sd = to_diffusers(cfg, without)
+    assert not any(k.startswith("time_text_embed.text_embedder") for k in sd)
+    cfg2, _ = load_sd3(sd, head_dim=8)
+    assert cfg2.use_pooled is False
+
+
+def test_output_has_the_input_shape_and_pooled_vector_matters():
+    cfg = _tiny()
+    variables, x, c, y = _init(cfg, h=6, w=10)
+    x = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    a = MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, y)
+    b = MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, 2 * y)
+    assert a.shape == x.shape and float(jnp.abs(a - b).max()) > 0
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    cfg32 = _tiny()
+    variables, x, c, y = _init(cfg32)
+    x = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    ref = MMDiT(cfg32).apply(variables, x, jnp.full((2,), 500.0), c, y)
+    out = MMDiT(_tiny(dtype="bfloat16")).apply(variables, x, jnp.full((2,), 500.0), c, y)
+    assert out.dtype == jnp.bfloat16
+    assert float(jnp.abs(out.astype(jnp.float32) - ref).max() / jnp.abs(ref).max()) < 0.05
+
+
+@pytest.mark.parametrize("shape_x, shape_c, shape_y, match", [
+    ((2, 8, 8, 3), (2, 5, 32), (2, 64), "in_channels=4"),
+    ((2, 8, 8, 4), (2, 5, 16), (2, 64), "joint_attention_dim=32"),
+    ((2, 8, 8, 4), (2, 5, 32), (2, 63), "pooled_projection_dim=64"),
+    ((2, 200, 8, 4), (2, 5, 32), (2, 64), "pos_embed_max_size=96"),
+])
+def test_bad_input_shapes_name_the_field(shape_x, shape_c, shape_y, match):
+    cfg = _tiny()
+    variables, *_ = _init(cfg)
+    with pytest.raises(ConfigError, match=match):
+        MMDiT(cfg).apply(variables, jnp.ones(shape_x), jnp.ones((2,)), jnp.ones(shape_c), jnp.ones(shape_y))
+
+
+def test_spatial_size_not_divisible_by_patch_size():
+    cfg = MMDiTConfig.from_dict({**get_config("small"), "num_layers": 2})
+    with pytest.raises(ConfigError, match="not divisible by model.patch_size=2"):
+        _init(cfg, h=7, w=8)
+
+
+def test_checkpoint_with_missing_or_unexpected_keys_names_them():
+    cfg = _tiny()
+    variables, *_ = _init(cfg)
+    sd = to_diffusers(cfg, variables)
+    broken = dict(sd)
+    del broken["transformer_blocks.1.attn.to_q.weight"]
+    broken["transformer_blocks.1.attn.extra.weight"] = np.zeros(3)
+    with pytest.raises(ConfigError, match=r"missing keys \['transformer_blocks.1.attn.to_q.weight'\].*"
+                                          r"unexpected keys \['transformer_blocks.1.attn.extra.weight'\]"):
+        from_diffusers(broken, cfg)
+    with pytest.raises(ConfigError, match="pos_embed.proj.weight"):
+        load_sd3({k: v for k, v in sd.items() if k != "pos_embed.proj.weight"})
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("qk_norm", "layer_norm", "model.qk_norm"), ("dtype", "fp8", "model.dtype"),
+    ("dual_attention_layers", (3,), "dual_attention_layers"), ("num_heads", 0, "model.num_heads"),
+])
+def test_bad_model_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        _tiny(**{field: value})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        MMDiTConfig.from_dict({**get_config("tiny"), "depth": 3})
