@@ -1,0 +1,134 @@
+"""Hugging Face text-encoder folders (``config.json`` + safetensors, sharded or not) -> Flax CLIP / T5. No torch.
+
+Names follow transformers' ``CLIPTextModelWithProjection`` / ``CLIPTextModel`` and ``T5EncoderModel``.
+Every checkpoint key must map to a parameter of the module and every parameter must be filled; anything
+else is an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from mmdit_jax.interop.safetensors_io import load_state_dict
+from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
+from mmdit_jax.models.text.t5 import T5Config, T5Encoder
+from mmdit_jax.validation import ConfigError
+
+IGNORED = re.compile(r".*position_ids$")
+
+
+def _clip_path(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
+    key = key.removeprefix("text_model.")
+    ident = lambda w: w  # noqa: E731
+    if key == "embeddings.token_embedding.weight":
+        return ("token_embedding", "embedding"), ident
+    if key == "embeddings.position_embedding.weight":
+        return ("position_embedding",), ident
+    if key == "text_projection.weight":
+        return ("text_projection", "kernel"), np.transpose
+    if m := re.fullmatch(r"final_layer_norm\.(weight|bias)", key):
+        return ("final_layer_norm", "scale" if m[1] == "weight" else "bias"), ident
+    if m := re.fullmatch(r"encoder\.layers\.(\d+)\.(self_attn\.|mlp\.)?(\w+)\.(weight|bias)", key):
+        layer, name, kind = f"layers_{m[1]}", m[3], m[4]
+        if name.startswith("layer_norm"):
+            return (layer, name, "scale" if kind == "weight" else "bias"), ident
+        return (layer, name, "kernel" if kind == "weight" else "bias"), np.transpose if kind == "weight" else ident
+    return None
+
+
+def _t5_path(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
+    ident = lambda w: w  # noqa: E731
+    if key in ("shared.weight", "encoder.embed_tokens.weight"):
+        return ("shared", "embedding"), ident
+    if key == "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+        return ("relative_attention_bias",), ident
+    if key == "encoder.final_layer_norm.weight":
+        return ("final_layer_norm", "scale"), ident
+    if m := re.fullmatch(r"encoder\.block\.(\d+)\.layer\.([01])\.(SelfAttention\.|DenseReluDense\.)?(\w+)\.weight", key):
+        block, sub, name = f"block_{m[1]}", m[2], m[4]
+        if name == "layer_norm":
+            return (block, "attn_norm" if sub == "0" else "ff_norm", "scale"), ident
+        return (block, name, "kernel"), np.transpose
+    return None
+
+
+def _convert(sd: dict[str, np.ndarray], path_fn, module: nn.Module, ids_len: int, dtype: Any) -> dict[str, Any]:
+    flat, unexpected = {}, []
+    for key, w in sd.items():
+        if IGNORED.match(key):
+            continue
+        mapped = path_fn(key)
+        if mapped is None:
+            unexpected.append(key)
+            continue
+        path, fn = mapped
+        flat[path] = np.asarray(fn(np.asarray(w)), dtype=dtype)
+    abstract = flatten_dict(jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                                           jnp.zeros((1, ids_len), jnp.int32))["params"])
+    missing = sorted("/".join(p) for p in set(abstract) - set(flat))
+    unexpected += sorted("/".join(p) for p in set(flat) - set(abstract))
+    if missing or unexpected:
+        raise ConfigError(f"{type(module).__name__} checkpoint mismatch: missing {missing[:20]}, unexpected {unexpected[:20]}")
+    for path, leaf in abstract.items():
+        if flat[path].shape != leaf.shape:
+            raise ConfigError(f"{type(module).__name__} parameter {'/'.join(path)} has shape {flat[path].shape}, "
+                              f"expected {leaf.shape} from config.json")
+    return {"params": unflatten_dict(flat)}
+
+
+def _read_config(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"no config.json in text-encoder folder {folder!r}")
+    with open(path) as f:
+        raw = json.load(f)
+    return raw.get("text_config", raw)
+
+
+def clip_config_from_hf(raw: dict[str, Any], has_projection: bool) -> CLIPTextConfig:
+    cfg = CLIPTextConfig(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"], num_heads=raw["num_attention_heads"],
+        max_position_embeddings=raw["max_position_embeddings"],
+        projection_dim=raw.get("projection_dim", raw["hidden_size"]) if has_projection else None,
+        hidden_act=raw.get("hidden_act", "quick_gelu"), layer_norm_eps=raw.get("layer_norm_eps", 1e-5),
+        eos_token_id=raw.get("eos_token_id", 2))
+    cfg.validate()
+    return cfg
+
+
+def load_clip(folder: str, dtype: Any = np.float32) -> tuple[CLIPTextConfig, dict[str, Any]]:
+    """``(config, variables)`` of a CLIP text encoder from a local Hugging Face folder."""
+    sd = load_state_dict(folder)
+    cfg = clip_config_from_hf(_read_config(folder), has_projection="text_projection.weight" in sd)
+    return cfg, _convert(sd, _clip_path, CLIPTextModel(cfg), cfg.max_position_embeddings, dtype)
+
+
+def t5_config_from_hf(raw: dict[str, Any]) -> T5Config:
+    if raw.get("feed_forward_proj", "gated-gelu") != "gated-gelu":
+        raise ConfigError(f"T5 feed_forward_proj={raw['feed_forward_proj']!r} is not supported; T5 v1.1 uses 'gated-gelu'")
+    cfg = T5Config(vocab_size=raw["vocab_size"], d_model=raw["d_model"], d_kv=raw["d_kv"], d_ff=raw["d_ff"],
+                   num_layers=raw["num_layers"], num_heads=raw["num_heads"],
+                   relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
+                   relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
+                   layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-6))
+    cfg.validate()
+    return cfg
+
+
+def load_t5(folder: str, dtype: Any = np.float32) -> tuple[T5Config, dict[str, Any]]:
+    """``(config, variables)`` of a T5 v1.1 encoder from a local Hugging Face folder."""
+    sd = load_state_dict(folder)
+    if "shared.weight" in sd:
+        sd.pop("encoder.embed_tokens.weight", None)  # tied copy of shared.weight
+    cfg = t5_config_from_hf(_read_config(folder))
+    return cfg, _convert(sd, _t5_path, T5Encoder(cfg), 8, dtype)
