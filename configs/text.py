@@ -1,0 +1,24 @@
+"""SD3 text conditioning: which encoders, their sizes (presets) or local Hugging Face folders, max lengths,
+and the independent per-encoder drop probabilities used in training for classifier-free guidance.
+
+``get_config("sd3")``: real encoders, loaded from local folders you fill in (`path`, `tokenizer_path`).
+``get_config("tiny")`` (default): tiny random encoders with the built-in tokenizers; runs offline anywhere.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    enc = lambda preset, n: ml_collections.ConfigDict(  # noqa: E731
+        dict(enabled=True, preset=preset, path="", tokenizer_path="", max_length=n))
+    if arg == "sd3":
+        c.clip_l, c.clip_g, c.t5 = enc("clip_l14", 77), enc("clip_g14", 77), enc("t5_xxl", 256)
+        c.joint_dim = 4096
+    elif arg == "tiny":
+        c.clip_l, c.clip_g, c.t5 = enc("clip_tiny", 77), enc("clip_tiny_g", 77), enc("t5_small", 32)
+        c.joint_dim = 128      # = the T5's d_model, >= the CLIP widths 32 + 64
+    else:
+        raise ValueError(f"configs/text.py: unknown argument {arg!r}; valid: 'tiny', 'sd3'")
+    c.drop_probs = (0.464, 0.464, 0.464)     # SD3: each encoder dropped independently with p = 46.4%
+    return c

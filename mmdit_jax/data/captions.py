@@ -1,0 +1,60 @@
+"""Captions of the built-in ``shapes`` images: attributes -> text, from two words to long sentences.
+
+The vocabulary is closed and small (shapes, colours, sizes, positions), so a researcher can vary one attribute
+at a time and count prompt tokens exactly. Deterministic: the same attributes and template give the same text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "cyan")
+COLOUR_RGB = {
+    "red": (230, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (235, 220, 40),
+    "purple": (150, 60, 200), "orange": (245, 140, 30), "white": (240, 240, 240), "cyan": (40, 210, 220),
+}
+SIZES = ("small", "medium", "large")
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeObject:
+    shape: str
+    colour: str
+    size: str
+    position: str
+
+
+# Templates from shortest to longest; {s} shape, {c} colour, {z} size, {p} position.
+TEMPLATES = (
+    "{c} {s}",
+    "a {c} {s}",
+    "a {z} {c} {s}",
+    "a {c} {s} in the {p}",
+    "a {z} {c} {s} in the {p}",
+    "an image of a {z} {c} {s} in the {p}",
+    "a photo of a {z} {c} {s} placed in the {p} of the picture",
+    "there is a {z} {c} {s} in the {p} of the image, drawn on a plain black background",
+    "a simple drawing that shows one {z} {c} {s}, located in the {p} part of an otherwise empty black canvas",
+)
+
+
+def describe(obj: ShapeObject, template: int) -> str:
+    """One object's phrase with template ``template`` (0 = shortest)."""
+    return TEMPLATES[template].format(s=obj.shape, c=obj.colour, z=obj.size, p=obj.position)
+
+
+def caption(objects: tuple[ShapeObject, ...], template: int) -> str:
+    """A caption of one or more objects, joined with 'and'."""
+    return " and ".join(describe(o, template) for o in objects)
+
+
+def corpus() -> list[str]:
+    """Every single-object caption under every template, plus two-object captions: the tokenizer corpus."""
+    objs = [ShapeObject(s, c, z, p) for s, c, z, p in itertools.product(SHAPES, COLOURS, SIZES, POSITIONS)]
+    lines = [describe(o, t) for o in objs for t in range(len(TEMPLATES))]
+    pairs = zip(objs[::7], objs[3::11])
+    lines += [caption(pair, t) for pair in pairs for t in (0, 2, 4)]
+    return lines

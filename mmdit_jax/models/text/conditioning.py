@@ -1,0 +1,159 @@
+"""The SD3 text conditioning (mmdit_spec.md §3), assembled exactly as diffusers' ``encode_prompt``:
+
+    c        = [ pad_right([H_L ; H_G], d_T) ; E_T5 ]  in R^{B x (77 + L_T) x d_T}
+    y_pooled = [ p_L ; p_G ]                            in R^{B x (d_L + d_G)}
+
+``H`` = penultimate CLIP hidden states (no final norm), ``p`` = projected pooled output (``text_embeds``),
+``E_T5`` = T5's last hidden state (zeros when T5 is absent). No attention masks. The negative prompt of
+classifier-free guidance is the encoded empty string. In training each encoder is dropped independently
+with its own probability; a dropped encoder contributes zeros (SD3 §5: 46.3% each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
+from mmdit_jax.models.text.t5 import T5Config, T5Encoder
+from mmdit_jax.models.text.tokenizers import PromptTokenizer
+from mmdit_jax.validation import ConfigError
+
+Array = jax.Array
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A frozen encoder: its config, variables and tokenizer."""
+
+    config: CLIPTextConfig | T5Config
+    variables: Any
+    tokenizer: PromptTokenizer
+
+    def __call__(self, prompts: Sequence[str]) -> dict[str, Any]:
+        ids = jnp.asarray(self.tokenizer(prompts))
+        module = CLIPTextModel(self.config) if isinstance(self.config, CLIPTextConfig) else T5Encoder(self.config)
+        return module.apply(self.variables, ids)
+
+
+@dataclasses.dataclass
+class SD3TextEncoders:
+    """CLIP-L, CLIP-G and T5 (any may be None). ``joint_dim`` is the MMDiT context width (T5's d_model in SD3)."""
+
+    clip_l: Encoder | None
+    clip_g: Encoder | None
+    t5: Encoder | None
+    joint_dim: int
+    t5_max_length: int = 256
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Array, Array]:
+        """``(c: (B, 77 + L_T, joint_dim), y_pooled: (B, d_L + d_G))`` for a list of prompts."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        b = len(prompts)
+        seqs, pooled = [], []
+        for enc in (self.clip_l, self.clip_g):
+            if enc is None:
+                raise ConfigError("SD3 conditioning needs both CLIP encoders (clip_l and clip_g); T5 is optional")
+            out = enc(prompts)
+            seqs.append(out["hidden_states"][-2])
+            pooled.append(out["text_embeds"] if "text_embeds" in out else out["pooled"])
+        clip_seq = jnp.concatenate(seqs, axis=-1)
+        if clip_seq.shape[-1] > self.joint_dim:
+            raise ConfigError(f"CLIP widths {clip_seq.shape[-1]} exceed the joint width {self.joint_dim}")
+        clip_seq = jnp.pad(clip_seq, ((0, 0), (0, 0), (0, self.joint_dim - clip_seq.shape[-1])))
+        if self.t5 is None:
+            t5_seq = jnp.zeros((b, self.t5_max_length, self.joint_dim), clip_seq.dtype)
+        else:
+            t5_seq = self.t5(prompts)["last_hidden_state"]
+            if t5_seq.shape[-1] != self.joint_dim:
+                raise ConfigError(f"T5 width {t5_seq.shape[-1]} differs from the joint width {self.joint_dim}")
+        return jnp.concatenate([clip_seq, t5_seq], axis=1), jnp.concatenate(pooled, axis=-1)
+
+    def encode_with_negative(self, prompts: Sequence[str], negative: Sequence[str] | None = None):
+        """``(c, y, c_neg, y_neg)``; the default negative prompt is the empty string, encoded."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        negative = [""] * len(prompts) if negative is None else list(negative)
+        return (*self.encode(prompts), *self.encode(negative))
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """``(d_L, d_G)``: where each encoder's part starts in the pooled vector (and in c's channels)."""
+        def width(enc):
+            return enc.config.projection_dim or enc.config.hidden_size
+        return width(self.clip_l), width(self.clip_g)
+
+
+def drop_encoders(key: Array, c: Array, y: Array, clip_widths: tuple[int, int], clip_tokens: int,
+                  drop_probs: tuple[float, float, float]) -> tuple[Array, Array]:
+    """Zero each encoder's contribution independently per example with ``drop_probs = (p_L, p_G, p_T5)``.
+
+    ``c: (B, clip_tokens + L_T, d)``: CLIP-L owns channels ``[0, h_L)`` of the first ``clip_tokens`` tokens, CLIP-G
+    channels ``[h_L, h_L + h_G)``; T5 owns the remaining tokens. ``y: (B, d_L + d_G)``. Hidden widths are taken
+    equal to the projection widths (true for SD3's encoders).
+    """
+    for i, p in enumerate(drop_probs):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"text.drop_probs[{i}] must be in [0, 1], got {p}")
+    b, t, d = c.shape
+    keep = jax.random.uniform(key, (3, b)) >= jnp.asarray(drop_probs)[:, None]      # (3, B)
+    d_l, d_g = clip_widths
+    chan = jnp.arange(d)
+    tok = jnp.arange(t)
+    clip_l_mask = (chan[None, :] < d_l)[None] & (tok < clip_tokens)[None, :, None]
+    clip_g_mask = ((chan >= d_l) & (chan < d_l + d_g))[None, None] & (tok < clip_tokens)[None, :, None]
+    t5_mask = (tok >= clip_tokens)[None, :, None]
+    c_keep = (clip_l_mask * keep[0][:, None, None] + clip_g_mask * keep[1][:, None, None]
+              + t5_mask * keep[2][:, None, None])
+    y_keep = jnp.concatenate([jnp.broadcast_to(keep[0][:, None], (b, d_l)),
+                              jnp.broadcast_to(keep[1][:, None], (b, d_g))], axis=-1)
+    return c * c_keep.astype(c.dtype), y * y_keep.astype(y.dtype)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# From a config (configs/text.py): which encoders, their sizes or local folders, lengths, drop probabilities.
+
+def _presets() -> dict[str, Any]:
+    from mmdit_jax.models.text import clip, t5
+
+    return {"clip_l14": clip.CLIP_L14, "clip_g14": clip.CLIP_G14, "clip_tiny": clip.CLIP_TINY,
+            "clip_tiny_g": dataclasses.replace(clip.CLIP_TINY, hidden_size=64, intermediate_size=128,
+                                               projection_dim=64, hidden_act="gelu"),
+            "t5_xxl": t5.T5_XXL, "t5_tiny": t5.T5_TINY,
+            "t5_small": t5.T5Config(vocab_size=500, d_model=128, d_kv=16, d_ff=256, num_layers=2, num_heads=8)}
+
+
+def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
+    from mmdit_jax.interop.hf_text import load_clip, load_t5
+    from mmdit_jax.validation import check_choice
+
+    tok_folder = cfg.get("tokenizer_path") or None
+    if cfg.get("path") and not tok_folder:
+        raise ConfigError(f"text.{kind}: path={cfg.path!r} is set, so tokenizer_path must point to that encoder's "
+                          "tokenizer folder (the built-in tokenizer only fits the built-in encoders)")
+    tokenizer = (PromptTokenizer(tok_folder, kind, cfg.max_length) if tok_folder
+                 else PromptTokenizer.default(kind, cfg.max_length))
+    if cfg.get("path"):
+        model_cfg, variables = (load_clip if kind == "clip" else load_t5)(cfg.path)
+    else:
+        presets = _presets()
+        check_choice(f"text.{kind}.preset", cfg.preset, presets)
+        model_cfg = presets[cfg.preset]
+        module = CLIPTextModel(model_cfg) if kind == "clip" else T5Encoder(model_cfg)
+        variables = module.init(key, jnp.zeros((1, cfg.max_length), jnp.int32))
+    if model_cfg.vocab_size < len(tokenizer.tokenizer):
+        raise ConfigError(f"text.{kind}: tokenizer has {len(tokenizer.tokenizer)} tokens but the encoder's "
+                          f"vocab_size is {model_cfg.vocab_size}")
+    return Encoder(model_cfg, variables, tokenizer)
+
+
+def sd3_text_encoders_from_config(config: Any, key: Array) -> SD3TextEncoders:
+    """Build CLIP-L, CLIP-G and (if enabled) T5 from ``config`` (see configs/text.py): local folders or presets."""
+    keys = jax.random.split(key, 3)
+    clip_l = _build_encoder(config.clip_l, "clip", keys[0])
+    clip_g = _build_encoder(config.clip_g, "clip", keys[1])
+    t5 = _build_encoder(config.t5, "t5", keys[2]) if config.t5.enabled else None
+    return SD3TextEncoders(clip_l, clip_g, t5, config.joint_dim, config.t5.max_length)
