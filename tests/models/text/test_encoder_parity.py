@@ -98,3 +98,18 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"missing \['final_layer_norm/bias'\].*layers_0/extra/kernel"):
         load_clip(str(tmp_path))
     del ref
+
+
+def test_sharded_checkpoint_folder_loads_identically(tmp_path):
+    cfg = transformers.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+                                feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    torch.manual_seed(4)
+    ref = randomise(transformers.T5EncoderModel(cfg).eval(), 4)
+    ref.save_pretrained(tmp_path / "one")
+    ref.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    assert list((tmp_path / "sharded").glob("*.index.json"))
+    _, one = load_t5(str(tmp_path / "one"))
+    _, sharded = load_t5(str(tmp_path / "sharded"))
+    import jax
+    jax.tree_util.tree_map(np.testing.assert_array_equal, one, sharded)
