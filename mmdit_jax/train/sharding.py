@@ -26,3 +26,32 @@ def bytes_per_device(tree: Any, fsdp_size: int) -> int:
         n = int(np.prod(leaf.shape)) // (fsdp_size if any(s is not None for s in spec) else 1)
         total += n * np.dtype(leaf.dtype).itemsize
     return total
+
+
+def make_mesh(data: int, fsdp: int, devices: Any = None) -> "jax.sharding.Mesh":
+    """A ``(data, fsdp)`` mesh over all devices; ``-1`` fills an axis with the remaining devices."""
+    from mmdit_jax.validation import ConfigError
+
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    n = devices.size
+    if data == -1 and fsdp == -1:
+        raise ConfigError("mesh.data and mesh.fsdp cannot both be -1")
+    if data == -1:
+        data = n // fsdp
+    if fsdp == -1:
+        fsdp = n // data
+    if data * fsdp != n:
+        raise ConfigError(f"mesh.data * mesh.fsdp = {data} * {fsdp} must equal the device count {n}")
+    return jax.sharding.Mesh(devices.reshape(data, fsdp), ("data", "fsdp"))
+
+
+def state_shardings(abstract_tree: Any, mesh: "jax.sharding.Mesh") -> Any:
+    """NamedShardings for a pytree: FSDP over the ``fsdp`` axis, replicated over ``data``."""
+    size = mesh.shape["fsdp"]
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.sharding.NamedSharding(mesh, fsdp_spec(getattr(leaf, "shape", ()), size)), abstract_tree)
+
+
+def batch_sharding(mesh: "jax.sharding.Mesh", ndim: int) -> "jax.sharding.NamedSharding":
+    """Batch axis split over every device (data and fsdp axes together)."""
+    return jax.sharding.NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))

@@ -1,0 +1,3 @@
+from mmdit_jax.cli import run
+
+run()

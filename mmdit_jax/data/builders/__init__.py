@@ -1,0 +1,1 @@
+"""TFDS builders (ArrayRecord format, no TensorFlow needed): shapes, digits, toy2d."""

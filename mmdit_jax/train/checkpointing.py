@@ -1,0 +1,83 @@
+"""Orbax checkpoints: train state (params, EMA, optimizer, step), data-iterator state and the config.
+
+Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when complete), keeping
+the newest ``keep`` steps. ``restore_latest`` tries the newest step first; if it cannot be read it logs the
+failure and falls back to the previous one. If checkpoints exist but none can be read it raises: a run is
+never silently restarted from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mmdit_jax.validation import ConfigError
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none could be restored."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, data_state: dict, config_json: str) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(json.loads(config_json))))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """``(step, state, data_state)`` of the newest readable checkpoint, or None if there is none."""
+        steps = self.steps()
+        if not steps:
+            return None
+        errors = []
+        for step in reversed(steps):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                if errors:
+                    logging.warning("restored the earlier checkpoint at step %d after: %s", step, "; ".join(errors))
+                return step, restored["state"], dict(restored["data"])
+            except Exception as e:  # any unreadable checkpoint: log it, try the previous one
+                msg = f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: {e})"
+                logging.error("%s; falling back to the previous checkpoint", msg)
+                errors.append(msg)
+        raise CheckpointError("no checkpoint could be restored, refusing to start from scratch over them:\n"
+                              + "\n".join(errors))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def check_workdir(workdir: str) -> None:
+    """Fail early, naming the folder, if the workdir cannot be created or written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir!r} is not writable: {e}") from e

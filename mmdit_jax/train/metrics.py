@@ -1,0 +1,75 @@
+"""Metrics: TensorBoard scalars and images (tensorboardX), a JSON-lines log, and a progress line with ETA."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """``image``: (H, W, 3) uint8."""
+        if self.enabled:
+            self._tb.add_image(name, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def report(message: str) -> None:
+    """A line on stdout from process 0 (library logs stay at WARNING unless --verbosity is raised)."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+class Progress:
+    """``step/total  loss  examples/s  ETA`` lines."""
+
+    def __init__(self, total: int, start_step: int, batch_size: int):
+        self.total, self.start_step, self.batch = total, start_step, batch_size
+        self.t0 = time.time()
+        self.last_t, self.last_step = self.t0, start_step
+
+    def update(self, step: int, loss: float) -> float:
+        now = time.time()
+        rate = (step - self.last_step) * self.batch / max(now - self.last_t, 1e-9)
+        done = step - self.start_step
+        eta = (now - self.t0) / max(done, 1) * (self.total - step)
+        width = 30
+        bar = "#" * int(width * step / self.total)
+        report(f"[{bar[:width]:<30s}] {step}/{self.total}  loss {loss:.4f}  {rate:.1f} examples/s  "
+               f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        self.last_t, self.last_step = now, step
+        return rate
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
