@@ -20,55 +20,107 @@ from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
 DATASETS = ("shapes", "digits", "toy2d", "tfds")
 
 
+def _make(cls: Any, config: Any, data_dir: str):
+    # TFDS refuses a config object named like a predefined one; pass the name then.
+    known = {c.name for c in cls.BUILDER_CONFIGS}
+    return cls(config=config.name if config.name in known else config, data_dir=data_dir, file_format="array_record")
+
+
 def _builder(cfg: Any, data_dir: str):
     name = cfg.name
     check_choice("data.name", name, DATASETS)
     if name == "shapes":
         from mmdit_jax.data.builders.shapes import Shapes, shapes_config
 
-        return Shapes(config=shapes_config(cfg.image_size, cfg.num_train, cfg.num_test, cfg.max_objects, cfg.seed),
-                      data_dir=data_dir, file_format="array_record")
+        return _make(Shapes, shapes_config(cfg.image_size, cfg.num_train, cfg.num_test, cfg.max_objects, cfg.seed),
+                     data_dir)
     if name == "digits":
         from mmdit_jax.data.builders.digits import Digits, digits_config
 
-        return Digits(config=digits_config(cfg.image_size), data_dir=data_dir, file_format="array_record")
+        return _make(Digits, digits_config(cfg.image_size), data_dir)
     if name == "toy2d":
         from mmdit_jax.data.builders.toy2d import Toy2D
 
         return Toy2D(data_dir=data_dir, file_format="array_record")
     try:
-        builder = tfds.builder(cfg.tfds_name, data_dir=data_dir)
+        return tfds.builder(cfg.tfds_name, data_dir=data_dir)
     except Exception as e:  # tfds raises its own DatasetNotFoundError subclasses
         raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} is not a TFDS dataset: {e}") from e
-    if not builder.is_prepared():
-        raise ConfigError(f"TFDS dataset {cfg.tfds_name!r} is not prepared in {data_dir!r}; this code never "
-                          "downloads: prepare it locally (in array_record format) and set data.data_dir")
-    return builder
 
 
 def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
-    """``{"train": source, "test": source}`` of random-access records (dicts of numpy arrays / bytes)."""
+    """``{"train": source, "test": source}`` of random-access records (dicts of numpy arrays / bytes).
+
+    The built-in data sets are generated locally on first use; a TFDS data set by name must already be
+    prepared (in array_record format) under ``data_dir``: nothing is ever downloaded.
+    """
     builder = _builder(cfg, data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare()
-    return builder.as_data_source()
+    if cfg.name != "tfds":
+        import jax
+
+        if jax.process_index() == 0 and not builder.is_prepared():
+            builder.download_and_prepare()
+        if jax.process_count() > 1:  # the others wait until process 0 has written the files
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"prepared {cfg.name}")
+            builder = _builder(cfg, data_dir)
+        return builder.as_data_source()
+    try:
+        raw = {split: builder.as_data_source(split=split) for split in ("train", "test")}
+    except Exception as e:
+        raise ConfigError(f"TFDS dataset {cfg.tfds_name!r} is not prepared in {data_dir!r} in array_record format; "
+                          f"this code never downloads: prepare it locally and set data.data_dir ({e})") from e
+    label = builder.info.features["label"] if "label" in builder.info.features else None
+    names = list(label.names) if label is not None and hasattr(label, "names") else None
+    normalize = generic_record(cfg.image_size, names)
+    return {split: grain.MapDataset.source(src).map(normalize) for split, src in raw.items()}
+
+
+def _resize_nearest(image: np.ndarray, size: int) -> np.ndarray:
+    rows = (np.arange(size) * image.shape[0]) // size
+    cols = (np.arange(size) * image.shape[1]) // size
+    return image[rows][:, cols]
+
+
+def generic_record(image_size: int, label_names: list[str] | None) -> Callable[[dict], dict]:
+    """Any TFDS image record -> ``{"image": (S, S, 3) uint8, "caption": str}`` (caption from the label name)."""
+
+    def f(record: dict) -> dict:
+        img = np.asarray(record["image"])
+        img = img[..., None] if img.ndim == 2 else img
+        img = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
+        if "caption" in record:
+            cap = record["caption"]
+        elif "label" in record:
+            lab = int(record["label"])
+            cap = f"a photo of {label_names[lab].replace('_', ' ') if label_names else lab}"
+        else:
+            cap = ""
+        return {"image": _resize_nearest(img.astype(np.uint8), image_size), "caption": cap}
+
+    return f
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_iterator(source: Any, batch_size: int, seed: int, transform: Callable[[dict], dict],
+def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Callable[[dict], dict],
                    process_index: int = 0, process_count: int = 1, num_workers: int = 0) -> grain.DatasetIterator:
-    """Infinite iterator of batches (this process's ``batch_size`` examples), reshuffled every epoch.
+    """Infinite iterator of this process's part of each global batch, reshuffled every epoch.
 
-    Each process reads a disjoint strided shard of the source (``process_index::process_count``).
+    The global batch sequence depends only on ``seed`` (one permutation of the whole source per epoch), and
+    process ``p`` reads rows ``[p B/P, (p+1) B/P)`` of every global batch: so 1 process or P processes train
+    on exactly the same data, and each process only loads its own rows.
     """
-    check_positive_int("data.batch_size (per process)", batch_size)
-    shard = grain.MapDataset.source(source).slice(slice(process_index, None, process_count))
-    n = len(shard)
-    if n < batch_size:
-        raise ConfigError(f"the dataset shard has {n} examples, fewer than one batch of {batch_size}")
+    check_positive_int("data.batch_size", global_batch_size)
+    if global_batch_size % process_count:
+        raise ConfigError(f"data.batch_size={global_batch_size} is not divisible by the process count {process_count}")
+    n = len(source)
+    if n < global_batch_size:
+        raise ConfigError(f"the dataset has {n} examples, fewer than one batch of data.batch_size={global_batch_size}")
+    local = global_batch_size // process_count
     cache: dict[int, np.ndarray] = {}
 
     def permuted(i: int) -> int:
@@ -78,8 +130,12 @@ def train_iterator(source: Any, batch_size: int, seed: int, transform: Callable[
             cache[epoch] = _epoch_permutation(n, seed, epoch)
         return int(cache[epoch][pos])
 
-    ds = grain.MapDataset.range(n).repeat(None).map(permuted).map(lambda i: transform(shard[i]))
-    it_ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+    def load(indices: np.ndarray) -> dict:
+        rows = [transform(source[int(i)]) for i in indices[process_index * local:(process_index + 1) * local]]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    ds = grain.MapDataset.range(n).repeat(None).map(permuted).batch(global_batch_size, drop_remainder=True).map(load)
+    it_ds = ds.to_iter_dataset()
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it_ds)

@@ -70,6 +70,6 @@ class TextEmbeddingCache:
         return self._c[rows], self._y[rows]
 
     def _save(self) -> None:
-        tmp = self.path + ".tmp.npz"
+        tmp = f"{self.path}.{os.getpid()}.tmp.npz"   # unique per process: several hosts may share the folder
         np.savez(tmp, captions=json.dumps(self._captions), c=self._c, y=self._y)
         os.replace(tmp, self.path)

@@ -64,8 +64,7 @@ class Experiment:
 
     def train_iterator(self):
         cfg = self.config
-        per_process = cfg.data.batch_size // jax.process_count()
-        return train_iterator(self.sources["train"], per_process, cfg.seed, image_transform(self.caption_index),
+        return train_iterator(self.sources["train"], cfg.data.batch_size, cfg.seed, image_transform(self.caption_index),
                               jax.process_index(), jax.process_count(), cfg.data.num_workers)
 
     def train_step(self):
@@ -138,6 +137,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
             report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
     exp = Experiment(cfg, workdir, mesh, schedule, model, buffers, encoders, sources,
                      {c: i for i, c in enumerate(unique)}, context, pooled, state, state_sh, checkpointer, optimizer)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(json.dumps(json.loads(exp.config_json()), indent=1))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(json.dumps(json.loads(exp.config_json()), indent=1))
     return exp, start, data_state

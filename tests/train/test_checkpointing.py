@@ -1,0 +1,56 @@
+"""Checkpoints: a corrupt newest checkpoint falls back to the previous one; none readable is an error."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmdit_jax.train.checkpointing import CheckpointError, Checkpointer, check_workdir
+from mmdit_jax.validation import ConfigError
+
+
+def _state(v):
+    return {"w": jnp.full((4, 3), v, jnp.float32), "step": jnp.asarray(v, jnp.int32)}
+
+
+def _corrupt(step_dir):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            if "state" in root:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
+    ck = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2):
+        ck.save(step, _state(step), {"iterator": {"next_index": step}}, '{"a": 1}')
+    ck.wait()
+    _corrupt(tmp_path / "2")
+    step, state, data = Checkpointer(str(tmp_path)).restore_latest(_state(0))
+    assert step == 1 and data == {"iterator": {"next_index": 1}}
+    np.testing.assert_array_equal(state["w"], np.ones((4, 3)))
+
+
+def test_no_readable_checkpoint_raises_instead_of_restarting(tmp_path):
+    ck = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    ck.save(1, _state(1), {}, "{}")
+    ck.wait()
+    _corrupt(tmp_path / "1")
+    with pytest.raises(CheckpointError, match="refusing to start from scratch"):
+        Checkpointer(str(tmp_path)).restore_latest(_state(0))
+    assert Checkpointer(str(tmp_path / "empty")).restore_latest(_state(0)) is None
+
+
+def test_incomplete_save_is_ignored(tmp_path):
+    ck = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    ck.save(1, _state(1), {}, "{}")
+    ck.wait()
+    os.makedirs(tmp_path / "2.orbax-checkpoint-tmp" / "state")     # what a SIGKILL mid-save leaves behind
+    assert Checkpointer(str(tmp_path)).restore_latest(_state(0))[0] == 1
+
+
+def test_unwritable_workdir_is_named():
+    with pytest.raises(ConfigError, match="/proc/nope"):
+        check_workdir("/proc/nope/run")
