@@ -65,7 +65,7 @@ def make_train_step(model: MMDiT, buffers: Any, schedule: Schedule, optimizer: o
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
         sums, counts = bucket_losses(per, t, t_max, num_buckets)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_fn(state.step),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr_fn(state.step),
                    "bucket_loss_sum": sums, "bucket_count": counts}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
