@@ -17,7 +17,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
-        name="shapes", image_size=32, num_train=20_000, num_test=1_000, max_objects=1, seed=0,
+        name="shapes", image_size=32, num_train=10_000, num_test=1_000, max_objects=1, seed=0,
         tfds_name="", data_dir="", batch_size=32, num_workers=0))
 
     # Frozen tiny text encoders (random weights; the pooled-CLIP study pretrains them contrastively).
@@ -27,7 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.text.t5.enabled = False
     c.text.t5.max_length = 0
     c.text.joint_dim = 96                          # = CLIP-L 32 + CLIP-G 64 (no T5 here)
-    c.text.drop_probs = (0.1, 0.1, 0.1)
+    c.text.drop_probs = (0.3, 0.3, 0.3)        # both CLIPs dropped together 9% of the time: the CFG null input
 
     c.model = ml_collections.ConfigDict(dict(
         patch_size=4, in_channels=3, out_channels=3, num_layers=4, num_heads=4, head_dim=32,
@@ -41,15 +41,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(name="velocity"))
 
     c.optim = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, warmup_steps=200, schedule="cosine", final_lr_fraction=0.1, b1=0.9, b2=0.99,
+        learning_rate=2e-3, warmup_steps=200, schedule="cosine", final_lr_fraction=0.1, b1=0.9, b2=0.99,
         eps=1e-8, weight_decay=0.0, grad_clip=1.0))
     c.train = ml_collections.ConfigDict(dict(
-        num_steps=3000, log_every=50, checkpoint_every=500, sample_every=1000, keep_checkpoints=3,
+        num_steps=4000, log_every=50, checkpoint_every=500, sample_every=1000, keep_checkpoints=3,
         async_checkpointing=True, ema_decay=0.995, loss_buckets=4))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.sample = ml_collections.ConfigDict(dict(
         sampler=ml_collections.ConfigDict(dict(name="flow_euler", n_steps=40)), guidance_scale=3.0,
-        prompts=PROMPTS, per_prompt=6, seed=0))
+        # CFG's unconditional branch: "null" = all encoders dropped (zeros), what a model trained here saw;
+        # "empty_prompt" = the encoded "" (diffusers' SD3 default, for released checkpoints).
+        negative="null", prompts=PROMPTS, per_prompt=6, seed=0))
     c.eval = ml_collections.ConfigDict(dict(num_examples=256))
 
     if arg == "tiny":

@@ -20,7 +20,7 @@ SCHEMA: dict[str, set[str] | None] = {
     "train": {"num_steps", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
               "async_checkpointing", "ema_decay", "loss_buckets"},
     "mesh": {"data", "fsdp"},
-    "sample": {"sampler", "guidance_scale", "prompts", "per_prompt", "seed"},
+    "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed"},
     "eval": {"num_examples"},
 }
 
@@ -59,6 +59,7 @@ def validate_config(config: Any) -> None:
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     check_positive_int("sample.per_prompt", config.sample.per_prompt)
+    check_choice("sample.negative", config.sample.negative, ("null", "empty_prompt"))
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmdit_jax.models.layers import Dense
+
 Array = jax.Array
 Dtype = Any
 
@@ -68,5 +70,5 @@ class MLPEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, u: Array) -> Array:
-        dense = lambda name: nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        dense = lambda name: Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
         return dense("linear_2")(nn.silu(dense("linear_1")(u)))

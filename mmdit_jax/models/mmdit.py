@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from mmdit_jax.models.embeddings import (
     MLPEmbedder, crop_position_table, sincos_2d_table, timestep_features, unpatchify,
 )
-from mmdit_jax.models.layers import Attention, FeedForward, layer_norm, modulate
+from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
 from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
@@ -109,7 +109,7 @@ class JointBlock(nn.Module):
         cfg = self.config
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         d = cfg.hidden
-        dense = lambda n, name: nn.Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
+        dense = lambda n, name: Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
         act = nn.silu(y)
         mods = jnp.split(dense((9 if self.dual else 6) * d, "norm1")(act), 9 if self.dual else 6, axis=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
@@ -188,7 +188,7 @@ class MMDiT(nn.Module):
         d, p = cfg.hidden, cfg.patch_size
         b, height, width, _ = x.shape
         h, w = height // p, width // p
-        dense = lambda n, name: nn.Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
+        dense = lambda n, name: Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
 
         # Patch embedding + the centre-cropped sin-cos position table (a buffer: loaded, never trained).
         patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,

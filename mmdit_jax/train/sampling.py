@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.diffusion.guidance import classifier_free_guidance

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmdit_jax.models.layers import Dense
 from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
 
 Array = jax.Array
@@ -62,7 +63,7 @@ class CLIPLayer(nn.Module):
     def __call__(self, h: Array) -> Array:
         cfg = self.config
         ln = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, use_fast_variance=False, name=name)  # noqa: E731
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)  # noqa: E731
+        dense = lambda n, name: Dense(n, dtype=self.dtype, name=name)  # noqa: E731
         u = ln("layer_norm1")(h)
         hd = cfg.hidden_size // cfg.num_heads
         q, k, v = (dense(cfg.hidden_size, f"{n}_proj")(u).reshape(u.shape[:2] + (cfg.num_heads, hd)) for n in "qkv")
@@ -99,6 +100,6 @@ class CLIPTextModel(nn.Module):
         pooled = last[jnp.arange(ids.shape[0]), eos]
         out = {"last_hidden_state": last, "hidden_states": tuple(hidden), "pooled": pooled}
         if cfg.projection_dim:
-            out["text_embeds"] = nn.Dense(cfg.projection_dim, use_bias=False, dtype=self.dtype,
+            out["text_embeds"] = Dense(cfg.projection_dim, use_bias=False, dtype=self.dtype,
                                           name="text_projection")(pooled)
         return out

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.models.layers import RMSNorm
+from mmdit_jax.models.layers import Dense, RMSNorm
 from mmdit_jax.validation import check_positive_int
 
 Array = jax.Array
@@ -65,7 +65,7 @@ class T5Layer(nn.Module):
     @nn.compact
     def __call__(self, h: Array, bias: Array) -> Array:
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, name=name)  # noqa: E731
+        dense = lambda n, name: Dense(n, use_bias=False, dtype=self.dtype, name=name)  # noqa: E731
         u = RMSNorm(cfg.layer_norm_epsilon, name="attn_norm")(h)
         q, k, v = (dense(cfg.num_heads * cfg.d_kv, n)(u).reshape(u.shape[:2] + (cfg.num_heads, cfg.d_kv)) for n in "qkv")
         o = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), scale=1.0)
