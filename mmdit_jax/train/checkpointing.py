@@ -75,7 +75,7 @@ def check_workdir(workdir: str) -> None:
     """Fail early, naming the folder, if the workdir cannot be created or written."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")   # hosts may share the workdir
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
