@@ -1,0 +1,73 @@
+"""Model FLOP utilisation of the MMDiT train step: achieved FLOP/s (analytic count, train = 3 x forward) over
+the peak measured here (a large matmul in the same dtype). Runs unchanged on a GPU (use --dtype bfloat16).
+
+Run: ``python experiments/benchmarks/mfu.py [--preset small --batch 8 --dtype float32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from configs.mmdit import get_config  # noqa: E402
+from experiments.benchmarks.common import append_results, time_compiled  # noqa: E402
+from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
+from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+
+
+def matmul_peak(dtype, n: int = 2048, repeats: int = 8) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeats, lambda i, c: (c @ b) * 0.5, a))
+    t, _ = time_compiled(f, a, b)
+    return 2 * n**3 * repeats / t
+
+
+def main(preset: str, batch: int, size: int, tokens: int, dtype: str) -> None:
+    cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype})
+    model = MMDiT(cfg)
+    x = jnp.ones((batch, size, size, cfg.in_channels))
+    c = jnp.ones((batch, tokens, cfg.joint_attention_dim))
+    y = jnp.ones((batch, cfg.pooled_projection_dim))
+    t = jnp.full((batch,), 500.0)
+    variables = model.init(jax.random.PRNGKey(0), x, t, c, y)
+    params, buffers = variables["params"], {"buffers": variables["buffers"]}
+    opt = optax.adamw(1e-4)
+
+    def step(p, s):
+        loss, g = jax.value_and_grad(lambda p: jnp.mean(
+            (model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - x) ** 2))(p)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    t_step, compile_s = time_compiled(jax.jit(step), params, opt.init(params))
+    flops = 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
+    peak = matmul_peak(jnp.dtype(dtype))
+    table = (f"Preset `{preset}`, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
+             "| quantity | value |\n|---|---|\n"
+             f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
+             f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
+             f"| achieved | {flops / t_step / 1e9:.1f} GFLOP/s |\n"
+             f"| measured matmul peak (2048^2, {dtype}) | {peak / 1e9:.1f} GFLOP/s |\n"
+             f"| **MFU** | **{flops / t_step / peak:.1%}** |\n")
+    print(table)
+    append_results("MMDiT train-step MFU", table)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="float32")
+    a = ap.parse_args()
+    main(a.preset, a.batch, a.size, a.tokens, a.dtype)

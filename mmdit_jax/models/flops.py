@@ -1,0 +1,61 @@
+"""Analytic FLOP counts (multiply-add = 2 FLOPs) of the forward pass; a train step is ~3x the forward.
+
+Only matrix products are counted (projections, MLPs, attention scores and values, patch embedding, adaLN);
+norms, activations and softmax add a few percent, which is why tests compare with XLA's cost analysis to a
+tolerance rather than exactly.
+"""
+
+from __future__ import annotations
+
+from mmdit_jax.models.mmdit import MMDiTConfig
+from mmdit_jax.models.text.clip import CLIPTextConfig
+from mmdit_jax.models.text.t5 import T5Config
+
+
+def _linear(tokens: int, d_in: int, d_out: int) -> int:
+    return 2 * tokens * d_in * d_out
+
+
+def _attention(q_len: int, k_len: int, width: int) -> int:
+    return 2 * 2 * q_len * k_len * width          # Q K^T and A V
+
+
+def mmdit_forward_flops(cfg: MMDiTConfig, batch: int, height: int, width: int, text_tokens: int) -> int:
+    """Matmul FLOPs of one MMDiT forward pass on ``(batch, height, width, C)`` images and ``text_tokens`` tokens."""
+    d, p = cfg.hidden, cfg.patch_size
+    n = (height // p) * (width // p)
+    t = text_tokens
+    f = _linear(n, cfg.in_channels * p * p, d)                                  # patch embedding
+    f += _linear(1, 256, d) + _linear(1, d, d)                                  # timestep MLP
+    if cfg.use_pooled:
+        f += _linear(1, cfg.pooled_projection_dim, d) + _linear(1, d, d)
+    f += _linear(t, cfg.joint_attention_dim, d)                                 # context embedder
+    for i in range(cfg.num_layers):
+        last, dual = i == cfg.num_layers - 1, i in cfg.dual_attention_layers
+        f += _linear(1, d, (9 if dual else 6) * d) + _linear(1, d, (2 if last else 6) * d)   # adaLN
+        f += _linear(n, d, 3 * d) + _linear(t, d, 3 * d)                        # q, k, v of both streams
+        f += _attention(n + t, n + t, d)
+        f += _linear(n, d, d) + (0 if last else _linear(t, d, d))               # output projections
+        f += 2 * _linear(n, d, cfg.mlp_ratio * d)                               # image MLP
+        if not last:
+            f += 2 * _linear(t, d, cfg.mlp_ratio * d)                           # context MLP
+        if dual:
+            f += _linear(n, d, 3 * d) + _attention(n, n, d) + _linear(n, d, d)
+    f += _linear(1, d, 2 * d) + _linear(n, d, p * p * cfg.out_channels)         # final layer
+    return batch * f
+
+
+def clip_forward_flops(cfg: CLIPTextConfig, batch: int, tokens: int) -> int:
+    d = cfg.hidden_size
+    per_layer = _linear(tokens, d, 3 * d) + _attention(tokens, tokens, d) + _linear(tokens, d, d) \
+        + _linear(tokens, d, cfg.intermediate_size) + _linear(tokens, cfg.intermediate_size, d)
+    proj = _linear(1, d, cfg.projection_dim) if cfg.projection_dim else 0
+    return batch * (cfg.num_layers * per_layer + proj)
+
+
+def t5_forward_flops(cfg: T5Config, batch: int, tokens: int) -> int:
+    inner = cfg.num_heads * cfg.d_kv
+    per_layer = _linear(tokens, cfg.d_model, 3 * inner) + _attention(tokens, tokens, inner) \
+        + _linear(tokens, inner, cfg.d_model) + 2 * _linear(tokens, cfg.d_model, cfg.d_ff) \
+        + _linear(tokens, cfg.d_ff, cfg.d_model)
+    return batch * cfg.num_layers * per_layer
