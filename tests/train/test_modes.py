@@ -106,3 +106,20 @@ def test_config_typos_are_rejected():
     out = subprocess.run([sys.executable, "-m", "mmdit_jax", "--config=configs/default.py:tiny", "--workdir=/tmp/x",
                           "--config.train.num_stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "num_stepz" in out.stderr
+
+
+def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
+    import importlib
+
+    for name in ("default", "digits", "shapes_no_pooled"):
+        for arg in ("", "tiny"):
+            validate_config(importlib.import_module(f"configs.{name}").get_config(arg))
+    from configs.shapes_no_pooled import get_config as ablation
+
+    cfg = ablation("tiny")
+    cfg.train.num_steps, cfg.train.sample_every = 2, 2
+    summary = loop.train(cfg, str(tmp_path))
+    assert summary["last_step"] == 2
+    from mmdit_jax.train.experiment import build
+    exp, _, _ = build(cfg, str(tmp_path))
+    assert "text_embedder" not in exp.state.params
