@@ -156,6 +156,8 @@ class MMDiT(nn.Module):
     """``(x: (B, H, W, C), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool) | None) -> (B, H, W, C_out)``.
 
     ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
+    ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
+    e.g. a clean reference image through the same patch embedding); the output is read from the first N.
     """
 
     config: MMDiTConfig
@@ -181,7 +183,7 @@ class MMDiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
-                 skip_layers: Sequence[int] = ()) -> Array:
+                 skip_layers: Sequence[int] = (), extra_tokens: Array | None = None) -> Array:
         cfg = self.config
         self._check_inputs(x, context, pooled)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
@@ -196,6 +198,10 @@ class MMDiT(nn.Module):
         table = self.variable("buffers", "pos_embed", lambda: jnp.asarray(sincos_2d_table(
             d, cfg.pos_embed_max_size, cfg.sample_size // p))[None]).value
         tokens = patches.reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
+        if extra_tokens is not None:  # e.g. clean reference-image tokens for in-context editing: (B, M, D)
+            if extra_tokens.ndim != 3 or extra_tokens.shape[0] != b or extra_tokens.shape[-1] != d:
+                raise ConfigError(f"extra_tokens must be (B={b}, M, D={d}), got {extra_tokens.shape}")
+            tokens = jnp.concatenate([tokens, extra_tokens.astype(dtype)], axis=1)
 
         # Conditioning vector y = e_t + h_y (or e_t alone in the CLIP-removal ablation).
         t_feat = timestep_features(jnp.broadcast_to(jnp.asarray(timestep), (b,))).astype(dtype)
