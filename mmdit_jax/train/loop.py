@@ -29,10 +29,12 @@ def _render_samples(exp: Experiment, variables: Any, prompts: Sequence[str], per
                     sampler=None) -> np.ndarray:
     sampler = sampler or make_grid_sampler(exp.model, exp.schedule, exp.config, exp.image_shape)
     full = prompts_grid(prompts, per_prompt)
-    c, y, c_neg, y_neg = exp.encoders.encode_with_negative(full)
     if exp.config.sample.negative == "null":
         # The unconditional input the model was trained on: every encoder dropped, i.e. zeros.
-        c_neg, y_neg = jnp.zeros_like(c_neg), jnp.zeros_like(y_neg)
+        c, y = exp.encoders.encode(full)
+        c_neg, y_neg = jnp.zeros_like(c), jnp.zeros_like(y)
+    else:
+        c, y, c_neg, y_neg = exp.encoders.encode_with_negative(full)
     images = sampler(variables, c, y, c_neg, y_neg, jax.random.PRNGKey(seed))
     return to_grid(np.asarray(images), rows=len(prompts))
 
