@@ -51,7 +51,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         sampler=ml_collections.ConfigDict(dict(name="flow_euler", n_steps=40)), guidance_scale=3.0,
         # CFG's unconditional branch: "null" = all encoders dropped (zeros), what a model trained here saw;
         # "empty_prompt" = the encoded "" (diffusers' SD3 default, for released checkpoints).
-        negative="null", prompts=PROMPTS, per_prompt=6, seed=0))
+        negative="null", prompts=PROMPTS, per_prompt=6, seed=0,
+        # The pooled-CLIP study: sample with y = e_t, or steer y += w (h_y(positive) - h_y(negative)).
+        remove_pooled=False, steering=ml_collections.ConfigDict(dict(positive="", negative="", weight=0.0))))
     c.eval = ml_collections.ConfigDict(dict(num_examples=256))
 
     if arg == "tiny":

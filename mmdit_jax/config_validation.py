@@ -20,7 +20,7 @@ SCHEMA: dict[str, set[str] | None] = {
     "train": {"num_steps", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
               "async_checkpointing", "ema_decay", "loss_buckets"},
     "mesh": {"data", "fsdp"},
-    "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed"},
+    "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed", "remove_pooled", "steering"},
     "eval": {"num_examples"},
 }
 
@@ -60,6 +60,13 @@ def validate_config(config: Any) -> None:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     check_positive_int("sample.per_prompt", config.sample.per_prompt)
     check_choice("sample.negative", config.sample.negative, ("null", "empty_prompt"))
+    check_keys("sample.steering", config.sample.steering.keys(), ("positive", "negative", "weight"))
+    steer = config.sample.steering
+    if steer.weight != 0.0:
+        if not (steer.positive and steer.negative):
+            raise ConfigError("sample.steering.weight != 0 needs both sample.steering.positive and .negative prompts")
+        if not model.use_pooled or config.sample.remove_pooled:
+            raise ConfigError("sample.steering needs the pooled path: model.use_pooled=True, sample.remove_pooled=False")
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])

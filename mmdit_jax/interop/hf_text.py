@@ -132,3 +132,51 @@ def load_t5(folder: str, dtype: Any = np.float32) -> tuple[T5Config, dict[str, A
         sd.pop("encoder.embed_tokens.weight", None)  # tied copy of shared.weight
     cfg = t5_config_from_hf(_read_config(folder))
     return cfg, _convert(sd, _t5_path, T5Encoder(cfg), 8, dtype)
+
+
+def _clip_key(path: tuple[str, ...]) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """Inverse of ``_clip_path``: Flax parameter path -> transformers key (and the kernel transpose)."""
+    ident = lambda w: w  # noqa: E731
+    if path == ("token_embedding", "embedding"):
+        return "text_model.embeddings.token_embedding.weight", ident
+    if path == ("position_embedding",):
+        return "text_model.embeddings.position_embedding.weight", ident
+    if path == ("text_projection", "kernel"):
+        return "text_projection.weight", np.transpose
+    if path[0] == "final_layer_norm":
+        return f"text_model.final_layer_norm.{'weight' if path[1] == 'scale' else 'bias'}", ident
+    layer, name, kind = path
+    index = layer.removeprefix("layers_")
+    group = "" if name.startswith("layer_norm") else ("mlp." if name.startswith("fc") else "self_attn.")
+    suffix = "bias" if kind == "bias" else "weight"
+    return f"text_model.encoder.layers.{index}.{group}{name}.{suffix}", np.transpose if kind == "kernel" else ident
+
+
+def save_clip(folder: str, config: CLIPTextConfig, variables: Any, tokenizer_folder: str | None = None) -> None:
+    """Write a CLIP text encoder as a transformers ``CLIPTextModelWithProjection`` folder (config.json + safetensors).
+
+    ``tokenizer_folder``: its files are copied alongside, so the folder is both ``path`` and ``tokenizer_path``.
+    """
+    import shutil
+
+    from mmdit_jax.interop.safetensors_io import save_state_dict
+
+    os.makedirs(folder, exist_ok=True)
+    sd = {}
+    for path, w in flatten_dict(variables["params"]).items():
+        key, fn = _clip_key(path)
+        sd[key] = np.ascontiguousarray(fn(np.asarray(w, np.float32)))
+    save_state_dict(sd, os.path.join(folder, "model.safetensors"))
+    raw = {"architectures": ["CLIPTextModelWithProjection"], "model_type": "clip_text_model",
+           "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+           "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+           "num_attention_heads": config.num_heads, "max_position_embeddings": config.max_position_embeddings,
+           "projection_dim": config.projection_dim or config.hidden_size, "hidden_act": config.hidden_act,
+           "layer_norm_eps": config.layer_norm_eps, "eos_token_id": config.eos_token_id,
+           "bos_token_id": 0, "pad_token_id": 1}
+    with open(os.path.join(folder, "config.json.tmp"), "w") as f:
+        json.dump(raw, f, indent=1)
+    os.replace(os.path.join(folder, "config.json.tmp"), os.path.join(folder, "config.json"))
+    if tokenizer_folder:
+        for name in os.listdir(tokenizer_folder):
+            shutil.copyfile(os.path.join(tokenizer_folder, name), os.path.join(folder, name))

@@ -158,11 +158,22 @@ class MMDiT(nn.Module):
     ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
     ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
     e.g. a clean reference image through the same patch embedding); the output is read from the first N.
+
+    The conditioning vector (the pooled-CLIP study, reference §3):
+
+        y = e_t + h_y(pooled)                                        (default)
+        y = e_t                                                      (``remove_pooled=True``; pooled may be None)
+        y = e_t + h_y(pooled) + w (h_y(pooled_plus) - h_y(pooled_minus))   (``pooled_steering``)
+
+    ``pooled_steering = (pooled_plus (B, d_pool), pooled_minus (B, d_pool), w (B,) or scalar)`` is
+    ŷ(p, p+, p-, t) = y(p, t) + w (y(p+, t) - y(p-, t)): e_t cancels in the difference. No new parameters,
+    so it applies to any MMDiT with the pooled path, converted checkpoints included. w = 0 is the original y.
     """
 
     config: MMDiTConfig
 
-    def _check_inputs(self, x: Array, context: Array, pooled: Array | None) -> None:
+    def _check_inputs(self, x: Array, context: Array, pooled: Array | None, remove_pooled: bool = False,
+                      pooled_steering: Any = None) -> None:
         cfg, p = self.config, self.config.patch_size
         if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
             raise ConfigError(f"x must be NHWC (B, H, W, {cfg.in_channels}) for model.in_channels={cfg.in_channels}, "
@@ -177,15 +188,25 @@ class MMDiT(nn.Module):
         if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
             raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
                               f"{cfg.joint_attention_dim}, got shape {context.shape}")
-        if cfg.use_pooled and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_projection_dim)):
+        uses_pooled = cfg.use_pooled and not remove_pooled
+        if uses_pooled and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_projection_dim)):
             raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="
                               f"{cfg.pooled_projection_dim}, got {None if pooled is None else pooled.shape}")
+        if pooled_steering is not None:
+            if not uses_pooled:
+                raise ConfigError("pooled_steering needs the pooled path: model.use_pooled=True and remove_pooled=False")
+            if len(pooled_steering) != 3:
+                raise ConfigError("pooled_steering must be (pooled_plus, pooled_minus, w)")
+            for name, v in zip(("pooled_plus", "pooled_minus"), pooled_steering[:2]):
+                if v.shape != (x.shape[0], cfg.pooled_projection_dim):
+                    raise ConfigError(f"pooled_steering {name} must be (B, {cfg.pooled_projection_dim}), got {v.shape}")
 
     @nn.compact
     def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
-                 skip_layers: Sequence[int] = (), extra_tokens: Array | None = None) -> Array:
+                 skip_layers: Sequence[int] = (), extra_tokens: Array | None = None, remove_pooled: bool = False,
+                 pooled_steering: tuple[Array, Array, Array] | None = None) -> Array:
         cfg = self.config
-        self._check_inputs(x, context, pooled)
+        self._check_inputs(x, context, pooled, remove_pooled, pooled_steering)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         d, p = cfg.hidden, cfg.patch_size
         b, height, width, _ = x.shape
@@ -203,11 +224,16 @@ class MMDiT(nn.Module):
                 raise ConfigError(f"extra_tokens must be (B={b}, M, D={d}), got {extra_tokens.shape}")
             tokens = jnp.concatenate([tokens, extra_tokens.astype(dtype)], axis=1)
 
-        # Conditioning vector y = e_t + h_y (or e_t alone in the CLIP-removal ablation).
+        # Conditioning vector y = e_t + h_y (or e_t alone in the CLIP-removal ablation), optionally steered.
         t_feat = timestep_features(jnp.broadcast_to(jnp.asarray(timestep), (b,))).astype(dtype)
         y = MLPEmbedder(d, dtype, pdtype, name="timestep_embedder")(t_feat)
-        if cfg.use_pooled:
-            y = y + MLPEmbedder(d, dtype, pdtype, name="text_embedder")(pooled.astype(dtype))
+        if cfg.use_pooled and (not remove_pooled or self.is_initializing()):
+            h_y = MLPEmbedder(d, dtype, pdtype, name="text_embedder")
+            y = y + h_y(pooled.astype(dtype))
+            if pooled_steering is not None:
+                plus, minus, weight = pooled_steering
+                weight = jnp.broadcast_to(jnp.asarray(weight, dtype), (b,))
+                y = y + weight[:, None] * (h_y(plus.astype(dtype)) - h_y(minus.astype(dtype)))
         c = dense(d, "context_embedder")(context.astype(dtype))
 
         skip = frozenset(int(i) for i in skip_layers)

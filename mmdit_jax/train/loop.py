@@ -35,7 +35,13 @@ def _render_samples(exp: Experiment, variables: Any, prompts: Sequence[str], per
         c_neg, y_neg = jnp.zeros_like(c), jnp.zeros_like(y)
     else:
         c, y, c_neg, y_neg = exp.encoders.encode_with_negative(full)
-    images = sampler(variables, c, y, c_neg, y_neg, jax.random.PRNGKey(seed))
+    steer = exp.config.sample.steering
+    steering = None
+    if steer.weight != 0.0:
+        _, y_plus = exp.encoders.encode([steer.positive] * len(full))
+        _, y_minus = exp.encoders.encode([steer.negative] * len(full))
+        steering = (y_plus, y_minus, jnp.float32(steer.weight))
+    images = sampler(variables, c, y, c_neg, y_neg, jax.random.PRNGKey(seed), steering)
     return to_grid(np.asarray(images), rows=len(prompts))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.diffusion.guidance import classifier_free_guidance
@@ -13,20 +14,30 @@ from mmdit_jax.diffusion.schedules import Schedule
 from mmdit_jax.models.mmdit import MMDiT
 
 
-def make_grid_sampler(model: MMDiT, schedule: Schedule, config: Any, image_shape: tuple[int, int, int]):
-    """``sample(variables, c, y, c_neg, y_neg, key) -> images (B, H, W, C)`` in [-1, 1], compiled once."""
+def make_grid_sampler(model: MMDiT, schedule: Schedule, config: Any, image_shape: tuple[int, int, int],
+                      remove_pooled: bool | None = None):
+    """``sample(variables, c, y, c_neg, y_neg, key, steering=None) -> images (B, H, W, C)`` in [-1, 1], one program.
+
+    ``steering = (y_plus, y_minus, w)`` steers the pooled embedding at every model call (both CFG branches):
+    ŷ = y + w (h_y(y_plus) - h_y(y_minus)); see ``MMDiT``. ``remove_pooled`` (default ``sample.remove_pooled``)
+    samples with y = e_t. Any sampler of ``make_sampler`` works: the edit lives in the network function.
+    """
     sampler = make_sampler(config.sample.sampler, schedule, config.model_parameterization)
     scale = float(config.sample.guidance_scale)
     use_pooled = model.config.use_pooled
+    if remove_pooled is None:
+        remove_pooled = bool(config.sample.get("remove_pooled", False))
 
-    def model_fn(variables, x, t, cond):
+    def model_fn(variables, x, t, cond, steering):
         c, y = cond
-        return model.apply(variables, x, config.timestep_scale * t, c, y if use_pooled else None)
-
-    guided = classifier_free_guidance(model_fn, scale)
+        return model.apply(variables, x, config.timestep_scale * t, c, y if use_pooled else None,
+                           remove_pooled=remove_pooled, pooled_steering=steering)
 
     @jax.jit
-    def sample(variables, c, y, c_neg, y_neg, key):
+    def sample(variables, c, y, c_neg, y_neg, key, steering=None):
+        if steering is not None:  # the CFG batch is [uncond; cond]: steer both halves alike
+            steering = tuple(jnp.concatenate([v, v]) if jnp.ndim(v) else v for v in steering)
+        guided = classifier_free_guidance(lambda v, x, t, cond: model_fn(v, x, t, cond, steering), scale)
         net = lambda x, t: guided(variables, x, t, ((c, y), (c_neg, y_neg)))  # noqa: E731
         return sampler(net, key, (c.shape[0],) + image_shape)
 

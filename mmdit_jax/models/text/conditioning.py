@@ -116,7 +116,8 @@ def drop_encoders(key: Array, c: Array, y: Array, clip_widths: tuple[int, int], 
 # ------------------------------------------------------------------------------------------------
 # From a config (configs/text.py): which encoders, their sizes or local folders, lengths, drop probabilities.
 
-def _presets() -> dict[str, Any]:
+def text_presets() -> dict[str, Any]:
+    """Named encoder configs: the real SD3 sizes and tiny ones for CPU tests."""
     from mmdit_jax.models.text import clip, t5
 
     return {"clip_l14": clip.CLIP_L14, "clip_g14": clip.CLIP_G14, "clip_tiny": clip.CLIP_TINY,
@@ -139,7 +140,7 @@ def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
     if cfg.get("path"):
         model_cfg, variables = (load_clip if kind == "clip" else load_t5)(cfg.path)
     else:
-        presets = _presets()
+        presets = text_presets()
         check_choice(f"text.{kind}.preset", cfg.preset, presets)
         model_cfg = presets[cfg.preset]
         module = CLIPTextModel(model_cfg) if kind == "clip" else T5Encoder(model_cfg)
