@@ -92,7 +92,8 @@ def train_classifier(num_train: int = 10_000, steps: int = 800, batch_size: int 
     images, labels = labelled_images(num_train, seed, image_size)
     key = jax.random.PRNGKey(seed)
     variables = module.init(key, jnp.zeros((1, image_size, image_size, 3)))
-    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, 100, steps, learning_rate * 0.01))
+    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10), max(steps, 2),
+                                                         learning_rate * 0.01))
     opt_state = opt.init(variables["params"])
 
     @jax.jit

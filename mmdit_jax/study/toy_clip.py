@@ -95,7 +95,7 @@ def pretrain(model: ToyCLIP, steps: int, batch_size: int, learning_rate: float, 
     key = jax.random.PRNGKey(seed)
     ids0 = {k: jnp.zeros((1, max_length), jnp.int32) for k in TOWERS}
     params = model.init(key, jnp.zeros((1, image_size, image_size, 3), jnp.uint8), ids0)["params"]
-    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), steps,
+    opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(200, steps // 10), max(steps, 2),
                                                          learning_rate * 0.05), weight_decay=1e-4)
     opt_state = opt.init(params)
 
