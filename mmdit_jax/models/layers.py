@@ -115,6 +115,9 @@ class Attention(nn.Module):
             q = jnp.concatenate([q, self._norm("norm_added_q", self._proj("add_q_proj", c))], axis=1)
             k = jnp.concatenate([k, self._norm("norm_added_k", self._proj("add_k_proj", c))], axis=1)
             v = jnp.concatenate([v, self._proj("add_v_proj", c)], axis=1)
+        if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
+            self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
         o = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))
         dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731

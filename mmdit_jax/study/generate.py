@@ -22,11 +22,11 @@ from mmdit_jax.train.sampling import make_grid_sampler
 class Generator:
     """A trained MMDiT (EMA weights) with its frozen text encoders and the configured sampler and CFG."""
 
-    def __init__(self, config: Any, workdir: str, chunk: int = 128):
+    def __init__(self, config: Any, workdir: str, chunk: int = 128, allow_untrained: bool = False):
         self.exp, self.step, _ = build(config, workdir)
         self.exp.checkpointer.close()
-        if self.step == 0:
-            raise RuntimeError(f"no trained checkpoint in {workdir}")
+        if self.step == 0 and not allow_untrained:
+            raise RuntimeError(f"no trained checkpoint in {workdir} (allow_untrained=True samples the initialisation)")
         self.variables = {"params": self.exp.state.ema_params, **self.exp.buffers}
         self.chunk = chunk
         self._samplers = {}
@@ -60,7 +60,11 @@ class Generator:
                 _, y_minus = self.encode(list(minus[sl]) + [minus[sl][-1]] * extra)
                 steer = (y_plus, y_minus, jnp.float32(w))
             key = jax.random.fold_in(jax.random.PRNGKey(seed), k)
-            images = sample(self.variables, c, y, jnp.zeros_like(c), jnp.zeros_like(y), key, steer)
+            if self.exp.config.sample.negative == "null":   # what the model saw when its encoders were dropped
+                c_neg, y_neg = jnp.zeros_like(c), jnp.zeros_like(y)
+            else:
+                c_neg, y_neg = self.encode([""] * len(pad))
+            images = sample(self.variables, c, y, c_neg, y_neg, key, steer)
             out.append(np.asarray(images)[:n])
         x = np.concatenate(out)
         return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
