@@ -1,0 +1,37 @@
+"""The pooled-CLIP study's two experiments run end to end on the tiny config and write what they promise."""
+
+import json
+import os
+
+import numpy as np
+
+from configs.pooled_study import get_config
+
+
+def test_clip_removal_and_steering_run_and_report(tmp_path):
+    from experiments.clip_removal.experiment import run as clip_removal
+    from experiments.pooled_steering.experiment import run as pooled_steering
+
+    cfg, work = get_config("tiny"), str(tmp_path / "work")
+    removal = clip_removal(cfg, work, str(tmp_path / "removal"))
+    steering = pooled_steering(cfg, work, str(tmp_path / "steering"))
+
+    for name, figures in (("removal", ("three_panel.png", "deviation_vs_tokens.png", "adherence_vs_tokens.png")),
+                          ("steering", ("flip_vs_w.png", "deviation_vs_w.png", "steer_colour_t1.png"))):
+        out = tmp_path / name
+        assert (out / "RESULTS.md").read_text().count("|---") >= 2
+        for f in figures:
+            assert (out / f).stat().st_size > 1000, f
+        assert json.loads((out / "results.json").read_text())
+    rows = removal["inference"]["per_template"]
+    assert [r["template"] for r in rows] == list(range(9))
+    assert rows[-1]["tokens"] > rows[0]["tokens"]
+    assert all(np.isfinite(r["deviation"][0]) and r["deviation"][0] > 0 for r in rows)   # removing h_y changes images
+    assert set(removal["training"]["rows"]) == {"with h_y, short", "with h_y, long", "without h_y, short",
+                                                "without h_y, long"}
+    for pair in steering["pairs"]:
+        r = pair["template_1"]
+        assert r["max_abs_diff_w0_vs_original"] == 0          # w = 0 reproduces the original sample exactly
+        assert r["weights"]["0"]["deviation"][0] == 0.0
+    # Stages are cached and shared: the second experiment reused the first one's models.
+    assert sorted(os.listdir(work)) == ["classifier.msgpack", "mmdit_no_pooled", "mmdit_pooled", "toy_clip"]
