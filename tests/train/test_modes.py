@@ -49,6 +49,22 @@ def test_sample_and_eval_modes_use_the_checkpoint(trained):
     assert len(results) == cfg.train.loss_buckets and all(np.isfinite(v) for v in results.values())
 
 
+def test_sample_mode_steers_the_pooled_embedding_and_removes_it(trained):
+    from PIL import Image
+
+    cfg, workdir, _ = trained
+    grids = {}
+    for name, edit in (("plain", {}), ("w0", {"weight": 0.0}), ("steered", {"weight": 4.0}), ("removed", None)):
+        c = cfg.copy_and_resolve_references()
+        c.sample.steering.update(positive="a blue square", negative="a red circle", **(edit or {}))
+        c.sample.remove_pooled = edit is None
+        c.sample.steering.weight = 0.0 if edit is None else edit.get("weight", 0.0)
+        grids[name] = np.asarray(Image.open(loop.sample(c, workdir, ["a red circle"])))
+    np.testing.assert_array_equal(grids["w0"], grids["plain"])
+    assert np.abs(grids["steered"].astype(int) - grids["plain"]).max() > 0
+    assert np.abs(grids["removed"].astype(int) - grids["plain"]).max() > 0
+
+
 def test_restart_after_completion_resumes_instead_of_restarting(trained):
     cfg, workdir, _ = trained
     more = cfg.copy_and_resolve_references()
@@ -86,6 +102,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     ("schedule.name", "cosine", "schedule.name='cosine'"),
     ("model.num_heads", 0, "model.num_heads"),
     ("train.ema_decay", 1.5, "train.ema_decay"),
+    ("sample.steering.weight", 2.0, "sample.steering.positive"),
 ])
 def test_bad_values_are_rejected_at_start(field, value, match):
     cfg = get_config("tiny")
@@ -114,6 +131,8 @@ def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
     for name in ("default", "digits", "shapes_no_pooled"):
         for arg in ("", "tiny"):
             validate_config(importlib.import_module(f"configs.{name}").get_config(arg))
+    for arg in ("", "tiny"):
+        validate_config(importlib.import_module("configs.pooled_study").get_config(arg).mmdit)
     from configs.shapes_no_pooled import get_config as ablation
 
     cfg = ablation("tiny")
