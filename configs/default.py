@@ -8,8 +8,12 @@ import ml_collections
 
 from configs.text import get_config as text_config
 
-PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow diamond", "a purple cross",
-           "an orange ring", "a large white circle in the top left", "a small cyan square in the bottom right")
+# Fully specified scenes: at 32x32 a "small" object is 7 pixels wide, so the grid asks for visible sizes.
+# Short prompts ("a red circle") leave size and position free; experiments/shapes_default/RESULTS.md scores both.
+PROMPTS = ("a large red circle in the center", "a large blue square in the top left",
+           "a large green triangle in the bottom right", "a large yellow diamond in the top right",
+           "a large purple cross in the center", "a large orange ring in the bottom left",
+           "a medium white circle in the left", "a small cyan square in the bottom right")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

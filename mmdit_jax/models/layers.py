@@ -40,6 +40,30 @@ class Dense(nn.Module):
         return y.reshape(x.shape[:-1] + (self.features,))
 
 
+class DenseParams(nn.Module):
+    """The parameters of a ``Dense`` (``kernel (d_in, d_out)``, ``bias``) without the product, for fused products."""
+
+    features: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, d_in: int) -> tuple[Array, Array]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (d_in, self.features), self.param_dtype)
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+
+
+def einsum_attention(q: Array, k: Array, v: Array) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` computed in ``(B, H, N, d)`` layout; ``q, k, v: (B, N, H, d)``.
+
+    Numerically the same as ``jax.nn.dot_product_attention``; its gradient is faster on XLA:CPU (see
+    experiments/benchmarks/RESULTS.md). ``model.attention_impl="einsum"`` selects it.
+    """
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", w, v), 1, 2)
+
+
 def layer_norm(x: Array, eps: float = 1e-6) -> Array:
     """Affine-free LayerNorm over the last axis: two-pass biased variance, eps inside the sqrt."""
     xf = x.astype(jnp.float32)
@@ -98,27 +122,36 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _proj(self, name: str, u: Array) -> Array:
-        out = Dense(self.num_heads * self.head_dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name)(u)
-        return out.reshape(u.shape[:2] + (self.num_heads, self.head_dim))  # contiguous head blocks
+    def _qkv(self, names: tuple[str, str, str], u: Array) -> tuple[Array, Array, Array]:
+        """The three projections as one ``(B*N, D) x (D, 3 H d)`` product (parameters stay per projection)."""
+        width = self.num_heads * self.head_dim
+        params = [DenseParams(width, self.param_dtype, name=n)(u.shape[-1]) for n in names]
+        kernel = jnp.concatenate([p[0] for p in params], axis=1).astype(self.dtype)
+        bias = jnp.concatenate([p[1] for p in params]).astype(self.dtype)
+        out = (jnp.dot(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel) + bias)
+        out = out.reshape(u.shape[:2] + (3, self.num_heads, self.head_dim))  # contiguous head blocks
+        return out[:, :, 0], out[:, :, 1], out[:, :, 2]
 
     def _norm(self, name: str, u: Array) -> Array:
         return RMSNorm(param_dtype=self.param_dtype, name=name)(u) if self.qk_norm else u
 
     @nn.compact
     def __call__(self, x: Array, c: Array | None = None) -> tuple[Array, Array | None]:
-        q = self._norm("norm_q", self._proj("to_q", x))
-        k = self._norm("norm_k", self._proj("to_k", x))
-        v = self._proj("to_v", x)
+        q, k, v = self._qkv(("to_q", "to_k", "to_v"), x)
+        q, k = self._norm("norm_q", q), self._norm("norm_k", k)
         n = x.shape[1]
         if self.joint:
-            q = jnp.concatenate([q, self._norm("norm_added_q", self._proj("add_q_proj", c))], axis=1)
-            k = jnp.concatenate([k, self._norm("norm_added_k", self._proj("add_k_proj", c))], axis=1)
-            v = jnp.concatenate([v, self._proj("add_v_proj", c)], axis=1)
+            qc, kc, vc = self._qkv(("add_q_proj", "add_k_proj", "add_v_proj"), c)
+            q = jnp.concatenate([q, self._norm("norm_added_q", qc)], axis=1)
+            k = jnp.concatenate([k, self._norm("norm_added_k", kc)], axis=1)
+            v = jnp.concatenate([v, vc], axis=1)
         if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
-        o = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+        if self.attention_impl == "einsum":
+            o = einsum_attention(q, k, v)
+        else:
+            o = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))
         dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
         out_x = dense("to_out")(o[:, :n])

@@ -129,3 +129,13 @@ def test_extra_token_groups_join_the_image_stream_and_the_output_keeps_the_input
     assert out.shape == x.shape and float(jnp.abs(out - base).max()) > 1e-4   # the extra tokens are attended
     with pytest.raises(ConfigError, match="extra_tokens"):
         MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, y, extra_tokens=extra[:, :, :3])
+
+
+def test_einsum_attention_equals_dot_product_attention():
+    cfg = _tiny()
+    variables, x, c, y = _init(cfg)
+    variables = jax.tree_util.tree_map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)), variables)
+    t = jnp.array([300.0, 700.0])
+    ref = MMDiT(cfg).apply(variables, x, t, c, y)
+    out = MMDiT(_tiny(attention_impl="einsum")).apply(variables, x, t, c, y)
+    np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
