@@ -30,8 +30,8 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 8) -> float:
     return 2 * n**3 * repeats / t
 
 
-def main(preset: str, batch: int, size: int, tokens: int, dtype: str) -> None:
-    cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype})
+def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None) -> None:
+    cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl})
     model = MMDiT(cfg)
     x = jnp.ones((batch, size, size, cfg.in_channels))
     c = jnp.ones((batch, tokens, cfg.joint_attention_dim))
@@ -68,5 +68,6 @@ if __name__ == "__main__":
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--attention_impl", default=None, help="None | xla | cudnn | einsum")
     a = ap.parse_args()
-    main(a.preset, a.batch, a.size, a.tokens, a.dtype)
+    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl)

@@ -34,12 +34,13 @@ def _median_time(fn, repeats):
     return float(np.median(times))
 
 
-def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False) -> None:
+def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False,
+         attention_impl: str | None = None) -> None:
     import torch
     from diffusers import SD3Transformer2DModel
 
     torch.set_num_threads(os.cpu_count())
-    cfg = MMDiTConfig.from_dict(get_config(preset))
+    cfg = MMDiTConfig.from_dict({**get_config(preset), "attention_impl": attention_impl})
     model = MMDiT(cfg)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 32, 32, cfg.in_channels), np.float32)
@@ -132,7 +133,7 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
             t_ours.append(a), t_theirs.append(b), ratios.append(b / a)
         rows.append(f"| {kind} | {mode} | {np.median(t_ours) * 1e3:.1f} ms | {np.median(t_theirs) * 1e3:.1f} ms | "
                     f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) |")
-    table = (f"Preset `{preset}` (D = {cfg.hidden}, {cfg.num_layers} layers, {cfg.num_heads} heads), batch {batch}, "
+    table = (f"Preset `{preset}`, attention_impl={attention_impl} (D = {cfg.hidden}, {cfg.num_layers} layers, {cfg.num_heads} heads), batch {batch}, "
              f"32x32x{cfg.in_channels}, 64 text tokens, fp32; {pairs} A/B pairs of median-of-{repeats}. "
              f"torch {torch.__version__} eager, {torch.get_num_threads()} threads. Compile: forward "
              f"{compile_fwd:.1f} s, train step {compile_train:.1f} s.{compile_note}\n\n"
@@ -150,5 +151,6 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--torch_compile", action="store_true", help="also compare against torch.compile(diffusers)")
+    ap.add_argument("--attention_impl", default=None, help="model.attention_impl: None | xla | cudnn | einsum")
     a = ap.parse_args()
-    main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile)
+    main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile, a.attention_impl)

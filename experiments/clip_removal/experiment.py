@@ -52,7 +52,7 @@ def inference_removal(cfg, gen: Generator, deviation, classifier, tokenizer, out
     figures.panel_grid({"w/o CLIP, long": grid[long][1], "w/o CLIP, short": grid[short][1],
                         "with CLIP, short": grid[short][0], "with CLIP, long": grid[long][0]},
                        os.path.join(outdir, "three_panel.png"),
-                       [p[:28] for p in prompts(objs[:cfg.removal.grid_scenes], long)])
+                       prompts(objs[:cfg.removal.grid_scenes], short))
     x = [r["tokens"] for r in per_template]
     figures.line_plot(x, {"deviation (w/o CLIP vs with CLIP)": tuple(zip(*[r["deviation"] for r in per_template]))},
                       "prompt tokens (CLIP, without BOS/EOS)", "feature deviation", os.path.join(outdir,

@@ -62,7 +62,7 @@ def run_pair(cfg, gen, classifier, deviation, index: int, pair, outdir: str) -> 
                 grid = {"original": original[:n], **{f"w = {w:g}": steered[w][:n] for w in s.weights if w > 0}}
                 if editable:
                     grid["prompt edit"] = edited_images[:n]
-        figures.panel_grid(grid, os.path.join(outdir, f"steer_{attribute}_t{t}.png"), [p[:28] for p in texts[:s.grid_scenes]])
+        figures.panel_grid(grid, os.path.join(outdir, f"steer_{attribute}_t{t}.png"), prompts(objs[:s.grid_scenes], 1))
         agg = lambda rows: {k: stages.mean_std([r[k] for r in rows]) for k in rows[0]}  # noqa: E731
         out[f"template_{t}"] = {"weights": {f"{w:g}": agg(per_w[w]) for w in s.weights},
                                 "prompt_edit": agg(edit) if edit else None,

@@ -6,18 +6,25 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from mmdit_jax.validation import ConfigError
 
 
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(m)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def gaussian_frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
-    """FD of ``N(mu_a, cov_a)`` and ``N(mu_b, cov_b)``; ``mu: (D,)``, ``cov: (D, D)``."""
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if np.iscomplexobj(root):
-        root = root.real  # numerical noise on a PSD product; the imaginary part is ~1e-10
+    """FD of ``N(mu_a, cov_a)`` and ``N(mu_b, cov_b)``; ``mu: (D,)``, ``cov: (D, D)``.
+
+    ``tr (S_a S_b)^{1/2} = tr (S_a^{1/2} S_b S_a^{1/2})^{1/2}``: the symmetric form stays exact for singular
+    covariances (dead feature dimensions), where a general matrix square root is ill-conditioned.
+    """
+    root_a = _psd_sqrt(cov_a)
+    inner = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.sum(np.sqrt(np.clip(inner, 0.0, None))))
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
