@@ -3,6 +3,8 @@ and the independent per-encoder drop probabilities used in training for classifi
 
 ``get_config("sd3")``: real encoders, loaded from local folders you fill in (`path`, `tokenizer_path`).
 ``get_config("tiny")`` (default): tiny random encoders with the built-in tokenizers; runs offline anywhere.
+``get_config("toy_clip")``: the tiny CLIP towers contrastively pretrained on ``shapes`` (shipped in
+``mmdit_jax/models/text/assets/toy_clip``; how they were made: its ``summary.json``), no T5.
 """
 
 import ml_collections
@@ -15,10 +17,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "sd3":
         c.clip_l, c.clip_g, c.t5 = enc("clip_l14", 77), enc("clip_g14", 77), enc("t5_xxl", 256)
         c.joint_dim = 4096
+    elif arg == "toy_clip":
+        from mmdit_jax.models.text.tokenizer_assets import TOY_CLIP_DIRS
+
+        c.clip_l, c.clip_g, c.t5 = enc("clip_tiny", 77), enc("clip_tiny_g", 77), enc("t5_small", 0)
+        for k in ("clip_l", "clip_g"):
+            c[k].path = c[k].tokenizer_path = TOY_CLIP_DIRS[k]
+        c.t5.enabled = False
+        c.joint_dim = 96       # = the CLIP widths 32 + 64
     elif arg == "tiny":
         c.clip_l, c.clip_g, c.t5 = enc("clip_tiny", 77), enc("clip_tiny_g", 77), enc("t5_small", 32)
         c.joint_dim = 128      # = the T5's d_model, >= the CLIP widths 32 + 64
     else:
-        raise ValueError(f"configs/text.py: unknown argument {arg!r}; valid: 'tiny', 'sd3'")
+        raise ValueError(f"configs/text.py: unknown argument {arg!r}; valid: 'tiny', 'toy_clip', 'sd3'")
     c.drop_probs = (0.464, 0.464, 0.464)     # SD3: each encoder dropped independently with p = 46.4%
     return c

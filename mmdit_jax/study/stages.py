@@ -71,7 +71,7 @@ def classifier(config: Any, workdir: str, log: Callable[[str], None] = report) -
 
 def mmdit_config(config: Any, clip_paths: dict[str, str], use_pooled: bool) -> Any:
     """The study's MMDiT config: ``config.mmdit`` with the toy CLIP towers, and y = e_t + h_y or y = e_t."""
-    c = copy.deepcopy(config.mmdit)
+    c = copy.deepcopy(config.mmdit)   # the study pretrains its own towers: they replace the shipped ones
     for tower in ("clip_l", "clip_g"):
         c.text[tower].path = clip_paths[tower]
         c.text[tower].tokenizer_path = clip_paths[tower]

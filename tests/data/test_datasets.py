@@ -94,6 +94,23 @@ def test_iterator_state_restores_the_exact_stream_and_processes_split_each_globa
     assert len(set(epoch[0].tolist())) == len(set(index[c] for c in captions_of(src)))  # an epoch sees every example
 
 
+def test_worker_processes_give_the_same_stream_and_restore_from_state(tmp_path):
+    src = build_sources(data_cfg(), str(tmp_path))["train"]
+    index = {c: i for i, c in enumerate(sorted(set(captions_of(src))))}
+    serial = train_iterator(src, 8, 0, image_transform(index))
+    expected = [next(serial) for _ in range(12)]
+    workers = train_iterator(src, 8, 0, image_transform(index), num_workers=2)
+    for e in expected[:6]:
+        got = next(workers)
+        np.testing.assert_array_equal(got["text_index"], e["text_index"])
+        np.testing.assert_array_equal(got["image"], e["image"])
+    state = workers.get_state()
+    resumed = train_iterator(src, 8, 0, image_transform(index), num_workers=2)
+    resumed.set_state(state)
+    for e in expected[6:]:
+        np.testing.assert_array_equal(next(resumed)["text_index"], e["text_index"])
+
+
 def test_caption_corpus_covers_every_attribute():
     text = " ".join(corpus())
     for word in SHAPES + COLOURS + SIZES:

@@ -19,6 +19,9 @@ from collections import Counter
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 CLIP_DIR, T5_DIR = os.path.join(ASSETS, "clip"), os.path.join(ASSETS, "t5")
+# The toy CLIP text towers pretrained on `shapes` (mmdit_jax/study/toy_clip.py), with this tokenizer copied in;
+# see assets/toy_clip/summary.json for how they were produced and their zero-shot retrieval accuracy.
+TOY_CLIP_DIRS = {k: os.path.join(ASSETS, "toy_clip", k) for k in ("clip_l", "clip_g")}
 
 
 def _clip_pretokenizer():
