@@ -137,6 +137,10 @@ def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Ca
     ds = grain.MapDataset.range(n).repeat(None).map(permuted).batch(global_batch_size, drop_remainder=True).map(load)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use the defaults
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it_ds)
 
