@@ -56,7 +56,8 @@ def einsum_attention(q: Array, k: Array, v: Array) -> Array:
     """``softmax(q k^T / sqrt(d)) v`` computed in ``(B, H, N, d)`` layout; ``q, k, v: (B, N, H, d)``.
 
     Numerically the same as ``jax.nn.dot_product_attention``; its gradient is faster on XLA:CPU (see
-    experiments/benchmarks/RESULTS.md). ``model.attention_impl="einsum"`` selects it.
+    experiments/benchmarks/RESULTS.md). ``model.attention_impl="einsum"`` selects it, and ``None`` (the
+    default) selects it on CPU and ``jax.nn.dot_product_attention`` elsewhere; "xla" / "cudnn" force the latter.
     """
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
@@ -148,8 +149,8 @@ class Attention(nn.Module):
         if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
-        if self.attention_impl == "einsum":
-            o = einsum_attention(q, k, v)
+        if self.attention_impl == "einsum" or (self.attention_impl is None and jax.default_backend() == "cpu"):
+            o = einsum_attention(q, k, v)   # faster gradient on XLA:CPU; accelerators keep the fused kernels
         else:
             o = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
         o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))

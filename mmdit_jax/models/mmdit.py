@@ -52,7 +52,7 @@ class MMDiTConfig:
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
-    attention_impl: str | None = None        # dot_product_attention: None | "xla" | "cudnn"; or "einsum" (layers.py)
+    attention_impl: str | None = None        # None (einsum on CPU, fused elsewhere) | "xla" | "cudnn" | "einsum"
 
     @property
     def hidden(self) -> int:

@@ -136,6 +136,6 @@ def test_einsum_attention_equals_dot_product_attention():
     variables, x, c, y = _init(cfg)
     variables = jax.tree_util.tree_map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)), variables)
     t = jnp.array([300.0, 700.0])
-    ref = MMDiT(cfg).apply(variables, x, t, c, y)
+    ref = MMDiT(_tiny(attention_impl="xla")).apply(variables, x, t, c, y)      # jax.nn.dot_product_attention
     out = MMDiT(_tiny(attention_impl="einsum")).apply(variables, x, t, c, y)
     np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
