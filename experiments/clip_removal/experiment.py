@@ -20,7 +20,6 @@ import numpy as np
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.attributes import labelled_images
-from mmdit_jax.eval.deviation import make_deviation
 from mmdit_jax.eval.frechet import frechet_distance
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
 from mmdit_jax.study import figures, report, stages
@@ -147,9 +146,8 @@ def run(cfg, workdir: str, outdir: str) -> dict:
     """Both parts of the experiment; writes results.json, figures and RESULTS.md into ``outdir``."""
     os.makedirs(outdir, exist_ok=True)
     start = time.time()
-    toy = stages.toy_clip(cfg, workdir)
-    classifier, accuracy = stages.classifier(cfg, workdir)
-    deviation = make_deviation(cfg.deviation.kind, classifier, cfg.deviation.dreamsim_dir)
+    ev = stages.evaluators(cfg, workdir)
+    toy, classifier, accuracy, deviation = ev.toy_clip, ev.classifier, ev.classifier_accuracy, ev.deviation
     gens = {}
     for name, use_pooled in (("with h_y", True), ("without h_y", False)):
         gens[name] = Generator(*stages.mmdit(cfg, workdir, toy["paths"], use_pooled))

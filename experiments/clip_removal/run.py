@@ -4,22 +4,8 @@
         --outdir=experiments/clip_removal
 """
 
-import os
-
-from absl import app, flags
-from ml_collections import config_flags
-
 from experiments.clip_removal.experiment import run
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pooled_study.py", "Study configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/pooled_study", "Cache of the study's stages (shared).")
-_OUTDIR = flags.DEFINE_string("outdir", "experiments/clip_removal", "Where RESULTS.md and figures go.")
-
-
-def main(_):
-    run(_CONFIG.value, _WORKDIR.value, _OUTDIR.value)
-    print(open(os.path.join(_OUTDIR.value, "RESULTS.md")).read())
-
+from mmdit_jax.study.cli import run_experiment
 
 if __name__ == "__main__":
-    app.run(main)
+    run_experiment(run, "experiments/clip_removal")

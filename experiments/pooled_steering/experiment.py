@@ -18,7 +18,6 @@ import numpy as np
 
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.attributes import ATTRIBUTES
-from mmdit_jax.eval.deviation import make_deviation
 from mmdit_jax.study import figures, report, stages
 from mmdit_jax.study.generate import Generator
 from mmdit_jax.study.scenes import edited, prompts, scenes
@@ -110,9 +109,8 @@ def run(cfg, workdir: str, outdir: str) -> dict:
     """Every pair, template and weight; writes results.json, figures and RESULTS.md into ``outdir``."""
     os.makedirs(outdir, exist_ok=True)
     start = time.time()
-    toy = stages.toy_clip(cfg, workdir)
-    classifier, accuracy = stages.classifier(cfg, workdir)
-    deviation = make_deviation(cfg.deviation.kind, classifier, cfg.deviation.dreamsim_dir)
+    ev = stages.evaluators(cfg, workdir)
+    toy, classifier, accuracy, deviation = ev.toy_clip, ev.classifier, ev.classifier_accuracy, ev.deviation
     gen = Generator(*stages.mmdit(cfg, workdir, toy["paths"], True))
     weights = [float(w) for w in cfg.steering.weights]
     if 0.0 not in weights:

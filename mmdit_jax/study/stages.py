@@ -7,6 +7,7 @@ use the same frozen towers, evaluator and models. A stage's output appears atomi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -92,6 +93,25 @@ def mmdit(config: Any, workdir: str, clip_paths: dict[str, str], use_pooled: boo
         summary = train(cfg, run_dir)
         _write_json(marker, summary)
     return cfg, run_dir
+
+
+@dataclasses.dataclass
+class Evaluators:
+    """What every study experiment starts from: the toy CLIP summary, the classifier and the deviation metric."""
+
+    toy_clip: dict[str, Any]
+    classifier: ShapesClassifier
+    classifier_accuracy: dict[str, float]
+    deviation: Callable[[Any, Any], np.ndarray]
+
+
+def evaluators(config: Any, workdir: str) -> Evaluators:
+    """Run (or reuse) the toy-CLIP and classifier stages and build the configured deviation metric."""
+    from mmdit_jax.eval.deviation import make_deviation
+
+    toy = toy_clip(config, workdir)
+    clf, accuracy = classifier(config, workdir)
+    return Evaluators(toy, clf, accuracy, make_deviation(config.deviation.kind, clf, config.deviation.dreamsim_dir))
 
 
 def summary_table(values: dict[str, dict[str, float]]) -> str:
