@@ -52,17 +52,50 @@ class DenseParams(nn.Module):
         return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
 
 
-def einsum_attention(q: Array, k: Array, v: Array) -> Array:
-    """``softmax(q k^T / sqrt(d)) v`` computed in ``(B, H, N, d)`` layout; ``q, k, v: (B, N, H, d)``.
+def _probabilities(q: Array, k: Array) -> Array:
+    """``softmax(q k^T / sqrt(d))`` over keys, in float32; ``q: (G, N, d)``, ``k: (G, M, d)`` -> ``(G, N, M)``."""
+    logits = jnp.einsum("gqd,gkd->gqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
-    Numerically the same as ``jax.nn.dot_product_attention``; its gradient is faster on XLA:CPU (see
-    experiments/benchmarks/RESULTS.md). ``model.attention_impl="einsum"`` selects it, and ``None`` (the
-    default) selects it on CPU and ``jax.nn.dot_product_attention`` elsewhere; "xla" / "cudnn" force the latter.
+
+@jax.custom_vjp
+def _attention_core(q: Array, k: Array, v: Array) -> Array:
+    return jnp.einsum("gqk,gkd->gqd", _probabilities(q, k), v)
+
+
+def _attention_core_fwd(q, k, v):
+    p = _probabilities(q, k)
+    return jnp.einsum("gqk,gkd->gqd", p, v), (q, k, v, p)
+
+
+def _attention_core_bwd(res, do):
+    # The textbook gradient, written as four (G, ., .) products; XLA:CPU's own derivative of the einsums
+    # transposes operands and runs ~25% slower (experiments/benchmarks/RESULTS.md).
+    q, k, v, p = res
+    dv = jnp.einsum("gqk,gqd->gkd", p, do)
+    dp = jnp.einsum("gqd,gkd->gqk", do, v)
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    return jnp.einsum("gqk,gkd->gqd", ds, k), jnp.einsum("gqk,gqd->gkd", ds, q), dv
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def einsum_attention(q: Array, k: Array, v: Array) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` with the (batch, head) axes flattened into one; ``q, k, v: (B, N, H, d)``.
+
+    Numerically the same as ``jax.nn.dot_product_attention`` (tested), with a hand-written gradient; both run
+    faster on XLA:CPU (see experiments/benchmarks/RESULTS.md). ``model.attention_impl="einsum"`` selects it, and
+    ``None`` (the default) selects it on CPU and ``jax.nn.dot_product_attention`` elsewhere; "xla" / "cudnn"
+    force the latter.
     """
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", w, v), 1, 2)
+    b, n, h, d = q.shape
+
+    def heads_first(a: Array) -> Array:
+        return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
+
+    o = _attention_core(heads_first(q), heads_first(k), heads_first(v))
+    return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
 
 
 def layer_norm(x: Array, eps: float = 1e-6) -> Array:

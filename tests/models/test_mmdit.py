@@ -139,3 +139,17 @@ def test_einsum_attention_equals_dot_product_attention():
     ref = MMDiT(_tiny(attention_impl="xla")).apply(variables, x, t, c, y)      # jax.nn.dot_product_attention
     out = MMDiT(_tiny(attention_impl="einsum")).apply(variables, x, t, c, y)
     np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+
+
+def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
+    from mmdit_jax.models.layers import einsum_attention
+
+    q, k, v, w = (jax.random.normal(jax.random.PRNGKey(i), (2, 7, 3, 8)) for i in range(4))
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
+
+    ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    ours = jax.grad(loss(einsum_attention), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
