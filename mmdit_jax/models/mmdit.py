@@ -52,7 +52,7 @@ class MMDiTConfig:
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
-    attention_impl: str | None = None        # None (einsum on CPU, fused elsewhere) | "xla" | "cudnn" | "einsum"
+    attention_impl: str | None = None        # None (einsum on CPU, fused elsewhere) | xla | cudnn | einsum | einsum_vjp
 
     @property
     def hidden(self) -> int:
@@ -77,7 +77,7 @@ class MMDiTConfig:
         check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.attention_impl", str(self.attention_impl), ("None", "xla", "cudnn", "einsum"))
+        check_choice("model.attention_impl", str(self.attention_impl), ("None", "xla", "cudnn", "einsum", "einsum_vjp"))
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers - 1]
         if bad:
             raise ConfigError(f"model.dual_attention_layers {bad} must lie in [0, num_layers - 1 = {self.num_layers - 1})")

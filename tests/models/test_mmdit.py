@@ -137,8 +137,9 @@ def test_einsum_attention_equals_dot_product_attention():
     variables = jax.tree_util.tree_map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)), variables)
     t = jnp.array([300.0, 700.0])
     ref = MMDiT(_tiny(attention_impl="xla")).apply(variables, x, t, c, y)      # jax.nn.dot_product_attention
-    out = MMDiT(_tiny(attention_impl="einsum")).apply(variables, x, t, c, y)
-    np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
+    for impl in ("einsum", "einsum_vjp"):
+        out = MMDiT(_tiny(attention_impl=impl)).apply(variables, x, t, c, y)
+        np.testing.assert_allclose(out, ref, atol=1e-5 * float(jnp.abs(ref).max()))
 
 
 def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
@@ -150,6 +151,7 @@ def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
         return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
     ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
-    ours = jax.grad(loss(einsum_attention), argnums=(0, 1, 2))(q, k, v)
-    for a, b in zip(ours, ref):
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
+    for custom in (False, True):
+        ours = jax.grad(loss(lambda q, k, v: einsum_attention(q, k, v, custom)), argnums=(0, 1, 2))(q, k, v)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
