@@ -27,6 +27,25 @@ def time_compiled(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> tuple
     return float(np.median(times)), compile_s
 
 
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` (which must block until its result is ready) over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_peak(dtype: Any = np.float32, n: int = 2048, repeats: int = 8) -> float:
+    """Measured FLOP/s of a chain of ``n x n`` matmuls in ``dtype``: the peak that MFU divides by."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeats, lambda i, c: (c @ b) * 0.5, a))
+    t, _ = time_compiled(f, a, b)
+    return 2 * n**3 * repeats / t
+
+
 def machine() -> str:
     dev = jax.devices()[0]
     return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "

@@ -17,17 +17,9 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import append_results, time_compiled  # noqa: E402
+from experiments.benchmarks.common import append_results, matmul_peak, time_compiled  # noqa: E402
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
-
-
-def matmul_peak(dtype, n: int = 2048, repeats: int = 8) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeats, lambda i, c: (c @ b) * 0.5, a))
-    t, _ = time_compiled(f, a, b)
-    return 2 * n**3 * repeats / t
 
 
 def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None) -> None:

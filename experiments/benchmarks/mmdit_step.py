@@ -20,18 +20,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import append_results  # noqa: E402
+from experiments.benchmarks.common import append_results, median_time  # noqa: E402
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False,
@@ -129,7 +120,7 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     for kind, mode, ours, theirs in cases:
         ratios, t_ours, t_theirs = [], [], []
         for _ in range(pairs):
-            a, b = _median_time(ours, repeats), _median_time(theirs, repeats)
+            a, b = median_time(ours, repeats), median_time(theirs, repeats)
             t_ours.append(a), t_theirs.append(b), ratios.append(b / a)
         rows.append(f"| {kind} | {mode} | {np.median(t_ours) * 1e3:.1f} ms | {np.median(t_theirs) * 1e3:.1f} ms | "
                     f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) |")

@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.benchmarks.common import append_results  # noqa: E402
+from experiments.benchmarks.common import append_results, matmul_peak, median_time  # noqa: E402
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.flops import clip_forward_flops, t5_forward_flops  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
@@ -31,22 +31,6 @@ from mmdit_jax.models.text.t5 import T5Encoder  # noqa: E402
 
 T5_SIZES = {"base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12),
             "xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)}
-
-
-def _median(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def matmul_peak(n: int = 2048) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    return 2 * n**3 / _median(lambda: jax.block_until_ready(f(a)), 10)
 
 
 def main(batch: int, pairs: int, repeats: int, t5_size: str) -> None:
@@ -87,8 +71,8 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str) -> None:
         theirs()
         ratios, a_t, b_t = [], [], []
         for _ in range(pairs):
-            a = _median(lambda: jax.block_until_ready(fwd(variables, jnp.asarray(ids))), repeats)
-            b = _median(theirs, repeats)
+            a = median_time(lambda: jax.block_until_ready(fwd(variables, jnp.asarray(ids))), repeats)
+            b = median_time(theirs, repeats)
             a_t.append(a), b_t.append(b), ratios.append(b / a)
         a = float(np.median(a_t))
         rows.append(f"| {name}, batch {batch} x {tokens} | {a * 1e3:.1f} ms | {np.median(b_t) * 1e3:.1f} ms | "

@@ -114,14 +114,6 @@ def evaluators(config: Any, workdir: str) -> Evaluators:
     return Evaluators(toy, clf, accuracy, make_deviation(config.deviation.kind, clf, config.deviation.dreamsim_dir))
 
 
-def summary_table(values: dict[str, dict[str, float]]) -> str:
-    """A markdown table of ``{row: {column: value}}``."""
-    cols = list(next(iter(values.values())))
-    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {r} | " + " | ".join(f"{v[c]:.3f}" for c in cols) + " |" for r, v in values.items()]
-    return "\n".join(lines)
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
