@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -37,13 +38,46 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def matmul_peak(dtype: Any = np.float32, n: int = 2048, repeats: int = 8) -> float:
-    """Measured FLOP/s of a chain of ``n x n`` matmuls in ``dtype``: the peak that MFU divides by."""
+def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int = 8) -> float:
+    """Measured FLOP/s of a chain of ``n x n`` matmuls in ``dtype``: the peak that MFU divides by.
+
+    ``n`` defaults to 2048 on a CPU and 8192 on an accelerator (2048 leaves a GPU's matrix units idle).
+    """
+    n = n or (2048 if jax.devices()[0].platform == "cpu" else 8192)
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     f = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeats, lambda i, c: (c @ b) * 0.5, a))
     t, _ = time_compiled(f, a, b)
     return 2 * n**3 * repeats / t
+
+
+class TorchSide:
+    """The PyTorch reference's device, precision and clock: CUDA when present (timed after a synchronize),
+    else the CPU with every core; ``dtype="bfloat16"`` runs it under autocast with fp32 weights, the same
+    mixed-precision policy as ``dtype=bfloat16, param_dtype=float32`` on our side."""
+
+    def __init__(self, dtype: str = "float32"):
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(os.cpu_count())
+        self.dtype = dtype
+
+    def autocast(self) -> Any:
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return self.torch.autocast(self.device, dtype=getattr(self.torch, self.dtype))
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def describe(self) -> str:
+        t = self.torch
+        where = t.cuda.get_device_name() if self.device == "cuda" else f"{t.get_num_threads()} CPU threads"
+        return f"torch {t.__version__} on {where}, {self.dtype}" + (" autocast" if self.dtype != "float32" else "")
 
 
 def machine() -> str:

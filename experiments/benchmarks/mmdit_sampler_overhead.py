@@ -43,7 +43,9 @@ def main(preset: str, batch: int, steps: int, text_tokens: int, dtype: str) -> N
 
     @jax.jit
     def nfe_loop(v, x):
-        return jax.lax.fori_loop(0, steps, lambda i, x: guided(v, x, jnp.full((batch,), 0.5), conds), x)
+        # .astype: in bf16 the model returns bf16 while the loop carries fp32 latents (as the samplers do).
+        body = lambda i, x: guided(v, x, jnp.full((batch,), 0.5), conds).astype(x.dtype)  # noqa: E731
+        return jax.lax.fori_loop(0, steps, body, x)
 
     t_loop, _ = time_compiled(nfe_loop, variables, x, repeats=3)
     sampler = make_sampler({"name": "flow_euler", "n_steps": steps}, schedule, "velocity")

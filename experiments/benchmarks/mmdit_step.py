@@ -1,8 +1,10 @@
 """MMDiT forward and train step (forward + backward + AdamW): ours (JAX, jit) vs diffusers (PyTorch eager).
 
-Same config (``configs/mmdit.py:small`` — D = 384, 6 layers, 6 heads, 32x32x4 latents, patch 2, 64 text tokens
-of width 512, pooled 256), same weights (through our converter), batch 8, fp32. Runs alternate A B A B and
-the ratio is reported per pair. Run: ``python experiments/benchmarks/mmdit_step.py [--pairs 5]``.
+Same config (default ``configs/mmdit.py:small`` — D = 384, 6 layers, 6 heads, 32x32x4 latents, patch 2, 64 text
+tokens of width 512, pooled 256), same weights (through our converter), batch 8, fp32. Runs alternate A B A B
+and the ratio is reported per pair; the MFU column is the analytic FLOP count over our time and the measured
+matmul peak. PyTorch runs on CUDA when it sees a GPU. Run: ``python experiments/benchmarks/mmdit_step.py
+[--pairs 5]``; on a GPU at SD3-medium size: ``--preset sd3_medium --size 64 --tokens 333 --dtype bfloat16``.
 """
 
 from __future__ import annotations
@@ -20,36 +22,39 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import append_results, median_time  # noqa: E402
+from experiments.benchmarks.common import TorchSide, append_results, matmul_peak, median_time  # noqa: E402
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
+from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 
 def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False,
-         attention_impl: str | None = None) -> None:
+         attention_impl: str | None = None, size: int = 32, tokens: int = 64, dtype: str = "float32") -> None:
     import torch
     from diffusers import SD3Transformer2DModel
 
-    torch.set_num_threads(os.cpu_count())
-    cfg = MMDiTConfig.from_dict({**get_config(preset), "attention_impl": attention_impl})
+    side = TorchSide(dtype)
+    cfg = MMDiTConfig.from_dict({**get_config(preset), "attention_impl": attention_impl, "dtype": dtype})
     model = MMDiT(cfg)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, 32, 32, cfg.in_channels), np.float32)
+    x = rng.standard_normal((batch, size, size, cfg.in_channels), np.float32)
     t = rng.uniform(0, 1000, batch).astype(np.float32)
-    c = rng.standard_normal((batch, 64, cfg.joint_attention_dim), np.float32)
+    c = rng.standard_normal((batch, tokens, cfg.joint_attention_dim), np.float32)
     y = rng.standard_normal((batch, cfg.pooled_projection_dim), np.float32)
     target = rng.standard_normal(x.shape, np.float32)
-    variables = model.init(jax.random.PRNGKey(0), x, t, c, y)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, c, y)  # one program, not op-by-op (2B on GPU)
 
-    ref = SD3Transformer2DModel(
-        sample_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
-        num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim, num_attention_heads=cfg.num_heads,
-        joint_attention_dim=cfg.joint_attention_dim, caption_projection_dim=cfg.hidden,
-        pooled_projection_dim=cfg.pooled_projection_dim, out_channels=cfg.out_channels,
-        pos_embed_max_size=cfg.pos_embed_max_size)
+    with torch.device(side.device):  # random init on the GPU when there is one: seconds, not minutes, at 2B
+        ref = SD3Transformer2DModel(
+            sample_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
+            num_layers=cfg.num_layers, attention_head_dim=cfg.head_dim, num_attention_heads=cfg.num_heads,
+            joint_attention_dim=cfg.joint_attention_dim, caption_projection_dim=cfg.hidden,
+            pooled_projection_dim=cfg.pooled_projection_dim, out_channels=cfg.out_channels,
+            pos_embed_max_size=cfg.pos_embed_max_size, qk_norm=cfg.qk_norm,
+            dual_attention_layers=tuple(cfg.dual_attention_layers))
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in to_diffusers(cfg, variables).items()})
-    tx, tt, tc, ty = (torch.from_numpy(a) for a in (x.transpose(0, 3, 1, 2), t, c, y))
-    ttarget = torch.from_numpy(target.transpose(0, 3, 1, 2))
+    tx, tt, tc, ty = (torch.from_numpy(a).to(side.device) for a in (x.transpose(0, 3, 1, 2), t, c, y))
+    ttarget = torch.from_numpy(target.transpose(0, 3, 1, 2)).to(side.device)
     topt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
 
     params, buffers = variables["params"], {"buffers": variables["buffers"]}
@@ -58,7 +63,7 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     forward = jax.jit(lambda p, *a: model.apply({"params": p, **buffers}, *a))
 
     def loss_fn(p, x, t, c, y, target):
-        return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y) - target) ** 2)
+        return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - target) ** 2)
 
     def train_step(p, s, x, t, c, y, target):
         loss, g = jax.value_and_grad(loss_fn)(p, x, t, c, y, target)
@@ -80,15 +85,18 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     jax_train()
     compile_train = time.perf_counter() - start
 
-    def torch_fwd():
-        with torch.no_grad():
-            ref(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt)
+    def torch_fwd(net=ref):
+        with torch.no_grad(), side.autocast():
+            net(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt)
+        side.sync()
 
-    def torch_train():
-        topt.zero_grad(set_to_none=True)
-        out = ref(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt).sample
-        torch.mean((out - ttarget) ** 2).backward()
-        topt.step()
+    def torch_train(net=ref, opt=topt):
+        opt.zero_grad(set_to_none=True)
+        with side.autocast():
+            out = net(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt).sample
+        torch.mean((out.float() - ttarget) ** 2).backward()
+        opt.step()
+        side.sync()
 
     torch_fwd(), torch_train()  # warm-up
     cases = [("forward", "eager", lambda: jax.block_until_ready(forward(state["p"], *args)), torch_fwd),
@@ -100,14 +108,10 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
             copt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
 
             def compiled_fwd():
-                with torch.no_grad():
-                    compiled(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt)
+                torch_fwd(compiled)
 
             def compiled_train():
-                copt.zero_grad(set_to_none=True)
-                out = compiled(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt).sample
-                torch.mean((out - ttarget) ** 2).backward()
-                copt.step()
+                torch_train(compiled, copt)
 
             start = time.perf_counter()
             compiled_fwd(), compiled_train()
@@ -116,20 +120,25 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
                       ("train step", "torch.compile", jax_train, compiled_train)]
         except Exception as e:  # noqa: BLE001 - report why the comparison is missing
             compile_note = f" torch.compile failed on this machine: {type(e).__name__}: {str(e)[:200]}"
+    fwd_flops = mmdit_forward_flops(cfg, batch, size, size, tokens)
+    peak = matmul_peak(jnp.dtype(dtype))
     rows = []
     for kind, mode, ours, theirs in cases:
         ratios, t_ours, t_theirs = [], [], []
         for _ in range(pairs):
             a, b = median_time(ours, repeats), median_time(theirs, repeats)
             t_ours.append(a), t_theirs.append(b), ratios.append(b / a)
+        flops = fwd_flops * (1 if kind == "forward" else 3)
         rows.append(f"| {kind} | {mode} | {np.median(t_ours) * 1e3:.1f} ms | {np.median(t_theirs) * 1e3:.1f} ms | "
-                    f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) |")
-    table = (f"Preset `{preset}`, attention_impl={attention_impl} (D = {cfg.hidden}, {cfg.num_layers} layers, {cfg.num_heads} heads), batch {batch}, "
-             f"32x32x{cfg.in_channels}, 64 text tokens, fp32; {pairs} A/B pairs of median-of-{repeats}. "
-             f"torch {torch.__version__} eager, {torch.get_num_threads()} threads. Compile: forward "
-             f"{compile_fwd:.1f} s, train step {compile_train:.1f} s.{compile_note}\n\n"
-             "| step | diffusers mode | ours (JAX) | diffusers (PyTorch) | speed-up per pair (median; all) |\n"
-             "|---|---|---|---|---|\n"
+                    f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) | "
+                    f"{flops / np.median(t_ours) / peak:.1%} | {flops / np.median(t_theirs) / peak:.1%} |")
+    table = (f"Preset `{preset}`, attention_impl={attention_impl} (D = {cfg.hidden}, {cfg.num_layers} layers, "
+             f"{cfg.num_heads} heads), batch {batch}, {size}x{size}x{cfg.in_channels}, {tokens} text tokens, {dtype}; "
+             f"{pairs} A/B pairs of median-of-{repeats}. Reference: {side.describe()}. Compile: forward "
+             f"{compile_fwd:.1f} s, train step {compile_train:.1f} s.{compile_note} MFU: analytic FLOPs (train = 3 x "
+             f"forward) over the measured {dtype} matmul peak {peak / 1e12:.2f} TFLOP/s.\n\n"
+             "| step | diffusers mode | ours (JAX) | diffusers (PyTorch) | speed-up per pair (median; all) | "
+             "MFU ours | MFU diffusers |\n|---|---|---|---|---|---|---|\n"
              + "\n".join(rows))
     print(table)
     append_results("MMDiT forward / train step vs diffusers", table)
@@ -142,6 +151,11 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--torch_compile", action="store_true", help="also compare against torch.compile(diffusers)")
-    ap.add_argument("--attention_impl", default=None, help="model.attention_impl: None | xla | cudnn | einsum")
+    ap.add_argument("--attention_impl", default=None,
+                    help="model.attention_impl: None | xla | cudnn | einsum | einsum_vjp")
+    ap.add_argument("--size", type=int, default=32, help="latent height = width")
+    ap.add_argument("--tokens", type=int, default=64, help="text tokens")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute dtype (weights stay fp32; PyTorch uses autocast)")
     a = ap.parse_args()
-    main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile, a.attention_impl)
+    main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile, a.attention_impl, a.size, a.tokens, a.dtype)

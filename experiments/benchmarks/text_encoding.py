@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.benchmarks.common import append_results, matmul_peak, median_time  # noqa: E402
+from experiments.benchmarks.common import TorchSide, append_results, matmul_peak, median_time  # noqa: E402
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.flops import clip_forward_flops, t5_forward_flops  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
@@ -33,11 +33,11 @@ T5_SIZES = {"base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_hea
             "xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)}
 
 
-def main(batch: int, pairs: int, repeats: int, t5_size: str) -> None:
+def main(batch: int, pairs: int, repeats: int, t5_size: str, dtype: str = "float32") -> None:
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
+    side = TorchSide(dtype)
     torch.manual_seed(0)
     folder = tempfile.mkdtemp()
     clip_ref = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
@@ -51,22 +51,24 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str) -> None:
     t5_cfg, t5_vars = load_t5(os.path.join(folder, "t5"))
 
     rng = np.random.default_rng(0)
-    rows, peak = [], matmul_peak()
+    rows, peak = [], matmul_peak(jnp.dtype(dtype))
+    clip_ref, t5_ref = clip_ref.to(side.device), t5_ref.to(side.device)
     for name, module, variables, ref, tokens, vocab, flops in (
-            ("CLIP ViT-L/14 text", CLIPTextModel(clip_cfg), clip_vars, clip_ref, 77, 49000,
+            ("CLIP ViT-L/14 text", CLIPTextModel(clip_cfg, dtype=jnp.dtype(dtype)), clip_vars, clip_ref, 77, 49000,
              clip_forward_flops(clip_cfg, batch, 77)),
-            (f"T5 v1.1-{t5_size} encoder", T5Encoder(t5_cfg), t5_vars, t5_ref, 256, 32000,
+            (f"T5 v1.1-{t5_size} encoder", T5Encoder(t5_cfg, dtype=jnp.dtype(dtype)), t5_vars, t5_ref, 256, 32000,
              t5_forward_flops(t5_cfg, batch, 256))):
         ids = rng.integers(1, vocab, (batch, tokens)).astype(np.int32)
         fwd = jax.jit(lambda v, i, m=module: m.apply(v, i))
         start = time.perf_counter()
         jax.block_until_ready(fwd(variables, jnp.asarray(ids)))
         compile_s = time.perf_counter() - start
-        tids = torch.as_tensor(ids, dtype=torch.long)
+        tids = torch.as_tensor(ids, dtype=torch.long, device=side.device)
 
         def theirs():
-            with torch.no_grad():
+            with torch.no_grad(), side.autocast():
                 ref(tids, output_hidden_states=True)
+            side.sync()
 
         theirs()
         ratios, a_t, b_t = [], [], []
@@ -78,9 +80,9 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str) -> None:
         rows.append(f"| {name}, batch {batch} x {tokens} | {a * 1e3:.1f} ms | {np.median(b_t) * 1e3:.1f} ms | "
                     f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) | {flops / 1e9:.1f} | "
                     f"{flops / a / peak * 100:.1f}% | {compile_s:.1f} s |")
-    table = (f"fp32, same weights (transformers init, seed 0, loaded by our loaders); {pairs} A/B pairs of "
-             f"median-of-{repeats}; torch {torch.__version__} eager, {torch.get_num_threads()} threads; measured "
-             f"matmul peak {peak / 1e9:.1f} GFLOP/s (2048², fp32).\n\n"
+    table = (f"{dtype}, same weights (transformers init, seed 0, loaded by our loaders); {pairs} A/B pairs of "
+             f"median-of-{repeats}; reference {side.describe()} eager; measured "
+             f"matmul peak {peak / 1e9:.1f} GFLOP/s ({dtype}).\n\n"
              "| encoder | ours (JAX) | transformers (PyTorch eager) | speed-up per pair (median; all) | GFLOP | MFU | "
              "compile |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     print(table)
@@ -93,5 +95,6 @@ if __name__ == "__main__":
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--t5", default="base", choices=sorted(T5_SIZES))
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     a = ap.parse_args()
-    main(a.batch, a.pairs, a.repeats, a.t5)
+    main(a.batch, a.pairs, a.repeats, a.t5, a.dtype)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The benchmark suite on one GPU in bf16, at SD3-medium size where the performance issue asks for it
+# (1024 image tokens = 64x64 latents with patch 2, 333 text tokens, batch 8). Most valuable first, each step
+# under its own time limit; logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
+# Smoke-test on a CPU with small sizes: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_suite.sh
+set -u
+OUT=${OUT:-runs/gpu_suite}; mkdir -p "$OUT"
+PRESET=${PRESET:-sd3_medium}; SIZE=${SIZE:-64}; TOKENS=${TOKENS:-333}; BATCH=${BATCH:-8}; PY=${PY:-python3}
+# JAX and PyTorch share the card in the side-by-side run: no up-front grab of 75% of its memory.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+step() {
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s, $(date -u +%T))"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
+  grep -v "^[WI][0-9]\{4\}" "$OUT/$name.log" | tail -n 14
+  cp experiments/benchmarks/RESULTS.md "$OUT/RESULTS.md"
+}
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"
+B=experiments/benchmarks
+step step_vs_diffusers 280 $PY $B/mmdit_step.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --batch "$BATCH" \
+  --dtype bfloat16 --pairs 3 --repeats 3
+step sampler_overhead 80 $PY $B/mmdit_sampler_overhead.py --preset small --batch 8 --dtype bfloat16
+step text_encoding 80 $PY $B/text_encoding.py --batch 8 --dtype bfloat16
+step attention_checks 60 env JAX_PLATFORMS= $PY -m pytest -q -p no:cacheprovider tests/models/test_attention_gpu.py
+step mfu_cudnn 150 $PY $B/mfu.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --batch "$BATCH" \
+  --dtype bfloat16 --attention_impl cudnn
