@@ -47,8 +47,11 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str, dtype: str = "float
         vocab_size=32128, feed_forward_proj="gated-gelu", **T5_SIZES[t5_size])).eval()
     clip_ref.save_pretrained(os.path.join(folder, "clip"))
     t5_ref.save_pretrained(os.path.join(folder, "t5"))
+    # The loaders return host (numpy) arrays; placed once here, or every call would re-send the weights
+    # (measured on an H200: 42 ms per CLIP-L call, almost all of it the ~0.5 GB copy).
     clip_cfg, clip_vars = load_clip(os.path.join(folder, "clip"))
     t5_cfg, t5_vars = load_t5(os.path.join(folder, "t5"))
+    clip_vars, t5_vars = jax.device_put((clip_vars, t5_vars))
 
     rng = np.random.default_rng(0)
     rows, peak = [], matmul_peak(jnp.dtype(dtype))
