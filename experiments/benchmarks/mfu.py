@@ -72,7 +72,7 @@ if __name__ == "__main__":
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--attention_impl", default=None, help="None | xla | cudnn | einsum")
+    ap.add_argument("--attention_impl", default=None, help="None (per platform) | xla | cudnn | einsum | einsum_vjp")
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
     a = ap.parse_args()
     main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks)

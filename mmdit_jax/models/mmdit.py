@@ -28,6 +28,7 @@ from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_po
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "einsum_vjp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class MMDiTConfig:
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
-    attention_impl: str | None = None        # None (einsum on CPU, fused elsewhere) | xla | cudnn | einsum | einsum_vjp
+    attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
 
     @property
     def hidden(self) -> int:
@@ -77,7 +78,9 @@ class MMDiTConfig:
         check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.attention_impl", str(self.attention_impl), ("None", "xla", "cudnn", "einsum", "einsum_vjp"))
+        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
+                              f"platform) or one of {list(ATTENTION_IMPLS)}")
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers - 1]
         if bad:
             raise ConfigError(f"model.dual_attention_layers {bad} must lie in [0, num_layers - 1 = {self.num_layers - 1})")

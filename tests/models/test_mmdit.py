@@ -176,5 +176,5 @@ def test_padded_attention_equals_unpadded_values_and_gradients():
 def test_attention_backend_defaults_per_platform():
     from mmdit_jax.models.layers import attention_backend
 
-    assert attention_backend(None, jnp.float32, 64) == "einsum"  # this suite runs on the CPU
+    assert attention_backend(None, jnp.float32, 64) == "einsum_vjp"  # this suite runs on the CPU
     assert attention_backend("xla", jnp.bfloat16, 64) == "xla"
