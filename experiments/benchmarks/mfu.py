@@ -23,9 +23,9 @@ from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 
 def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
-         scan_blocks: bool = False) -> None:
+         scan_blocks: bool = False, remat: bool = False, donate: bool = True) -> None:
     cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
-                                 "scan_blocks": scan_blocks})
+                                 "scan_blocks": scan_blocks, "remat": remat})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)  # random data: zeros or ones can time faster than real inputs
     x = jax.random.normal(keys[0], (batch, size, size, cfg.in_channels))
@@ -45,7 +45,7 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     # Donation keeps one copy of params and optimiser state alive (the real train step donates too); the
     # timed calls below therefore reuse the same input buffers only through the returned ones.
     state = [params, opt.init(params)]
-    jstep = jax.jit(step, donate_argnums=(0, 1))
+    jstep = jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
     def run():
         state[:] = jstep(*state, x, t, c, y)
@@ -54,7 +54,7 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     t_step, compile_s = time_compiled(run)
     flops = 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
     peak = matmul_peak(jnp.dtype(dtype))
-    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
+    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, remat={remat}, donate={donate}, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
@@ -74,5 +74,7 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--attention_impl", default=None, help="None (per platform) | xla | cudnn | einsum | einsum_vjp")
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
+    ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
+    ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
     a = ap.parse_args()
-    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks)
+    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate)
