@@ -125,8 +125,8 @@ def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: s
 
 def attention_backend(impl: str | None, dtype: Any, head_dim: int) -> str:
     """The attention path ``model.attention_impl`` names; None picks per platform: einsum with the hand-written
-    gradient on a CPU (1.32x diffusers eager per train step there, vs 1.24x for autodiff einsum and 1.13x for
-    ``jax.nn.dot_product_attention``), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
+    gradient on a CPU (the fastest train step there: 793 ms vs 879 ms autodiff einsum and 938 ms
+    ``jax.nn.dot_product_attention``, experiments/benchmarks/RESULTS.md), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
     supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere."""
     if impl is not None:
         return impl
