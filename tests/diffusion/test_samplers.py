@@ -144,6 +144,17 @@ def test_each_sampler_is_one_program_whose_size_does_not_grow_with_steps(name):
     assert _n_eqns(program(3), key) == _n_eqns(program(300), key)
 
 
+@pytest.mark.parametrize("name", ["annealed_langevin", "pc", "ode", "flow_euler", "langevin"])
+def test_a_bfloat16_network_keeps_the_sampler_state_in_float32(name):
+    # A bf16 MMDiT returns bf16; a sampler whose loop carried the network output would fail to trace (carry dtype
+    # mismatch) or drift in bf16. The state must stay float32 and finite.
+    sched = RectifiedFlowSchedule() if name == "flow_euler" else NCSNSchedule()
+    steps_field = {"annealed_langevin": "n_steps_each"}.get(name, "n_steps")
+    sample = make_sampler({"name": name, steps_field: 3}, sched, "velocity" if name == "flow_euler" else "eps")
+    out = jax.jit(lambda k: sample(lambda x, t: (-x).astype(jnp.bfloat16), k, (4, 2)))(jax.random.PRNGKey(0))
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+
+
 @pytest.mark.parametrize("config, match", [
     ({"name": "ddim"}, "sampler.name='ddim'"),
     ({"name": "langevin", "step_size": 0.0}, "sampler.step_size"),
