@@ -4,7 +4,16 @@
 # 24-block train step did not compile within 100 s on an H200). Most valuable first, each step under its own limit
 # (about 11 minutes in all); logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
 # Smoke-test on a CPU with small sizes: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_suite.sh
+#
+# The lent GPU machines have jax, flax, optax, torch and transformers but not ml_collections or diffusers, and no
+# network. Fetch their wheels here first (pure Python), carry the folder `.whl` with the call, and this script
+# installs them:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#   ml_collections==1.1.0 diffusers==0.42.1 importlib_metadata==8.7.0
 set -u
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+fi
 OUT=${OUT:-runs/gpu_suite}; mkdir -p "$OUT"
 PRESET=${PRESET:-sd3_medium}; SIZE=${SIZE:-64}; TOKENS=${TOKENS:-333}; BATCH=${BATCH:-8}; PY=${PY:-python3}
 # JAX and PyTorch share the card in the side-by-side run: no up-front grab of 75% of its memory.
