@@ -10,7 +10,7 @@
 # installs them:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #   ml_collections==1.1.0 diffusers==0.42.1 importlib_metadata==8.7.0
 set -u
-if [ -d .whl ]; then
+if [ -d .whl ] && command -v nvidia-smi > /dev/null; then  # only on the lent machine
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD
 fi
