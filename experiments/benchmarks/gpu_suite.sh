@@ -2,7 +2,7 @@
 # The benchmark suite on one GPU in bf16, at SD3-medium size where the performance issue asks for it
 # (1024 image tokens = 64x64 latents with patch 2, 333 text tokens, batch 8), blocks under lax.scan (the unrolled
 # 24-block train step did not compile within 100 s on an H200). Most valuable first, each step under its own limit
-# (about 11 minutes in all); logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
+# (under 10 minutes in all, one call of the device tool); logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
 # Smoke-test on a CPU with small sizes: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_suite.sh
 #
 # The lent GPU machines have jax, flax, optax, torch and transformers but not ml_collections or diffusers, and no
@@ -32,6 +32,6 @@ step mfu 120 $PY $B/mfu.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" 
   --dtype bfloat16 --scan_blocks
 step step_vs_diffusers 240 $PY $B/mmdit_step.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --batch "$BATCH" \
   --dtype bfloat16 --pairs 3 --repeats 3 --scan_blocks
-step sampler_overhead 80 $PY $B/mmdit_sampler_overhead.py --preset small --batch 8 --dtype bfloat16
-step text_encoding 80 $PY $B/text_encoding.py --batch 8 --dtype bfloat16
-step attention_checks 150 env JAX_PLATFORMS= $PY -m pytest -q -p no:cacheprovider tests/models/test_attention_gpu.py
+step sampler_overhead 60 $PY $B/mmdit_sampler_overhead.py --preset small --batch 8 --dtype bfloat16
+step text_encoding 60 $PY $B/text_encoding.py --batch 8 --dtype bfloat16
+step attention_checks 100 env JAX_PLATFORMS= $PY -m pytest -q -p no:cacheprovider tests/models/test_attention_gpu.py
