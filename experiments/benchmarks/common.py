@@ -10,7 +10,9 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -36,6 +38,39 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def ab_pairs(ours: Callable[[], Any], theirs: Callable[[], Any], pairs: int,
+             repeats: int) -> tuple[float, float, list[float]]:
+    """Alternate A B A B: ``pairs`` x (median-of-``repeats`` of ours, then of theirs). Returns (median seconds
+    ours, median seconds theirs, per-pair speed-ups theirs / ours)."""
+    t_ours, t_theirs = [], []
+    for _ in range(pairs):
+        t_ours.append(median_time(ours, repeats))
+        t_theirs.append(median_time(theirs, repeats))
+    return float(np.median(t_ours)), float(np.median(t_theirs)), [b / a for a, b in zip(t_ours, t_theirs)]
+
+
+def speedups(ratios: list[float]) -> str:
+    """``1.31x (1.37, 1.12, ...)``: the median speed-up and every pair's."""
+    return f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})"
+
+
+def adamw_train_step(model: Any, buffers: Any, donate: bool = True) -> tuple[Callable[..., Any], Any]:
+    """The benchmarks' MMDiT train step and its optimiser (for ``opt.init``): ``step(params, opt_state, x, t, c, y,
+    target) -> (params, opt_state, loss)``, MSE in fp32, AdamW 1e-4, jitted with params and optimiser state
+    donated (as the real train step does) unless ``donate=False``."""
+    opt = optax.adamw(1e-4)
+
+    def loss_fn(p, x, t, c, y, target):
+        return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - target) ** 2)
+
+    def step(p, s, x, t, c, y, target):
+        loss, g = jax.value_and_grad(loss_fn)(p, x, t, c, y, target)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ()), opt
 
 
 def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int = 8) -> float:

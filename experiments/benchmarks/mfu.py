@@ -14,10 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import append_results, matmul_peak, time_compiled  # noqa: E402
+from experiments.benchmarks.common import adamw_train_step, append_results, matmul_peak, time_compiled  # noqa: E402
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
@@ -34,27 +33,18 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     t = jnp.linspace(1.0, 999.0, batch)
     variables = jax.jit(model.init)(keys[3], x, t, c, y)
     params, buffers = variables["params"], {"buffers": variables["buffers"]}
-    opt = optax.adamw(1e-4)
-
-    def step(p, s, x, t, c, y):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean(
-            (model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - x) ** 2))(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    # Donation keeps one copy of params and optimiser state alive (the real train step donates too); the
-    # timed calls below therefore reuse the same input buffers only through the returned ones.
-    state = [params, opt.init(params)]
-    jstep = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    step, opt = adamw_train_step(model, buffers, donate)
+    state = [params, opt.init(params)]  # replaced by each step's outputs (the inputs are donated)
 
     def run():
-        state[:] = jstep(*state, x, t, c, y)
-        return state[0]
+        state[0], state[1], loss = step(*state, x, t, c, y, x)
+        return loss
 
     t_step, compile_s = time_compiled(run)
     flops = 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
     peak = matmul_peak(jnp.dtype(dtype))
-    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, remat={remat}, donate={donate}, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
+    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, remat={remat}, "
+             f"donate={donate}, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"

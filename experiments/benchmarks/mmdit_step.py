@@ -10,6 +10,7 @@ matmul peak. PyTorch runs on CUDA when it sees a GPU. Run: ``python experiments/
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -19,10 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import TorchSide, append_results, matmul_peak, median_time  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    TorchSide, ab_pairs, adamw_train_step, append_results, matmul_peak, speedups)
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
@@ -63,21 +64,10 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     topt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
 
     params, buffers = variables["params"], {"buffers": variables["buffers"]}
-    opt = optax.adamw(1e-4)
-    opt_state = opt.init(params)
     forward = jax.jit(lambda p, *a: model.apply({"params": p, **buffers}, *a))
-
-    def loss_fn(p, x, t, c, y, target):
-        return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - target) ** 2)
-
-    def train_step(p, s, x, t, c, y, target):
-        loss, g = jax.value_and_grad(loss_fn)(p, x, t, c, y, target)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
-
-    train_step = jax.jit(train_step, donate_argnums=(0, 1))
+    train_step, opt = adamw_train_step(model, buffers)
     args = tuple(jnp.asarray(a) for a in (x, t, c, y))
-    state = {"p": params, "s": opt_state}  # the train step donates (and replaces) these buffers
+    state = {"p": params, "s": opt.init(params)}  # the train step donates (and replaces) these buffers
     start = time.perf_counter()
     jax.block_until_ready(forward(state["p"], *args))
     compile_fwd = time.perf_counter() - start
@@ -110,14 +100,8 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     if torch_compile:
         try:
             compiled = torch.compile(ref)
-            copt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
-
-            def compiled_fwd():
-                torch_fwd(compiled)
-
-            def compiled_train():
-                torch_train(compiled, copt)
-
+            compiled_fwd = functools.partial(torch_fwd, compiled)
+            compiled_train = functools.partial(torch_train, compiled, torch.optim.AdamW(ref.parameters(), lr=1e-4))
             start = time.perf_counter()
             compiled_fwd(), compiled_train()
             compile_note = f" torch.compile (inductor) warm-up {time.perf_counter() - start:.1f} s."
@@ -129,17 +113,13 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     peak = matmul_peak(jnp.dtype(dtype))
     rows = []
     for kind, mode, ours, theirs in cases:
-        ratios, t_ours, t_theirs = [], [], []
-        for _ in range(pairs):
-            a, b = median_time(ours, repeats), median_time(theirs, repeats)
-            t_ours.append(a), t_theirs.append(b), ratios.append(b / a)
+        t_ours, t_theirs, ratios = ab_pairs(ours, theirs, pairs, repeats)
         flops = fwd_flops * (1 if kind == "forward" else 3)
-        rows.append(f"| {kind} | {mode} | {np.median(t_ours) * 1e3:.1f} ms | {np.median(t_theirs) * 1e3:.1f} ms | "
-                    f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) | "
-                    f"{flops / np.median(t_ours) / peak:.1%} | {flops / np.median(t_theirs) / peak:.1%} |")
+        rows.append(f"| {kind} | {mode} | {t_ours * 1e3:.1f} ms | {t_theirs * 1e3:.1f} ms | {speedups(ratios)} | "
+                    f"{flops / t_ours / peak:.1%} | {flops / t_theirs / peak:.1%} |")
     table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks} (D = {cfg.hidden}, "
-             f"{cfg.num_layers} layers, "
-             f"{cfg.num_heads} heads), batch {batch}, {size}x{size}x{cfg.in_channels}, {tokens} text tokens, {dtype}; "
+             f"{cfg.num_layers} layers, {cfg.num_heads} heads), batch {batch}, {size}x{size}x{cfg.in_channels}, "
+             f"{tokens} text tokens, {dtype}; "
              f"{pairs} A/B pairs of median-of-{repeats}. Reference: {side.describe()}. Compile: forward "
              f"{compile_fwd:.1f} s, train step {compile_train:.1f} s.{compile_note} MFU: analytic FLOPs (train = 3 x "
              f"forward) over the measured {dtype} matmul peak {peak / 1e12:.2f} TFLOP/s.\n\n"

@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.benchmarks.common import TorchSide, append_results, matmul_peak, median_time  # noqa: E402
+from experiments.benchmarks.common import TorchSide, ab_pairs, append_results, matmul_peak, speedups  # noqa: E402
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.flops import clip_forward_flops, t5_forward_flops  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
@@ -74,15 +74,10 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str, dtype: str = "float
             side.sync()
 
         theirs()
-        ratios, a_t, b_t = [], [], []
-        for _ in range(pairs):
-            a = median_time(lambda: jax.block_until_ready(fwd(variables, jnp.asarray(ids))), repeats)
-            b = median_time(theirs, repeats)
-            a_t.append(a), b_t.append(b), ratios.append(b / a)
-        a = float(np.median(a_t))
-        rows.append(f"| {name}, batch {batch} x {tokens} | {a * 1e3:.1f} ms | {np.median(b_t) * 1e3:.1f} ms | "
-                    f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)}) | {flops / 1e9:.1f} | "
-                    f"{flops / a / peak * 100:.1f}% | {compile_s:.1f} s |")
+        ours = lambda: jax.block_until_ready(fwd(variables, jnp.asarray(ids)))  # noqa: E731
+        a, b, ratios = ab_pairs(ours, theirs, pairs, repeats)
+        rows.append(f"| {name}, batch {batch} x {tokens} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | "
+                    f"{speedups(ratios)} | {flops / 1e9:.1f} | {flops / a / peak * 100:.1f}% | {compile_s:.1f} s |")
     table = (f"{dtype}, same weights (transformers init, seed 0, loaded by our loaders); {pairs} A/B pairs of "
              f"median-of-{repeats}; reference {side.describe()} eager; measured "
              f"matmul peak {peak / 1e9:.1f} GFLOP/s ({dtype}).\n\n"
