@@ -58,9 +58,12 @@ def _probabilities(q: Array, k: Array) -> Array:
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
-@jax.custom_vjp
-def _attention_core(q: Array, k: Array, v: Array) -> Array:
+def _attention(q: Array, k: Array, v: Array) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` over a flat batch: ``q: (G, N, d)``, ``k, v: (G, M, d)`` -> ``(G, N, d)``."""
     return jnp.einsum("gqk,gkd->gqd", _probabilities(q, k), v)
+
+
+_attention_core = jax.custom_vjp(_attention)  # the same function with the hand-written gradient below
 
 
 def _attention_core_fwd(q, k, v):
@@ -82,25 +85,21 @@ _attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False) -> Array:
-    """``softmax(q k^T / sqrt(d)) v`` in ``(B, H, N, d)`` layout; ``q, k, v: (B, N, H, d)``.
+    """``softmax(q k^T / sqrt(d)) v`` as batched products over the flattened ``(B*H)`` heads; ``q, k, v: (B, N, H, d)``.
 
     Numerically the same as ``jax.nn.dot_product_attention`` (tested); its autodiff gradient is faster on
-    XLA:CPU. ``custom_gradient=True`` flattens (B, H) and uses the hand-written gradient of ``_attention_core``
-    (faster still on CPU, and the CPU default; gradients tested against autodiff of
-    ``jax.nn.dot_product_attention``). Which path runs: ``attention_backend``.
+    XLA:CPU. ``custom_gradient=True`` uses the hand-written gradient of ``_attention_core`` (faster still on CPU,
+    and the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
+    runs: ``attention_backend``.
     """
-    if custom_gradient:
-        b, n, h, d = q.shape
+    b, n, h, d = q.shape
 
-        def heads_first(a: Array) -> Array:
-            return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
+    def heads_first(a: Array) -> Array:
+        return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
 
-        o = _attention_core(heads_first(q), heads_first(k), heads_first(v))
-        return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
-    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", w, v), 1, 2)
+    core = _attention_core if custom_gradient else _attention
+    o = core(heads_first(q), heads_first(k), heads_first(v))
+    return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
 
 
 def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: str | None,
@@ -125,9 +124,9 @@ def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: s
 
 def attention_backend(impl: str | None, dtype: Any, head_dim: int) -> str:
     """The attention path ``model.attention_impl`` names; None picks per platform: einsum with the hand-written
-    gradient on a CPU (the fastest train step there: 793 ms vs 879 ms autodiff einsum and 938 ms
-    ``jax.nn.dot_product_attention``, experiments/benchmarks/RESULTS.md), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
-    supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere."""
+    gradient on a CPU (the fastest train step there, experiments/benchmarks/RESULTS.md), cuDNN flash attention
+    on an NVIDIA GPU in bf16/fp16 with a head dim it supports (JAX's own None still means the O(N^2)-memory XLA
+    path), XLA elsewhere."""
     if impl is not None:
         return impl
     platform = jax.default_backend()
