@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmdit_jax.host_memory import retain_freed_host_memory
+from mmdit_jax.cpu_runtime import configure_cpu_runtime
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -118,26 +118,27 @@ class TorchSide:
         return f"torch {t.__version__} on {where}, {self.dtype}" + (" autocast" if self.dtype != "float32" else "")
 
 
-_HOST_MALLOC = ["glibc default"]
+_CPU_RUNTIME = ["library defaults"]
 
 
-def add_host_memory_flag(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--default_malloc", action="store_true",
-                    help="leave glibc malloc as is (default: mmdit_jax.host_memory.retain_freed_host_memory)")
+def add_cpu_runtime_flag(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--default_cpu_runtime", action="store_true",
+                    help="leave glibc malloc and XLA:CPU fusion as they are (default: mmdit_jax.cpu_runtime)")
 
 
-def setup_host_memory(args: argparse.Namespace) -> None:
-    """Before the first JAX computation: the allocator setting the training entry point uses, unless
-    ``--default_malloc``; recorded in every results entry."""
-    if not args.default_malloc and retain_freed_host_memory():
-        _HOST_MALLOC[0] = "freed memory retained (mmdit_jax.host_memory)"
+def setup_cpu_runtime(args: argparse.Namespace) -> None:
+    """Before the first JAX computation: the settings the training entry point uses, unless
+    ``--default_cpu_runtime``; recorded in every results entry."""
+    if not args.default_cpu_runtime:
+        applied = [k for k, ok in configure_cpu_runtime().items() if ok]
+        _CPU_RUNTIME[0] = "mmdit_jax.cpu_runtime: " + (", ".join(applied) or "nothing applied")
 
 
 def machine() -> str:
     dev = jax.devices()[0]
     return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
             f"JAX {jax.__version__}, device {dev.platform}:{getattr(dev, 'device_kind', '?')}; "
-            f"host malloc: {_HOST_MALLOC[0]}")
+            f"CPU runtime: {_CPU_RUNTIME[0]}")
 
 
 def append_results(title: str, table: str) -> None:
