@@ -121,17 +121,17 @@ class TorchSide:
 _CPU_RUNTIME = ["library defaults"]
 
 
-def add_cpu_runtime_flag(ap: argparse.ArgumentParser) -> None:
+def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a benchmark's arguments plus ``--default_cpu_runtime``, then (before the first JAX computation)
+    apply the settings the training entry point uses unless that flag is given; the choice is recorded in every
+    results entry."""
     ap.add_argument("--default_cpu_runtime", action="store_true",
                     help="leave glibc malloc and XLA:CPU fusion as they are (default: mmdit_jax.cpu_runtime)")
-
-
-def setup_cpu_runtime(args: argparse.Namespace) -> None:
-    """Before the first JAX computation: the settings the training entry point uses, unless
-    ``--default_cpu_runtime``; recorded in every results entry."""
+    args = ap.parse_args()
     if not args.default_cpu_runtime:
         applied = [k for k, ok in configure_cpu_runtime().items() if ok]
         _CPU_RUNTIME[0] = "mmdit_jax.cpu_runtime: " + (", ".join(applied) or "nothing applied")
+    return args
 
 
 def machine() -> str:

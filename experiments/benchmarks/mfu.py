@@ -16,7 +16,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import add_cpu_runtime_flag, setup_cpu_runtime, adamw_train_step, append_results, matmul_peak, time_compiled  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    adamw_train_step, append_results, matmul_peak, parse_args, time_compiled)
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
@@ -66,7 +67,5 @@ if __name__ == "__main__":
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
-    add_cpu_runtime_flag(ap)
-    a = ap.parse_args()
-    setup_cpu_runtime(a)
+    a = parse_args(ap)
     main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate)

@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import add_cpu_runtime_flag, setup_cpu_runtime, append_results, time_compiled  # noqa: E402
+from experiments.benchmarks.common import append_results, parse_args, time_compiled  # noqa: E402
 from mmdit_jax.diffusion.guidance import classifier_free_guidance  # noqa: E402
 from mmdit_jax.diffusion.samplers import make_sampler  # noqa: E402
 from mmdit_jax.diffusion.schedules import get_schedule  # noqa: E402
@@ -72,7 +72,5 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--text_tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32")
-    add_cpu_runtime_flag(ap)
-    a = ap.parse_args()
-    setup_cpu_runtime(a)
+    a = parse_args(ap)
     main(a.preset, a.batch, a.steps, a.text_tokens, a.dtype)

@@ -22,8 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import (add_cpu_runtime_flag, setup_cpu_runtime,  # noqa: E402
-    TorchSide, ab_pairs, adamw_train_step, append_results, matmul_peak, speedups)
+from experiments.benchmarks.common import (  # noqa: E402
+    TorchSide, ab_pairs, adamw_train_step, append_results, matmul_peak, parse_args, speedups)
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
@@ -146,8 +146,6 @@ if __name__ == "__main__":
     ap.add_argument("--scan_blocks", action="store_true",
                     help="lax.scan over the blocks: compiles in seconds at SD3 sizes (the unrolled 24-block step "
                          "took > 100 s on an H200)")
-    add_cpu_runtime_flag(ap)
-    a = ap.parse_args()
-    setup_cpu_runtime(a)
+    a = parse_args(ap)
     main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile, a.attention_impl, a.size, a.tokens, a.dtype,
          a.scan_blocks)

@@ -23,7 +23,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.benchmarks.common import add_cpu_runtime_flag, setup_cpu_runtime, TorchSide, ab_pairs, append_results, matmul_peak, speedups  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    TorchSide, ab_pairs, append_results, matmul_peak, parse_args, speedups)
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.flops import clip_forward_flops, t5_forward_flops  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
@@ -94,7 +95,5 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--t5", default="base", choices=sorted(T5_SIZES))
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    add_cpu_runtime_flag(ap)
-    a = ap.parse_args()
-    setup_cpu_runtime(a)
+    a = parse_args(ap)
     main(a.batch, a.pairs, a.repeats, a.t5, a.dtype)

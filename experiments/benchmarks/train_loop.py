@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 
 from configs.default import get_config  # noqa: E402
-from experiments.benchmarks.common import add_cpu_runtime_flag, setup_cpu_runtime, append_results, median_time  # noqa: E402
+from experiments.benchmarks.common import append_results, median_time, parse_args  # noqa: E402
 from mmdit_jax.train.experiment import build  # noqa: E402
 from mmdit_jax.train.loop import train  # noqa: E402
 
@@ -59,7 +59,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=20)
-    add_cpu_runtime_flag(ap)
-    a = ap.parse_args()
-    setup_cpu_runtime(a)
+    a = parse_args(ap)
     main(a.steps, a.repeats)
