@@ -1,8 +1,8 @@
 """``configure_cpu_runtime`` (mmdit_jax/cpu_runtime.py), each setting against an oracle outside our code, in
 fresh processes with and without it:
 
-* host memory: the kernel's count of minor page faults (``getrusage``) per call of a compiled function whose
-  temporaries (108 MB) exceed glibc's 64 MB per-thread arena limit;
+* host memory: the kernel's count of minor page faults (``getrusage``) in the median of 7 calls of a compiled
+  function whose temporaries (108 MB) exceed glibc's 64 MB per-thread arena limit;
 * multi-output fusion: the largest fused computation XLA compiles for the gradient of a 6-block residual
   chain (duplicated producers make it grow with depth).
 """
@@ -29,12 +29,14 @@ import jax, jax.numpy as jnp
 n = 3072
 f = jax.jit(lambda x: ((x + 1.0) @ (x * 2.0)).sum())
 x = jnp.ones((n, n))
-for _ in range(2):
-    f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     f(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+per_call = []  # steady state: the median call (a call that grows the heap once faults its new pages once)
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    f(x).block_until_ready()
+    per_call.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = sorted(per_call)[3]
 
 def loss(ws, x):
     for w in ws:
