@@ -63,7 +63,19 @@ def enable_multi_output_fusion() -> bool:
     return True
 
 
+def accelerator_expected() -> bool:
+    """Whether JAX will run on an accelerator here: ``JAX_PLATFORMS`` names no ``cpu``, or it is unset and an
+    NVIDIA driver is loaded. Decided without starting JAX (that would make the settings too late)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return "cpu" not in platforms.split(",")[0]
+    return os.path.exists("/proc/driver/nvidia")
+
+
 def configure_cpu_runtime() -> dict[str, bool]:
-    """Both settings; returns which applied. Harmless on accelerators (CPU-only options, host malloc)."""
+    """Both settings when JAX will compute on the CPU; returns which applied. Nothing is changed where an
+    accelerator runs the computation (the host's malloc and XLA:CPU's fusion are then not on its critical path)."""
+    if accelerator_expected():
+        return {"retain_freed_host_memory": False, "multi_output_fusion": False}
     return {"retain_freed_host_memory": retain_freed_host_memory(),
             "multi_output_fusion": enable_multi_output_fusion()}

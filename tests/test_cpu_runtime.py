@@ -81,6 +81,12 @@ def test_warns_when_jax_already_runs_and_respects_user_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_extra_options=something_else")
     assert cpu_runtime.enable_multi_output_fusion() is False  # the user's backend options are left alone
     assert os.environ["XLA_FLAGS"] == "--xla_backend_extra_options=something_else"
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # an accelerator computes: nothing is changed
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert cpu_runtime.configure_cpu_runtime() == {"retain_freed_host_memory": False, "multi_output_fusion": False}
+    assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not cpu_runtime.accelerator_expected()
     monkeypatch.setattr(cpu_runtime.platform, "system", lambda: "Darwin")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

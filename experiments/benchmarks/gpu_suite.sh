@@ -2,7 +2,7 @@
 # The benchmark suite on one GPU in bf16, at SD3-medium size where the performance issue asks for it
 # (1024 image tokens = 64x64 latents with patch 2, 333 text tokens, batch 8), blocks under lax.scan (the unrolled
 # 24-block train step did not compile within 100 s on an H200). Most valuable first, each step under its own limit
-# (under 10 minutes in all, one call of the device tool); logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
+# (under 10 minutes in all, one call of the device tool; about 11 minutes of device time with the start); logs and the updated RESULTS.md go to $OUT (default runs/gpu_suite).
 # Smoke-test on a CPU with small sizes: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_suite.sh
 #
 # The lent GPU machines have jax, flax, optax, torch and transformers but not ml_collections or diffusers, and no
@@ -22,16 +22,23 @@ step() {
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s, $(date -u +%T))"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
-  grep -v "^[WI][0-9]\{4\}" "$OUT/$name.log" | tail -n 14
+  grep -v "^[WI][0-9]\{4\}" "$OUT/$name.log" | tail -n "${TAIL:-14}"
   cp experiments/benchmarks/RESULTS.md "$OUT/RESULTS.md"
 }
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import jax, flax, optax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"
 B=experiments/benchmarks
-step mfu 120 $PY $B/mfu.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --batch "$BATCH" \
-  --dtype bfloat16 --scan_blocks
-step step_vs_diffusers 240 $PY $B/mmdit_step.py --preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --batch "$BATCH" \
-  --dtype bfloat16 --pairs 3 --repeats 3 --scan_blocks
-step sampler_overhead 60 $PY $B/mmdit_sampler_overhead.py --preset small --batch 8 --dtype bfloat16
-step text_encoding 60 $PY $B/text_encoding.py --batch 8 --dtype bfloat16
-step attention_checks 100 env JAX_PLATFORMS= $PY -m pytest -q -p no:cacheprovider tests/models/test_attention_gpu.py
+SD3=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --scan_blocks)
+# 1. Where the step's time goes: MFU + a 2-step trace summarised (trace and optimised HLO kept in $OUT).
+XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_step" \
+  TAIL=50 step profile 100 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace"
+tar czf "$OUT/hlo.tgz" -C "$OUT" hlo 2> /dev/null && rm -rf "$OUT/hlo"
+# 2. Side by side with diffusers on CUDA, same weights.
+step step_vs_diffusers 170 $PY $B/mmdit_step.py "${SD3[@]}" --batch "$BATCH" --pairs 3 --repeats 3
+# 3. What moves MFU: cuBLAS for every GEMM (no Triton GEMM fusions), two blocks per scan iteration, batch 16.
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false step mfu_no_triton_gemm 60 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH"
+step mfu_unroll2 70 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH" --scan_unroll 2
+step mfu_batch16 60 $PY $B/mfu.py "${SD3[@]}" --batch 16
+# 4. Text encoders after the weight-placement fix; the GPU attention paths against an fp32 oracle.
+step text_encoding 50 $PY $B/text_encoding.py --batch 8 --dtype bfloat16
+step attention_checks 90 env JAX_PLATFORMS= $PY -m pytest -q -p no:cacheprovider tests/models/test_attention_gpu.py

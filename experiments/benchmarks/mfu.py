@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -22,10 +23,13 @@ from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 
-def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
-         scan_blocks: bool = False, remat: bool = False, donate: bool = True) -> None:
+def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
+              scan_blocks: bool = False, remat: bool = False, donate: bool = True,
+              scan_unroll: int = 1) -> tuple[Callable[[], jax.Array], float]:
+    """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
+    state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
     cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
-                                 "scan_blocks": scan_blocks, "remat": remat})
+                                 "scan_blocks": scan_blocks, "remat": remat, "scan_unroll": scan_unroll})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)  # random data: zeros or ones can time faster than real inputs
     x = jax.random.normal(keys[0], (batch, size, size, cfg.in_channels))
@@ -37,15 +41,23 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     step, opt = adamw_train_step(model, buffers, donate)
     state = [params, opt.init(params)]  # replaced by each step's outputs (the inputs are donated)
 
-    def run():
+    def run() -> jax.Array:
         state[0], state[1], loss = step(*state, x, t, c, y, x)
         return loss
 
+    return run, 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
+
+
+def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
+         scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1) -> None:
+    run, flops = make_step(preset, batch, size, tokens, dtype, attention_impl, scan_blocks, remat, donate,
+                           scan_unroll)
     t_step, compile_s = time_compiled(run)
-    flops = 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
     peak = matmul_peak(jnp.dtype(dtype))
-    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, remat={remat}, "
-             f"donate={donate}, batch {batch}, {size}x{size}, {tokens} text tokens, {dtype}.\n\n"
+    flags = os.environ.get("XLA_FLAGS", "")
+    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, "
+             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, batch {batch}, {size}x{size}, {tokens} "
+             f"text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
@@ -65,7 +77,9 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--attention_impl", default=None, help="None (per platform) | xla | cudnn | einsum | einsum_vjp")
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
+    ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
     a = parse_args(ap)
-    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate)
+    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate,
+         a.scan_unroll)

@@ -53,6 +53,7 @@ class MMDiTConfig:
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
+    scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
 
     @property
@@ -71,7 +72,7 @@ class MMDiTConfig:
 
     def validate(self) -> None:
         for f in ("patch_size", "in_channels", "out_channels", "num_layers", "num_heads", "head_dim",
-                  "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio"):
+                  "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio", "scan_unroll"):
             check_positive_int(f"model.{f}", getattr(self, f))
         if self.use_pooled:
             check_positive_int("model.pooled_projection_dim", self.pooled_projection_dim)
@@ -243,7 +244,8 @@ class MMDiT(nn.Module):
         if cfg.scan_blocks:
             for start, stop, dual in cfg.block_groups():
                 scan = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
-                               in_axes=(nn.broadcast, 0), length=stop - start)
+                               in_axes=(nn.broadcast, 0), length=stop - start,
+                               unroll=min(cfg.scan_unroll, stop - start))
                 mask = jnp.asarray([i in skip for i in range(start, stop)])
                 (tokens, c), _ = scan(cfg, dual, name=f"scan_{start}_{stop}")((tokens, c), y, mask)
         else:

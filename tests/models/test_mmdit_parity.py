@@ -1,5 +1,7 @@
 """Parity with diffusers' SD3Transformer2DModel (PyTorch CPU, fp32) on random weights converted by our converter."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -132,5 +134,8 @@ def test_scan_and_remat_give_the_unrolled_result():
     # same maths; XLA may fuse the scanned body differently, so equal up to float32 rounding
     assert rel_err(run_ours(scan_cfg, scan_vars, x, t, c, y, skip_layers=[1]), base) <= 1e-6
     assert rel_err(run_ours(scan_cfg, stack_blocks(variables, scan_cfg), x, t, c, y, [1]), base) <= 1e-6
+    # two blocks per scan iteration (scan_unroll): same parameters, same result, the skip mask still honoured
+    unroll_cfg = dataclasses.replace(scan_cfg, scan_unroll=2, remat=False)
+    assert rel_err(run_ours(unroll_cfg, scan_vars, x, t, c, y, skip_layers=[1]), base) <= 1e-6
     np.testing.assert_array_equal(unstack_blocks(scan_vars, scan_cfg)["params"]["transformer_blocks_2"]["norm1"]["kernel"],
                                   variables["params"]["transformer_blocks_2"]["norm1"]["kernel"])

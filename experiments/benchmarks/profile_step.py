@@ -1,0 +1,60 @@
+"""Profile of the MMDiT train step (the one ``mfu.py`` times): step time and MFU, then a ``jax.profiler`` trace of a
+few steps summarised by ``trace_summary`` (device busy fraction, kernel time by kind, top kernels). On an
+accelerator this says where the time above the matmul floor goes; XLA:CPU traces carry no per-kernel events.
+
+Run: ``python experiments/benchmarks/profile_step.py --preset sd3_medium --size 64 --tokens 333 --dtype bfloat16
+--scan_blocks --trace_dir runs/profile``; the trace stays in ``--trace_dir`` (open it in ui.perfetto.dev).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from experiments.benchmarks.common import append_results, matmul_peak, parse_args, time_compiled  # noqa: E402
+from experiments.benchmarks.mfu import make_step  # noqa: E402
+from experiments.benchmarks.trace_summary import summarise  # noqa: E402
+
+
+def main(a: argparse.Namespace) -> None:
+    run, flops = make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks,
+                           a.remat, True, a.scan_unroll)
+    t_step, compile_s = time_compiled(run)
+    peak = matmul_peak(jnp.dtype(a.dtype))
+    mfu = (f"Train step {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s), MFU {flops / t_step / peak:.1%} of a "
+           f"measured {peak / 1e12:.1f} TFLOP/s")
+    print(mfu, flush=True)  # kept if the profiler fails (e.g. no CUPTI access)
+    with jax.profiler.trace(a.trace_dir, create_perfetto_trace=True):
+        for _ in range(a.steps):
+            jax.block_until_ready(run())
+    trace = sorted(glob.glob(os.path.join(a.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+                   key=os.path.getmtime)[-1]
+    table = (f"Preset `{a.preset}`, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, "
+             f"batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; "
+             f"XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced (`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps) + "\n")
+    print(table)
+    append_results("MMDiT train-step profile", table)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--attention_impl", default=None)
+    ap.add_argument("--scan_blocks", action="store_true")
+    ap.add_argument("--scan_unroll", type=int, default=1)
+    ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--steps", type=int, default=2, help="steps inside the trace")
+    ap.add_argument("--top", type=int, default=30, help="kernels listed")
+    ap.add_argument("--trace_dir", default="runs/profile")
+    main(parse_args(ap))
