@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from mmdit_jax.cpu_runtime import configure_cpu_runtime
+from mmdit_jax.models.mmdit_params import cast_kernels
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -59,13 +60,16 @@ def speedups(ratios: list[float]) -> str:
     return f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})"
 
 
-def adamw_train_step(model: Any, buffers: Any, donate: bool = True) -> tuple[Callable[..., Any], Any]:
+def adamw_train_step(model: Any, buffers: Any, donate: bool = True,
+                     cast: bool = True) -> tuple[Callable[..., Any], Any]:
     """The benchmarks' MMDiT train step and its optimiser (for ``opt.init``): ``step(params, opt_state, x, t, c, y,
     target) -> (params, opt_state, loss)``, MSE in fp32, AdamW 1e-4, jitted with params and optimiser state
-    donated (as the real train step does) unless ``donate=False``."""
+    donated and kernels cast to the compute dtype once per step (as the real train step does) unless
+    ``donate=False`` / ``cast=False``."""
     opt = optax.adamw(1e-4)
 
     def loss_fn(p, x, t, c, y, target):
+        p = cast_kernels(p, model.config.dtype) if cast else p
         return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - target) ** 2)
 
     def step(p, s, x, t, c, y, target):

@@ -32,9 +32,12 @@ SD3=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --sca
 # 1. Where the step's time goes: MFU + a 2-step trace summarised (trace and optimised HLO kept in $OUT).
 XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_step" \
   TAIL=50 step profile 100 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace"
-tar czf "$OUT/hlo.tgz" -C "$OUT" hlo 2> /dev/null && rm -rf "$OUT/hlo"
-# 2. Side by side with diffusers on CUDA, same weights.
-step step_vs_diffusers 170 $PY $B/mmdit_step.py "${SD3[@]}" --batch "$BATCH" --pairs 3 --repeats 3
+cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace.json.gz"; rm -rf "$OUT/trace"
+cp "$(ls -S "$OUT"/hlo/*jit_step*after_optimizations.txt | head -1)" "$OUT/step_after_optimizations.txt"
+gzip -f "$OUT/step_after_optimizations.txt"; rm -rf "$OUT/hlo"  # files back from the device: 16 MiB each
+# 2. Side by side with diffusers on CUDA, same weights; batch 4: both frameworks' batch-8 steps do not fit one
+#    card together (JAX held ~97 GiB when PyTorch ran out of memory on the H200).
+step step_vs_diffusers 170 $PY $B/mmdit_step.py "${SD3[@]}" --batch "${SIDE_BATCH:-4}" --pairs 3 --repeats 3
 # 3. What moves MFU: cuBLAS for every GEMM (no Triton GEMM fusions), two blocks per scan iteration, batch 16.
 XLA_FLAGS=--xla_gpu_enable_triton_gemm=false step mfu_no_triton_gemm 60 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH"
 step mfu_unroll2 70 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH" --scan_unroll 2

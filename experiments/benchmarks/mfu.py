@@ -25,7 +25,7 @@ from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
               scan_blocks: bool = False, remat: bool = False, donate: bool = True,
-              scan_unroll: int = 1) -> tuple[Callable[[], jax.Array], float]:
+              scan_unroll: int = 1, cast: bool = True) -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
     state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
     cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
@@ -38,7 +38,7 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
     t = jnp.linspace(1.0, 999.0, batch)
     variables = jax.jit(model.init)(keys[3], x, t, c, y)
     params, buffers = variables["params"], {"buffers": variables["buffers"]}
-    step, opt = adamw_train_step(model, buffers, donate)
+    step, opt = adamw_train_step(model, buffers, donate, cast)
     state = [params, opt.init(params)]  # replaced by each step's outputs (the inputs are donated)
 
     def run() -> jax.Array:
@@ -49,14 +49,15 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
 
 
 def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
-         scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1) -> None:
+         scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1,
+         cast: bool = True) -> None:
     run, flops = make_step(preset, batch, size, tokens, dtype, attention_impl, scan_blocks, remat, donate,
-                           scan_unroll)
+                           scan_unroll, cast)
     t_step, compile_s = time_compiled(run)
     peak = matmul_peak(jnp.dtype(dtype))
     flags = os.environ.get("XLA_FLAGS", "")
     table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, "
-             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, batch {batch}, {size}x{size}, {tokens} "
+             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, kernels cast once={cast}, batch {batch}, {size}x{size}, {tokens} "
              f"text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
@@ -79,7 +80,8 @@ if __name__ == "__main__":
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
     ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
+    ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
     a = parse_args(ap)
     main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate,
-         a.scan_unroll)
+         a.scan_unroll, not a.no_cast)

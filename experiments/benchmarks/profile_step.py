@@ -25,7 +25,7 @@ from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
 def main(a: argparse.Namespace) -> None:
     run, flops = make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks,
-                           a.remat, True, a.scan_unroll)
+                           a.remat, True, a.scan_unroll, not a.no_cast)
     t_step, compile_s = time_compiled(run)
     peak = matmul_peak(jnp.dtype(a.dtype))
     mfu = (f"Train step {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s), MFU {flops / t_step / peak:.1%} of a "
@@ -37,7 +37,7 @@ def main(a: argparse.Namespace) -> None:
     trace = sorted(glob.glob(os.path.join(a.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
                    key=os.path.getmtime)[-1]
     table = (f"Preset `{a.preset}`, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, "
-             f"batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; "
+             f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; "
              f"XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced (`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps) + "\n")
     print(table)
     append_results("MMDiT train-step profile", table)
@@ -54,6 +54,7 @@ if __name__ == "__main__":
     ap.add_argument("--scan_blocks", action="store_true")
     ap.add_argument("--scan_unroll", type=int, default=1)
     ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
     ap.add_argument("--steps", type=int, default=2, help="steps inside the trace")
     ap.add_argument("--top", type=int, default=30, help="kernels listed")
     ap.add_argument("--trace_dir", default="runs/profile")

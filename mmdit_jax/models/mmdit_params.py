@@ -31,6 +31,25 @@ def unstack_blocks(variables: dict[str, Any], cfg: MMDiTConfig) -> dict[str, Any
     return {**variables, "params": params}
 
 
+def cast_kernels(params: Any, dtype: str) -> Any:
+    """The parameters the forward computes with: every ``kernel`` leaf (Dense, Conv) cast to the compute ``dtype``
+    once, outside the blocks' scan; other leaves (biases, norm scales) as stored. ``dtype`` is ``model.dtype``.
+
+    Why: the model casts each kernel where it is used, which under ``scan_blocks`` happens inside the loop, so
+    every iteration first copies its block's float32 slice out of the stack and then converts it (measured on
+    an H200: ~830 copies, 12 ms of a 171 ms SD3-medium train step). Cast first, the loop slices half the bytes
+    and the gradients accumulate in the compute dtype. The forward is bit-identical (each use casts to the same
+    dtype anyway) and the gradient reaches the float32 parameters through the cast; a no-op in float32.
+    """
+    target = jnp.dtype(dtype)
+
+    def cast(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
+        name = getattr(path[-1], "key", None)
+        return leaf.astype(target) if name == "kernel" and leaf.dtype != target else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def abstract_variables(cfg: MMDiTConfig, text_tokens: int = 8) -> Any:
     """Shapes and dtypes of ``model.init`` via ``jax.eval_shape`` (no memory allocated)."""
     model = MMDiT(cfg)

@@ -20,6 +20,7 @@ import optax
 from mmdit_jax.diffusion.losses import make_loss_fn
 from mmdit_jax.diffusion.schedules import Schedule
 from mmdit_jax.models.mmdit import MMDiT
+from mmdit_jax.models.mmdit_params import cast_kernels
 from mmdit_jax.models.text.conditioning import drop_encoders
 from mmdit_jax.train.state import TrainState
 
@@ -55,7 +56,7 @@ def make_train_step(model: MMDiT, buffers: Any, schedule: Schedule, optimizer: o
             c, y = drop_encoders(key_drop, c, y, text_widths, clip_tokens, tuple(config.text.drop_probs))
 
         def objective(params):
-            net = mmdit_net(model, {"params": params, **buffers}, c, y if model.config.use_pooled else None,
+            net = mmdit_net(model, {"params": cast_kernels(params, model.config.dtype), **buffers}, c, y if model.config.use_pooled else None,
                             config.timestep_scale)
             per, t = loss_fn(net, batch["image"], key_loss)
             return jnp.mean(per), (per, t)
