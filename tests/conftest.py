@@ -14,8 +14,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
-# What the training entry point does before its first JAX computation (mmdit_jax/cpu_runtime.py): without it
+# What the training entry point does before its first JAX computation (mmdit_jax/runtime.py): without it
 # every compiled call re-faults its temporaries page by page.
-from mmdit_jax.cpu_runtime import configure_cpu_runtime  # noqa: E402
+from mmdit_jax.runtime import configure_runtime  # noqa: E402
 
-configure_cpu_runtime()
+configure_runtime()

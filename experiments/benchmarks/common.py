@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmdit_jax.cpu_runtime import configure_cpu_runtime
+from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.models.mmdit_params import cast_kernels
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -122,19 +122,19 @@ class TorchSide:
         return f"torch {t.__version__} on {where}, {self.dtype}" + (" autocast" if self.dtype != "float32" else "")
 
 
-_CPU_RUNTIME = ["library defaults"]
+_RUNTIME = ["library defaults"]
 
 
 def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse a benchmark's arguments plus ``--default_cpu_runtime``, then (before the first JAX computation)
+    """Parse a benchmark's arguments plus ``--default_runtime``, then (before the first JAX computation)
     apply the settings the training entry point uses unless that flag is given; the choice is recorded in every
     results entry."""
-    ap.add_argument("--default_cpu_runtime", action="store_true",
-                    help="leave glibc malloc and XLA:CPU fusion as they are (default: mmdit_jax.cpu_runtime)")
+    ap.add_argument("--default_runtime", action="store_true",
+                    help="leave malloc and XLA's flags as they are (default: the settings of mmdit_jax.runtime)")
     args = ap.parse_args()
-    if not args.default_cpu_runtime:
-        applied = [k for k, ok in configure_cpu_runtime().items() if ok]
-        _CPU_RUNTIME[0] = "mmdit_jax.cpu_runtime: " + (", ".join(applied) or "nothing applied")
+    if not args.default_runtime:
+        applied = [k for k, ok in configure_runtime().items() if ok]
+        _RUNTIME[0] = "mmdit_jax.runtime: " + (", ".join(applied) or "nothing applied")
     return args
 
 
@@ -142,7 +142,7 @@ def machine() -> str:
     dev = jax.devices()[0]
     return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
             f"JAX {jax.__version__}, device {dev.platform}:{getattr(dev, 'device_kind', '?')}; "
-            f"CPU runtime: {_CPU_RUNTIME[0]}")
+            f"runtime settings: {_RUNTIME[0]}")
 
 
 def append_results(title: str, table: str) -> None:

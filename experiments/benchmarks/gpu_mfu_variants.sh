@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Follow-up to gpu_suite.sh on one GPU (SD3-medium, bf16, scanned blocks): the train-step MFU with kernels cast to
-# bf16 once per step (mmdit_params.cast_kernels) against casting them inside the scan, each with and without
-# Triton GEMM fusions, at batch 8 and 16; then the diffusers side-by-side at batch 4. One call of the device tool
-# (about 6 minutes); carry .whl as gpu_suite.sh says. Smoke-test on a CPU: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 ...
+# Next MFU candidates on one GPU (SD3-medium, bf16, kernels cast once, cuBLAS GEMMs: mmdit_jax.runtime), after
+# gpu_suite.sh. Session 5's profile (RESULTS.md, "GPU session 5") left ~17 ms of a 160 ms step in ~1,300 memcpy
+# kernels per step that slice each block's parameters out of the scan's stacks, and could not name the HLO op
+# behind each kernel (CUDA graphs hide it). Tried here, each in its own process:
+#   1. a profile with command buffers off (kernels named by HLO op; trace.json.gz back in $OUT),
+#   2. --xla_gpu_enable_dynamic_slice_fusion=true (GEMMs read the slice in place instead of a copy),
+#   3. the unrolled 24 blocks (no slices at all; session 3 saw its compile pass 100 s), under a 200 s limit,
+#   4. batch 16 with the better of 1-2.
+# One call of the device tool (about 7 minutes); carry .whl as gpu_suite.sh says. Not yet run on a GPU.
+# Smoke-test on a CPU: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_mfu_variants.sh
 set -u
 if [ -d .whl ] && command -v nvidia-smi > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -15,17 +21,17 @@ step() {
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s, $(date -u +%T))"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
-  grep -E "^\| (train step|\*\*MFU)|^Train step|^\| (forward|train step) \||rror" "$OUT/$name.log" | tail -n "${TAIL:-6}"
+  grep -E "^\| (train step|\*\*MFU)|^Train step|rror" "$OUT/$name.log" | tail -n 6
   cp experiments/benchmarks/RESULTS.md "$OUT/RESULTS.md"
 }
 B=experiments/benchmarks
-SD3=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --scan_blocks)
-NT=--xla_gpu_enable_triton_gemm=false
-TAIL=20 step profile_cast 80 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace" --top 12
-cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace_cast.json.gz"; rm -rf "$OUT/trace"
-grep -A 12 "^| kind" "$OUT/profile_cast.log"
-XLA_FLAGS=$NT step cast_notriton 50 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH"
-XLA_FLAGS=$NT step nocast_notriton 50 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH" --no_cast
-step nocast_triton 50 $PY $B/mfu.py "${SD3[@]}" --batch "$BATCH" --no_cast
-XLA_FLAGS=$NT step cast_notriton_b16 60 $PY $B/mfu.py "${SD3[@]}" --batch $((2 * BATCH))
-step step_vs_diffusers 130 $PY $B/mmdit_step.py "${SD3[@]}" --batch "${SIDE_BATCH:-4}" --pairs 3 --repeats 3
+SHAPE=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16)
+XLA_FLAGS=--xla_gpu_enable_command_buffer= step profile_no_graphs 90 $PY $B/profile_step.py "${SHAPE[@]}" \
+  --scan_blocks --batch "$BATCH" --trace_dir "$OUT/trace" --top 40
+cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace.json.gz"; rm -rf "$OUT/trace"
+grep -A 10 "^| kind" "$OUT/profile_no_graphs.log"
+DSF=--xla_gpu_enable_dynamic_slice_fusion=true
+XLA_FLAGS=$DSF step dynamic_slice_fusion 60 $PY $B/mfu.py "${SHAPE[@]}" --scan_blocks --batch "$BATCH"
+step baseline 50 $PY $B/mfu.py "${SHAPE[@]}" --scan_blocks --batch "$BATCH"
+step unrolled 200 $PY $B/mfu.py "${SHAPE[@]}" --batch "$BATCH"
+XLA_FLAGS=$DSF step dynamic_slice_fusion_b16 60 $PY $B/mfu.py "${SHAPE[@]}" --scan_blocks --batch $((2 * BATCH))

@@ -17,7 +17,7 @@ import re
 
 KINDS = (  # first match wins; matched against "kernel name | hlo op | hlo category"
     ("attention", re.compile(r"fmha|flash|cudnn|attention|sdpa|softmax", re.I)),
-    ("matmul", re.compile(r"gemm|xmma|cutlass|cublas|matmul|(?<![a-z])dot(?![a-z])|wgmma", re.I)),
+    ("matmul", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|matmul|(?<![a-z])dot(?![a-z])|wgmma", re.I)),
     ("copy / slice", re.compile(r"copy|transpose|dynamic.update.slice|dynamic.slice|memcpy|memset|concatenate|"
                                 r"(?<![a-z])pad(?![a-z])", re.I)),
     ("reduction fusion", re.compile(r"reduce|reduction|input_fusion|row_reduction", re.I)),

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdit_jax.cpu_runtime import configure_cpu_runtime
+from mmdit_jax.runtime import configure_runtime
 
 
 def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str) -> None:
@@ -18,7 +18,7 @@ def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str) ->
     outdir = flags.DEFINE_string("outdir", default_outdir, "Where RESULTS.md and figures go.")
 
     def main(_):
-        configure_cpu_runtime()  # before the first JAX computation
+        configure_runtime()  # before the first JAX computation
         run(config.value, workdir.value, outdir.value)
         print(open(os.path.join(outdir.value, "RESULTS.md")).read())
 

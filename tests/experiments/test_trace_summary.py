@@ -44,3 +44,4 @@ def test_kernel_kinds():
     assert kind_of("loop_pad_fusion | pad.3 | ") == "copy / slice"
     assert kind_of("loop_dot_fusion | | ") == "matmul"
     assert kind_of("loop_broadcast_fusion | | ") == "elementwise fusion"
+    assert kind_of("nvjet_sm90_tst_192x192_64x3_1x2_h_bz_coopB_NTN | command_buffer_356 | ") == "matmul"  # cuBLAS

@@ -1,4 +1,8 @@
-"""Process settings that make XLA:CPU training faster; both must be made before the first JAX computation.
+"""Process settings that make training faster, per platform; all must be made before the first JAX computation.
+
+``configure_runtime()`` applies those of the platform JAX will compute on (decided without starting JAX).
+
+On a CPU:
 
 1. Keep freed host memory mapped (glibc ``mallopt``). XLA:CPU takes every execution's temporary buffer
    (788 MB for the small-preset MMDiT train step) from ``malloc`` on one of its worker threads. glibc serves a
@@ -11,8 +15,15 @@
    each consumer (fusions of ~450 instructions; 32k fused instructions in the train step, 12k with it): the
    compile takes ~40% less time and the step ~2% less. Same operations, so the same maths.
 
+On an NVIDIA GPU:
+
+3. Every GEMM through cuBLAS (``--xla_gpu_enable_triton_gemm=false``): XLA's Triton GEMM fusions (a matmul
+   with its neighbouring elementwise ops in one generated kernel) ran slower than cuBLAS plus a separate
+   fusion in the SD3-medium bf16 train step on an H200: 171.2 -> 165.0 ms, and 166.7 -> 160.1 ms with
+   kernels cast once (``mmdit_params.cast_kernels``). Left alone if the user sets the flag.
+
 Numbers: experiments/benchmarks/RESULTS.md. Settings made after JAX started are not effective (XLA's worker
-threads already own their arenas; the flags are read once), so ``configure_cpu_runtime`` warns then.
+threads already own their arenas; the flags are read once), so ``configure_runtime`` warns then.
 Entry points (``python -m mmdit_jax``, the study experiments, the benchmarks, the test session) call it first.
 """
 
@@ -28,6 +39,7 @@ import warnings
 # mallopt parameters (glibc <malloc.h>).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MULTI_OUTPUT_FUSION = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
+CUBLAS_GEMMS = "--xla_gpu_enable_triton_gemm=false"
 
 
 def _jax_started() -> bool:
@@ -39,7 +51,7 @@ def _jax_started() -> bool:
 def _warn_if_late(what: str) -> None:
     if _jax_started():
         warnings.warn(f"{what} set after JAX started has no effect on the running backend (XLA's threads keep "
-                      "their malloc arenas; XLA_FLAGS are read once). Call configure_cpu_runtime() before the "
+                      "their malloc arenas; XLA_FLAGS are read once). Call configure_runtime() before the "
                       "first JAX computation.", stacklevel=3)
 
 
@@ -63,19 +75,35 @@ def enable_multi_output_fusion() -> bool:
     return True
 
 
-def accelerator_expected() -> bool:
-    """Whether JAX will run on an accelerator here: ``JAX_PLATFORMS`` names no ``cpu``, or it is unset and an
-    NVIDIA driver is loaded. Decided without starting JAX (that would make the settings too late)."""
+def use_cublas_gemms() -> bool:
+    """Setting 3 above, through ``XLA_FLAGS``; False (and unchanged) if the user already chose."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_enable_triton_gemm" in flags:
+        return CUBLAS_GEMMS in flags.split()
+    _warn_if_late("use_cublas_gemms")
+    os.environ["XLA_FLAGS"] = f"{flags} {CUBLAS_GEMMS}".strip()
+    return True
+
+
+def expected_platform() -> str:
+    """The platform JAX will compute on here: the first of ``JAX_PLATFORMS`` if set, else ``cuda`` where an NVIDIA
+    driver is loaded, else ``cpu``. Decided without starting JAX (that would make the settings too late)."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
-        return "cpu" not in platforms.split(",")[0]
-    return os.path.exists("/proc/driver/nvidia")
+        return platforms.split(",")[0].strip().lower()
+    return "cuda" if os.path.exists("/proc/driver/nvidia") else "cpu"
 
 
-def configure_cpu_runtime() -> dict[str, bool]:
-    """Both settings when JAX will compute on the CPU; returns which applied. Nothing is changed where an
-    accelerator runs the computation (the host's malloc and XLA:CPU's fusion are then not on its critical path)."""
+def accelerator_expected() -> bool:
+    return expected_platform() != "cpu"
+
+
+def configure_runtime() -> dict[str, bool]:
+    """The settings of the platform JAX will compute on (1 and 2 on a CPU, 3 on an NVIDIA GPU); returns which
+    applied. The CPU settings are left out where an accelerator computes (the host's malloc and XLA:CPU's fusion
+    are then not on the step's critical path)."""
     if accelerator_expected():
-        return {"retain_freed_host_memory": False, "multi_output_fusion": False}
+        return {"retain_freed_host_memory": False, "multi_output_fusion": False,
+                "cublas_gemms": use_cublas_gemms() if expected_platform() in ("cuda", "gpu") else False}
     return {"retain_freed_host_memory": retain_freed_host_memory(),
-            "multi_output_fusion": enable_multi_output_fusion()}
+            "multi_output_fusion": enable_multi_output_fusion(), "cublas_gemms": False}

@@ -1,10 +1,12 @@
-"""``configure_cpu_runtime`` (mmdit_jax/cpu_runtime.py), each setting against an oracle outside our code, in
+"""``configure_runtime`` (mmdit_jax/runtime.py). The CPU settings, each against an oracle outside our code, in
 fresh processes with and without it:
 
 * host memory: the kernel's count of minor page faults (``getrusage``) in the median of 7 calls of a compiled
   function whose temporaries (108 MB) exceed glibc's 64 MB per-thread arena limit;
 * multi-output fusion: the largest fused computation XLA compiles for the gradient of a 6-block residual
   chain (duplicated producers make it grow with depth).
+
+The GPU setting is an XLA flag chosen by platform (its effect is a benchmark: experiments/benchmarks/RESULTS.md).
 """
 
 import json
@@ -17,13 +19,13 @@ import warnings
 import jax.numpy as jnp
 import pytest
 
-from mmdit_jax import cpu_runtime
+from mmdit_jax import runtime
 
 _PROBE = """
 import json, re, resource, sys
 if sys.argv[1] == "on":
-    from mmdit_jax.cpu_runtime import configure_cpu_runtime
-    configure_cpu_runtime()
+    from mmdit_jax.runtime import configure_runtime
+    configure_runtime()
 import jax, jax.numpy as jnp
 
 n = 3072
@@ -76,18 +78,25 @@ def test_warns_when_jax_already_runs_and_respects_user_flags(monkeypatch):
     jnp.ones(1).block_until_ready()  # backends are up in this process
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     with pytest.warns(UserWarning, match="before the first JAX computation"):
-        assert cpu_runtime.enable_multi_output_fusion()
-    assert cpu_runtime.MULTI_OUTPUT_FUSION in os.environ["XLA_FLAGS"].split()
+        assert runtime.enable_multi_output_fusion()
+    assert runtime.MULTI_OUTPUT_FUSION in os.environ["XLA_FLAGS"].split()
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_extra_options=something_else")
-    assert cpu_runtime.enable_multi_output_fusion() is False  # the user's backend options are left alone
+    assert runtime.enable_multi_output_fusion() is False  # the user's backend options are left alone
     assert os.environ["XLA_FLAGS"] == "--xla_backend_extra_options=something_else"
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # an accelerator computes: nothing is changed
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")  # another accelerator computes: nothing is changed
     monkeypatch.setenv("XLA_FLAGS", "")
-    assert cpu_runtime.configure_cpu_runtime() == {"retain_freed_host_memory": False, "multi_output_fusion": False}
+    assert not any(runtime.configure_runtime().values())
     assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # an NVIDIA GPU: cuBLAS GEMMs only, no CPU settings
+    with pytest.warns(UserWarning, match="before the first JAX computation"):
+        assert runtime.configure_runtime() == {"retain_freed_host_memory": False, "multi_output_fusion": False,
+                                               "cublas_gemms": True}
+    assert os.environ["XLA_FLAGS"] == runtime.CUBLAS_GEMMS
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true")  # the user's choice stands
+    assert runtime.use_cublas_gemms() is False and os.environ["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not cpu_runtime.accelerator_expected()
-    monkeypatch.setattr(cpu_runtime.platform, "system", lambda: "Darwin")
+    assert not runtime.accelerator_expected()
+    monkeypatch.setattr(runtime.platform, "system", lambda: "Darwin")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cpu_runtime.retain_freed_host_memory() is False
+        assert runtime.retain_freed_host_memory() is False
