@@ -12,7 +12,8 @@ from mmdit_jax.models.mmdit_params import cast_kernels
 
 def test_cast_once_equals_cast_where_used():
     # scanned blocks: where the cast moves out of the loop (unrolled, only where it happens changes)
-    cfg = MMDiTConfig.from_dict({**get_config("tiny"), "dtype": "bfloat16", "scan_blocks": True, "num_layers": 3})
+    cfg = MMDiTConfig.from_dict({**get_config("tiny"), "dtype": "bfloat16", "scan_blocks": True, "num_layers": 3,
+                                 "dual_attention_layers": ()})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     x = jax.random.normal(keys[0], (2, 8, 8, cfg.in_channels))
