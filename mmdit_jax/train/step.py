@@ -56,8 +56,8 @@ def make_train_step(model: MMDiT, buffers: Any, schedule: Schedule, optimizer: o
             c, y = drop_encoders(key_drop, c, y, text_widths, clip_tokens, tuple(config.text.drop_probs))
 
         def objective(params):
-            net = mmdit_net(model, {"params": cast_kernels(params, model.config.dtype), **buffers}, c, y if model.config.use_pooled else None,
-                            config.timestep_scale)
+            variables = {"params": cast_kernels(params, model.config.dtype), **buffers}  # once, outside any scan
+            net = mmdit_net(model, variables, c, y if model.config.use_pooled else None, config.timestep_scale)
             per, t = loss_fn(net, batch["image"], key_loss)
             return jnp.mean(per), (per, t)
 
