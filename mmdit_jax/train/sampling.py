@@ -12,6 +12,7 @@ from mmdit_jax.diffusion.guidance import classifier_free_guidance
 from mmdit_jax.diffusion.samplers import make_sampler
 from mmdit_jax.diffusion.schedules import Schedule
 from mmdit_jax.models.mmdit import MMDiT
+from mmdit_jax.models.mmdit_params import cast_kernels
 
 
 def make_grid_sampler(model: MMDiT, schedule: Schedule, config: Any, image_shape: tuple[int, int, int],
@@ -35,6 +36,8 @@ def make_grid_sampler(model: MMDiT, schedule: Schedule, config: Any, image_shape
 
     @jax.jit
     def sample(variables, c, y, c_neg, y_neg, key, steering=None):
+        # kernels in the compute dtype once, not in every sampler step (a scanned model slices them per block)
+        variables = {**variables, "params": cast_kernels(variables["params"], model.config.dtype)}
         if steering is not None:  # the CFG batch is [uncond; cond]: steer both halves alike
             steering = tuple(jnp.concatenate([v, v]) if jnp.ndim(v) else v for v in steering)
         guided = classifier_free_guidance(lambda v, x, t, cond: model_fn(v, x, t, cond, steering), scale)
