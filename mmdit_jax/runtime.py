@@ -65,24 +65,24 @@ def retain_freed_host_memory() -> bool:
                 libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)])
 
 
+def _add_xla_flag(flag: str, what: str) -> bool:
+    """Append ``flag`` to ``XLA_FLAGS`` unless the user already set its option (then: whether theirs is ours)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag.split("=")[0] in flags:
+        return flag in flags.split()
+    _warn_if_late(what)
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    return True
+
+
 def enable_multi_output_fusion() -> bool:
     """Setting 2 above, through ``XLA_FLAGS``; False (and unchanged) if the user already sets backend options."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_extra_options" in flags:
-        return MULTI_OUTPUT_FUSION in flags.split()
-    _warn_if_late("enable_multi_output_fusion")
-    os.environ["XLA_FLAGS"] = f"{flags} {MULTI_OUTPUT_FUSION}".strip()
-    return True
+    return _add_xla_flag(MULTI_OUTPUT_FUSION, "enable_multi_output_fusion")
 
 
 def use_cublas_gemms() -> bool:
     """Setting 3 above, through ``XLA_FLAGS``; False (and unchanged) if the user already chose."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_enable_triton_gemm" in flags:
-        return CUBLAS_GEMMS in flags.split()
-    _warn_if_late("use_cublas_gemms")
-    os.environ["XLA_FLAGS"] = f"{flags} {CUBLAS_GEMMS}".strip()
-    return True
+    return _add_xla_flag(CUBLAS_GEMMS, "use_cublas_gemms")
 
 
 def expected_platform() -> str:

@@ -7,29 +7,16 @@
 #   2. --xla_gpu_enable_dynamic_slice_fusion=true (GEMMs read the slice in place instead of a copy),
 #   3. the unrolled 24 blocks (no slices at all; session 3 saw its compile pass 100 s), under a 200 s limit,
 #   4. batch 16 with the better of 1-2.
-# One call of the device tool (about 7 minutes); carry .whl as gpu_suite.sh says. Not yet run on a GPU.
+# One call of the device tool (about 7 minutes); carry .whl as gpu_common.sh says. Not yet run on a GPU.
 # Smoke-test on a CPU: PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_mfu_variants.sh
-set -u
-if [ -d .whl ] && command -v nvidia-smi > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD
-fi
 OUT=${OUT:-runs/gpu_mfu_variants}; mkdir -p "$OUT"
-PRESET=${PRESET:-sd3_medium}; SIZE=${SIZE:-64}; TOKENS=${TOKENS:-333}; BATCH=${BATCH:-8}; PY=${PY:-python3}
-export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-step() {
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (limit ${limit}s, $(date -u +%T))"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
-  grep -E "^\| (train step|\*\*MFU)|^Train step|rror" "$OUT/$name.log" | tail -n 6
-  cp experiments/benchmarks/RESULTS.md "$OUT/RESULTS.md"
-}
-B=experiments/benchmarks
+source experiments/benchmarks/gpu_common.sh  # wheels, shapes, step()
+SHOW="^\| (train step|\*\*MFU)|^Train step|rror"; TAIL=6
 SHAPE=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16)
 XLA_FLAGS=--xla_gpu_enable_command_buffer= step profile_no_graphs 90 $PY $B/profile_step.py "${SHAPE[@]}" \
   --scan_blocks --batch "$BATCH" --trace_dir "$OUT/trace" --top 40
 cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace.json.gz"; rm -rf "$OUT/trace"
-grep -A 10 "^| kind" "$OUT/profile_no_graphs.log"
+grep -A 10 "^| kind" "$OUT/logs.txt"
 DSF=--xla_gpu_enable_dynamic_slice_fusion=true
 XLA_FLAGS=$DSF step dynamic_slice_fusion 60 $PY $B/mfu.py "${SHAPE[@]}" --scan_blocks --batch "$BATCH"
 step baseline 50 $PY $B/mfu.py "${SHAPE[@]}" --scan_blocks --batch "$BATCH"

@@ -48,6 +48,20 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
     return run, 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
 
 
+def add_step_args(ap: argparse.ArgumentParser) -> None:
+    """The train step's shape and variant flags, shared with ``profile_step.py``."""
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--attention_impl", default=None, help="None (per platform) | xla | cudnn | einsum | einsum_vjp")
+    ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
+    ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
+    ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
+    ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
+
+
 def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
          scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1,
          cast: bool = True) -> None:
@@ -57,8 +71,8 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     peak = matmul_peak(jnp.dtype(dtype))
     flags = os.environ.get("XLA_FLAGS", "")
     table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, "
-             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, kernels cast once={cast}, batch {batch}, {size}x{size}, {tokens} "
-             f"text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
+             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, kernels cast once={cast}, batch {batch}, "
+             f"{size}x{size}, {tokens} text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
@@ -71,16 +85,7 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--attention_impl", default=None, help="None (per platform) | xla | cudnn | einsum | einsum_vjp")
-    ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
-    ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
-    ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
-    ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
+    add_step_args(ap)
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
     a = parse_args(ap)
     main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate,

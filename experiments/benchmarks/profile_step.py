@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from experiments.benchmarks.common import append_results, matmul_peak, parse_args, time_compiled  # noqa: E402
-from experiments.benchmarks.mfu import make_step  # noqa: E402
+from experiments.benchmarks.mfu import add_step_args, make_step  # noqa: E402
 from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
 
@@ -37,24 +37,16 @@ def main(a: argparse.Namespace) -> None:
     trace = sorted(glob.glob(os.path.join(a.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
                    key=os.path.getmtime)[-1]
     table = (f"Preset `{a.preset}`, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, "
-             f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; "
-             f"XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced (`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps) + "\n")
+             f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, "
+             f"{a.dtype}; XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced "
+             f"(`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps) + "\n")
     print(table)
     append_results("MMDiT train-step profile", table)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--attention_impl", default=None)
-    ap.add_argument("--scan_blocks", action="store_true")
-    ap.add_argument("--scan_unroll", type=int, default=1)
-    ap.add_argument("--remat", action="store_true")
-    ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
+    add_step_args(ap)
     ap.add_argument("--steps", type=int, default=2, help="steps inside the trace")
     ap.add_argument("--top", type=int, default=30, help="kernels listed")
     ap.add_argument("--trace_dir", default="runs/profile")
