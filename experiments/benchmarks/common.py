@@ -80,6 +80,14 @@ def adamw_train_step(model: Any, buffers: Any, donate: bool = True,
     return jax.jit(step, donate_argnums=(0, 1) if donate else ()), opt
 
 
+def device_peak_memory() -> str:
+    """The device allocator's peak bytes in use so far in this process (e.g. ``"61.2 GiB"``); "n/a" where the
+    backend keeps no statistics (XLA:CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return f"{peak / 2**30:.1f} GiB" if peak else "n/a"
+
+
 def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int | None = None) -> float:
     """Measured FLOP/s of a chain of ``repeats`` ``n x n`` matmuls in ``dtype``: the peak that MFU divides by.
 

@@ -13,6 +13,10 @@ SD3=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --sca
 # 1. Where the step's time goes: MFU + a 2-step trace summarised (trace and optimised HLO kept in $OUT).
 XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_step" \
   TAIL=50 step profile 100 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace"
+if grep -q "RESOURCE_EXHAUSTED" "$OUT/logs.txt"; then  # e.g. an 80 GB H100 (the H200's batch-8 step fit)
+  SD3+=(--remat); echo "out of memory: rerunning with blocks rematerialised"
+  TAIL=50 step profile_remat 100 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace"
+fi
 cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace.json.gz"; rm -rf "$OUT/trace"
 cp "$(ls -S "$OUT"/hlo/*jit_step*after_optimizations.txt | head -1)" "$OUT/step_after_optimizations.txt"
 gzip -f "$OUT/step_after_optimizations.txt"; rm -rf "$OUT/hlo"  # files back from the device: 16 MiB each

@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
-    adamw_train_step, append_results, matmul_peak, parse_args, time_compiled)
+    adamw_train_step, append_results, device_peak_memory, matmul_peak, parse_args, time_compiled)
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
@@ -68,6 +68,7 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
     run, flops = make_step(preset, batch, size, tokens, dtype, attention_impl, scan_blocks, remat, donate,
                            scan_unroll, cast)
     t_step, compile_s = time_compiled(run)
+    memory = device_peak_memory()  # before the peak's own buffers
     peak = matmul_peak(jnp.dtype(dtype))
     flags = os.environ.get("XLA_FLAGS", "")
     table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, "
@@ -75,6 +76,7 @@ def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_
              f"{size}x{size}, {tokens} text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
+             f"| device memory, peak in use | {memory} |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
              f"| achieved | {flops / t_step / 1e9:.1f} GFLOP/s |\n"
              f"| measured matmul peak ({dtype}) | {peak / 1e9:.1f} GFLOP/s |\n"

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from experiments.benchmarks.common import append_results, matmul_peak, parse_args, time_compiled  # noqa: E402
+from experiments.benchmarks.common import (  # noqa: E402
+    append_results, device_peak_memory, matmul_peak, parse_args, time_compiled)
 from experiments.benchmarks.mfu import add_step_args, make_step  # noqa: E402
 from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
@@ -27,9 +28,10 @@ def main(a: argparse.Namespace) -> None:
     run, flops = make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks,
                            a.remat, True, a.scan_unroll, not a.no_cast)
     t_step, compile_s = time_compiled(run)
+    memory = device_peak_memory()
     peak = matmul_peak(jnp.dtype(a.dtype))
     mfu = (f"Train step {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s), MFU {flops / t_step / peak:.1%} of a "
-           f"measured {peak / 1e12:.1f} TFLOP/s")
+           f"measured {peak / 1e12:.1f} TFLOP/s; device memory peak {memory}")
     print(mfu, flush=True)  # kept if the profiler fails (e.g. no CUPTI access)
     with jax.profiler.trace(a.trace_dir, create_perfetto_trace=True):
         for _ in range(a.steps):
