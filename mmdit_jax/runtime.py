@@ -94,16 +94,12 @@ def expected_platform() -> str:
     return "cuda" if os.path.exists("/proc/driver/nvidia") else "cpu"
 
 
-def accelerator_expected() -> bool:
-    return expected_platform() != "cpu"
-
-
 def configure_runtime() -> dict[str, bool]:
     """The settings of the platform JAX will compute on (1 and 2 on a CPU, 3 on an NVIDIA GPU); returns which
     applied. The CPU settings are left out where an accelerator computes (the host's malloc and XLA:CPU's fusion
     are then not on the step's critical path)."""
-    if accelerator_expected():
-        return {"retain_freed_host_memory": False, "multi_output_fusion": False,
-                "cublas_gemms": use_cublas_gemms() if expected_platform() in ("cuda", "gpu") else False}
-    return {"retain_freed_host_memory": retain_freed_host_memory(),
-            "multi_output_fusion": enable_multi_output_fusion(), "cublas_gemms": False}
+    target = expected_platform()
+    cpu = target == "cpu"
+    return {"retain_freed_host_memory": cpu and retain_freed_host_memory(),
+            "multi_output_fusion": cpu and enable_multi_output_fusion(),
+            "cublas_gemms": target in ("cuda", "gpu") and use_cublas_gemms()}

@@ -95,7 +95,7 @@ def test_warns_when_jax_already_runs_and_respects_user_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true")  # the user's choice stands
     assert runtime.use_cublas_gemms() is False and os.environ["XLA_FLAGS"] == "--xla_gpu_enable_triton_gemm=true"
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not runtime.accelerator_expected()
+    assert runtime.expected_platform() == "cpu"
     monkeypatch.setattr(runtime.platform, "system", lambda: "Darwin")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

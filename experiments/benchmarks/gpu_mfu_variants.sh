@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Next MFU candidates on one GPU (SD3-medium, bf16, kernels cast once, cuBLAS GEMMs: mmdit_jax.runtime), after
 # gpu_suite.sh. Session 5's profile (RESULTS.md, "GPU session 5") left ~17 ms of a 160 ms step in ~1,300 memcpy
-# kernels per step that slice each block's parameters out of the scan's stacks, and could not name the HLO op
+# kernels per step, most likely slicing each block's parameters out of the scan's stacks, but could not name the HLO op
 # behind each kernel (CUDA graphs hide it). Tried here, each in its own process:
 #   1. a profile with command buffers off (kernels named by HLO op; trace.json.gz back in $OUT),
 #   2. --xla_gpu_enable_dynamic_slice_fusion=true (GEMMs read the slice in place instead of a copy),

@@ -73,8 +73,9 @@ def summarise(path: str, top: int = 25, steps: int = 1) -> str:
         k = kind_of(label)
         per_kind[k][0] += e["dur"]
         per_kind[k][1] += 1
-        per_kernel[(k, f"{e['name'][:70]} ({op[:40]})")][0] += e["dur"]
-        per_kernel[(k, f"{e['name'][:70]} ({op[:40]})")][1] += 1
+        kernel = per_kernel[(k, f"{e['name'][:70]} ({op[:40]})")]
+        kernel[0] += e["dur"]
+        kernel[1] += 1
     total = sum(v[0] for v in per_kind.values())
     lines = [f"{len(kernels)} kernels over {steps} step(s); traced window {window / 1e3 / steps:.1f} ms per step, "
              f"device busy {busy / 1e3 / steps:.1f} ms per step ({busy / window:.1%}); kernel time summed over "
