@@ -25,11 +25,13 @@ from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
               scan_blocks: bool = False, remat: bool = False, donate: bool = True,
-              scan_unroll: int = 1, cast: bool = True) -> tuple[Callable[[], jax.Array], float]:
+              scan_unroll: int = 1, cast: bool = True,
+              head_groups: int | None = None) -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
     state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
     cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
-                                 "scan_blocks": scan_blocks, "remat": remat, "scan_unroll": scan_unroll})
+                                 "scan_blocks": scan_blocks, "remat": remat, "scan_unroll": scan_unroll,
+                                 **({} if head_groups is None else {"attention_head_groups": head_groups})})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)  # random data: zeros or ones can time faster than real inputs
     x = jax.random.normal(keys[0], (batch, size, size, cfg.in_channels))
@@ -60,19 +62,23 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
     ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
+    ap.add_argument("--attention_head_groups", type=int, default=None,
+                    help="einsum attention: B*H heads as this many concurrent groups (default: the preset's)")
 
 
 def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
          scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1,
-         cast: bool = True) -> None:
+         cast: bool = True, head_groups: int | None = None) -> None:
     run, flops = make_step(preset, batch, size, tokens, dtype, attention_impl, scan_blocks, remat, donate,
-                           scan_unroll, cast)
+                           scan_unroll, cast, head_groups)
     t_step, compile_s = time_compiled(run)
     memory = device_peak_memory()  # before the peak's own buffers
     peak = matmul_peak(jnp.dtype(dtype))
     flags = os.environ.get("XLA_FLAGS", "")
-    table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks}, "
-             f"scan_unroll={scan_unroll}, remat={remat}, donate={donate}, kernels cast once={cast}, batch {batch}, "
+    groups = head_groups or get_config(preset)["attention_head_groups"]
+    table = (f"Preset `{preset}`, attention_impl={attention_impl}, attention_head_groups={groups}, "
+             f"scan_blocks={scan_blocks}, scan_unroll={scan_unroll}, remat={remat}, donate={donate}, "
+             f"kernels cast once={cast}, batch {batch}, "
              f"{size}x{size}, {tokens} text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
@@ -91,4 +97,4 @@ if __name__ == "__main__":
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
     a = parse_args(ap)
     main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate,
-         a.scan_unroll, not a.no_cast)
+         a.scan_unroll, not a.no_cast, a.attention_head_groups)

@@ -26,7 +26,7 @@ from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
 def main(a: argparse.Namespace) -> None:
     run, flops = make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks,
-                           a.remat, True, a.scan_unroll, not a.no_cast)
+                           a.remat, True, a.scan_unroll, not a.no_cast, a.attention_head_groups)
     t_step, compile_s = time_compiled(run)
     memory = device_peak_memory()
     peak = matmul_peak(jnp.dtype(a.dtype))

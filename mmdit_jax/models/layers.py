@@ -84,13 +84,19 @@ def _attention_core_bwd(res, do):
 _attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
-def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False) -> Array:
+def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False, groups: int = 1) -> Array:
     """``softmax(q k^T / sqrt(d)) v`` as batched products over the flattened ``(B*H)`` heads; ``q, k, v: (B, N, H, d)``.
 
     Numerically the same as ``jax.nn.dot_product_attention`` (tested); its autodiff gradient is faster on
     XLA:CPU. ``custom_gradient=True`` uses the hand-written gradient of ``_attention_core`` (faster still on CPU,
     and the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
     runs: ``attention_backend``.
+
+    ``groups``: the ``B*H`` heads are split into this many independent computations (contiguous, sizes differing
+    by at most one). Why: XLA:CPU runs a batched product on one core (YNNPACK threads within a matrix, not over
+    the batch: (48, 320, 64) x (48, 64, 320) runs at ~250 GFLOP/s on two cores or one), so one group leaves the
+    second core idle through the attention core; independent groups run concurrently
+    (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
     """
     b, n, h, d = q.shape
 
@@ -98,7 +104,11 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
         return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
 
     core = _attention_core if custom_gradient else _attention
-    o = core(heads_first(q), heads_first(k), heads_first(v))
+    q, k, v = heads_first(q), heads_first(k), heads_first(v)
+    parts = min(groups, b * h)
+    bounds = [b * h * i // parts for i in range(parts + 1)]
+    o = core(q, k, v) if parts == 1 else jnp.concatenate(
+        [core(q[i:j], k[i:j], v[i:j]) for i, j in zip(bounds[:-1], bounds[1:])])
     return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
 
 
@@ -193,6 +203,7 @@ class Attention(nn.Module):
     joint: bool = False
     context_out: bool = True
     attention_impl: str | None = None
+    head_groups: int = 1                  # einsum paths only: see einsum_attention
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -224,7 +235,7 @@ class Attention(nn.Module):
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
         backend = attention_backend(self.attention_impl, self.dtype, self.head_dim)
         if backend in ("einsum", "einsum_vjp"):
-            o = einsum_attention(q, k, v, custom_gradient=backend == "einsum_vjp")
+            o = einsum_attention(q, k, v, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
         elif backend == "cudnn":
             o = padded_dot_product_attention(*(a.astype(self.dtype) for a in (q, k, v)), "cudnn")
         else:

@@ -55,6 +55,7 @@ class MMDiTConfig:
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
     scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
+    attention_head_groups: int = 4           # einsum attention: the B*H heads as this many concurrent groups
 
     @property
     def hidden(self) -> int:
@@ -72,7 +73,8 @@ class MMDiTConfig:
 
     def validate(self) -> None:
         for f in ("patch_size", "in_channels", "out_channels", "num_layers", "num_heads", "head_dim",
-                  "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio", "scan_unroll"):
+                  "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio", "scan_unroll",
+                  "attention_head_groups"):
             check_positive_int(f"model.{f}", getattr(self, f))
         if self.use_pooled:
             check_positive_int("model.pooled_projection_dim", self.pooled_projection_dim)
@@ -127,7 +129,8 @@ class JointBlock(nn.Module):
                 dense(6 * d, "norm1_context")(act), 6, axis=-1)
             m1 = modulate(layer_norm(c), c_shift_msa, c_scale_msa)
         attn = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, qk_norm=cfg.qk_norm == "rms_norm",
-                    attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=pdtype)
+                    attention_impl=cfg.attention_impl,
+                    head_groups=cfg.attention_head_groups, dtype=dtype, param_dtype=pdtype)
         attn_x, attn_c = Attention(joint=True, context_out=not self.context_pre_only, name="attn", **attn)(n1, m1)
         x = x + gate_msa[:, None] * attn_x
         if self.dual:  # SD3.5 MMDiT-X: image-only attention on the same LN output, second modulation

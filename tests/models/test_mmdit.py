@@ -150,11 +150,15 @@ def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
+    ref_out = jax.nn.dot_product_attention(q, k, v)
     ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
-    for custom in (False, True):
-        ours = jax.grad(loss(lambda q, k, v: einsum_attention(q, k, v, custom)), argnums=(0, 1, 2))(q, k, v)
+    # groups: 1, uneven groups of the 2 x 3 = 6 heads (1, 2, 1, 2), and more groups than heads (one each).
+    for custom, groups in ((False, 1), (True, 1), (True, 4), (True, 7), (False, 4)):
+        ours_fn = lambda q, k, v: einsum_attention(q, k, v, custom, groups)  # noqa: E731
+        np.testing.assert_allclose(ours_fn(q, k, v), ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
+        ours = jax.grad(loss(ours_fn), argnums=(0, 1, 2))(q, k, v)
         for a, b in zip(ours, ref):
-            np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()))
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()), err_msg=f"{custom=}, {groups=}")
 
 
 def test_padded_attention_equals_unpadded_values_and_gradients():

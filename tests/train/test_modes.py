@@ -101,6 +101,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     ("sample.sampler.name", "ddim", "sampler.name='ddim'"),
     ("schedule.name", "cosine", "schedule.name='cosine'"),
     ("model.num_heads", 0, "model.num_heads"),
+    ("model.attention_head_groups", 0, "model.attention_head_groups"),
     ("train.ema_decay", 1.5, "train.ema_decay"),
     ("sample.steering.weight", 2.0, "sample.steering.positive"),
 ])
