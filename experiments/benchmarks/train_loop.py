@@ -4,7 +4,8 @@ The real loop (``mmdit_jax.train.loop.train``: grain pipeline, text-embedding ga
 ``train.log_every`` steps, async checkpoints) runs ``--steps`` steps of ``configs/default.py`` in a temporary
 workdir with sample grids off; its examples/s is the median over its logging intervals (the first, which holds
 the compile, is one of many). The bare step is the same compiled function on one device-resident batch, each
-call waited for (so it also pays the dispatch latency that the loop's asynchronous dispatch hides).
+call waited for (so it also pays the dispatch latency that the loop's asynchronous dispatch hides), timed before
+and after the loop because this VM's speed drifts between minutes.
 
 Run: ``python experiments/benchmarks/train_loop.py [--steps 400]``.
 """
@@ -42,15 +43,20 @@ def main(steps: int, repeats: int) -> None:
             jax.block_until_ready(metrics["loss"])
 
         bare()  # compile
-        t_bare = median_time(bare, repeats)
+        t_before = median_time(bare, repeats)
         summary = train(cfg, os.path.join(work, "loop"))
-    loop_rate, bare_rate = summary["examples_per_second"], batch_size / t_bare
+        t_after = median_time(bare, repeats)  # this VM's speed drifts by ~15% over a minute: bracket the loop
+    loop_rate = summary["examples_per_second"]
+    t_bare = (t_before + t_after) / 2
+    bare_rate = batch_size / t_bare
     table = (f"`configs/default.py` (batch {batch_size}), {steps} steps of the real loop (sample grids off, "
              f"metrics every {cfg.train.log_every}, checkpoints every {cfg.train.checkpoint_every}); bare step: "
-             f"median of {repeats}.\n\n| quantity | value |\n|---|---|\n"
-             f"| bare compiled train step | {t_bare * 1e3:.1f} ms = {bare_rate:.0f} examples/s |\n"
+             f"median of {repeats}, timed before and after the loop.\n\n| quantity | value |\n|---|---|\n"
+             f"| bare compiled train step, before / after the loop | {t_before * 1e3:.1f} / {t_after * 1e3:.1f} ms |\n"
+             f"| bare step, mean of the two | {t_bare * 1e3:.1f} ms = {bare_rate:.0f} examples/s |\n"
              f"| real training loop (median over logging intervals) | {loop_rate:.0f} examples/s |\n"
-             f"| loop / bare | **{loop_rate / bare_rate:.3f}** |\n")
+             f"| loop / bare | **{loop_rate / bare_rate:.3f}** (against before / after alone: "
+             f"{loop_rate * t_before / batch_size:.3f} / {loop_rate * t_after / batch_size:.3f}) |\n")
     print(table)
     append_results("Training loop vs bare step", table)
 

@@ -135,7 +135,9 @@ def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Ca
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     ds = grain.MapDataset.range(n).repeat(None).map(permuted).batch(global_batch_size, drop_remainder=True).map(load)
-    it_ds = ds.to_iter_dataset()
+    # grain's default (16 threads, 500 elements ahead) would load 500 *batches* up front on a few cores shared
+    # with the train step; a few batches ahead on two threads keeps the step fed (experiments/benchmarks/RESULTS.md).
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers > 0:
         from absl import flags
 

@@ -94,6 +94,27 @@ def test_iterator_state_restores_the_exact_stream_and_processes_split_each_globa
     assert len(set(epoch[0].tolist())) == len(set(index[c] for c in captions_of(src)))  # an epoch sees every example
 
 
+def test_iterator_reads_only_a_few_batches_ahead():
+    # grain's default read-ahead is 500 elements, here 500 *batches* (0.8 GB of 64 x 64 float images at batch 32,
+    # measured); the iterator must stay within a few batches of what was consumed.
+    import time
+
+    class CountingSource:
+        reads = 0
+
+        def __len__(self):
+            return 4096
+
+        def __getitem__(self, i):
+            CountingSource.reads += 1
+            return {"image": np.zeros((2, 2, 3), np.uint8)}
+
+    it = train_iterator(CountingSource(), 8, 0, lambda r: r)
+    next(it)
+    time.sleep(1.0)  # let any background read-ahead run
+    assert 8 <= CountingSource.reads <= 8 * 8, CountingSource.reads
+
+
 def test_worker_processes_give_the_same_stream_and_restore_from_state(tmp_path):
     src = build_sources(data_cfg(), str(tmp_path))["train"]
     index = {c: i for i, c in enumerate(sorted(set(captions_of(src))))}
