@@ -94,7 +94,7 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
 
     ``groups``: the ``B*H`` heads are split into this many independent computations (contiguous, sizes differing
     by at most one). Why: XLA:CPU runs a batched product on one core (YNNPACK threads within a matrix, not over
-    the batch: (48, 320, 64) x (48, 64, 320) runs at ~250 GFLOP/s on two cores or one), so one group leaves the
+    the batch: (48, 320, 64) x (48, 64, 320) runs at ~255 GFLOP/s on two cores, ~220 on one), so one group leaves the
     second core idle through the attention core; independent groups run concurrently
     (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
     """
