@@ -66,26 +66,30 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
                     help="einsum attention: B*H heads as this many concurrent groups (default: the preset's)")
 
 
-def main(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
-         scan_blocks: bool = False, remat: bool = False, donate: bool = True, scan_unroll: int = 1,
-         cast: bool = True, head_groups: int | None = None) -> None:
-    run, flops = make_step(preset, batch, size, tokens, dtype, attention_impl, scan_blocks, remat, donate,
-                           scan_unroll, cast, head_groups)
+def step_from_args(a: argparse.Namespace, donate: bool = True) -> tuple[Callable[[], jax.Array], float]:
+    """``make_step`` for the flags of ``add_step_args``."""
+    return make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat,
+                     donate, a.scan_unroll, not a.no_cast, a.attention_head_groups)
+
+
+def main(a: argparse.Namespace) -> None:
+    donate, cast = not a.no_donate, not a.no_cast
+    run, flops = step_from_args(a, donate)
     t_step, compile_s = time_compiled(run)
     memory = device_peak_memory()  # before the peak's own buffers
-    peak = matmul_peak(jnp.dtype(dtype))
+    peak = matmul_peak(jnp.dtype(a.dtype))
     flags = os.environ.get("XLA_FLAGS", "")
-    groups = head_groups or get_config(preset)["attention_head_groups"]
-    table = (f"Preset `{preset}`, attention_impl={attention_impl}, attention_head_groups={groups}, "
-             f"scan_blocks={scan_blocks}, scan_unroll={scan_unroll}, remat={remat}, donate={donate}, "
-             f"kernels cast once={cast}, batch {batch}, "
-             f"{size}x{size}, {tokens} text tokens, {dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
+    groups = a.attention_head_groups or get_config(a.preset)["attention_head_groups"]
+    table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
+             f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, donate={donate}, "
+             f"kernels cast once={cast}, batch {a.batch}, "
+             f"{a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; XLA_FLAGS={flags or '(none)'}.\n\n"
              "| quantity | value |\n|---|---|\n"
              f"| train step | {t_step * 1e3:.1f} ms (compile {compile_s:.1f} s) |\n"
              f"| device memory, peak in use | {memory} |\n"
              f"| model FLOPs per step (3 x analytic forward) | {flops / 1e9:.2f} GFLOP |\n"
              f"| achieved | {flops / t_step / 1e9:.1f} GFLOP/s |\n"
-             f"| measured matmul peak ({dtype}) | {peak / 1e9:.1f} GFLOP/s |\n"
+             f"| measured matmul peak ({a.dtype}) | {peak / 1e9:.1f} GFLOP/s |\n"
              f"| **MFU** | **{flops / t_step / peak:.1%}** |\n")
     print(table)
     append_results("MMDiT train-step MFU", table)
@@ -95,6 +99,4 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     add_step_args(ap)
     ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
-    a = parse_args(ap)
-    main(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat, not a.no_donate,
-         a.scan_unroll, not a.no_cast, a.attention_head_groups)
+    main(parse_args(ap))

@@ -20,13 +20,12 @@ import jax.numpy as jnp  # noqa: E402
 
 from experiments.benchmarks.common import (  # noqa: E402
     append_results, device_peak_memory, matmul_peak, parse_args, time_compiled)
-from experiments.benchmarks.mfu import add_step_args, make_step  # noqa: E402
+from experiments.benchmarks.mfu import add_step_args, step_from_args  # noqa: E402
 from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
 
 def main(a: argparse.Namespace) -> None:
-    run, flops = make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks,
-                           a.remat, True, a.scan_unroll, not a.no_cast, a.attention_head_groups)
+    run, flops = step_from_args(a)
     t_step, compile_s = time_compiled(run)
     memory = device_peak_memory()
     peak = matmul_peak(jnp.dtype(a.dtype))
