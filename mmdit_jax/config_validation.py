@@ -50,6 +50,10 @@ def validate_config(config: Any) -> None:
     check_positive("timestep_scale", config.timestep_scale)
     schedule = get_schedule(config.schedule)
     model = MMDiTConfig.from_dict(config.model)
+    if config.loss.name == "ssm" and (model.custom_gradients or model.attention_impl == "einsum_vjp"):
+        raise ConfigError("loss.name='ssm' differentiates the model forward (jax.jvp), which hand-written "
+                          "gradients do not support: set model.custom_gradients to None or False and "
+                          "model.attention_impl to None or 'einsum'")
     if model.in_channels != 3 or model.out_channels != 3:
         raise ConfigError(f"model.in_channels/out_channels must be 3 for RGB image data, got "
                           f"{model.in_channels}/{model.out_channels}")

@@ -12,8 +12,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmdit_jax.models.custom_gradients import attention, attention_core, gelu_tanh, linear
+
 Array = jax.Array
 Dtype = Any
+
+
+def _product(x: Array, kernel: Array, custom_gradient: bool) -> Array:
+    return linear(x, kernel) if custom_gradient else jnp.dot(x, kernel)
 
 
 class Dense(nn.Module):
@@ -22,10 +28,12 @@ class Dense(nn.Module):
     Same parameters (``kernel (d_in, d_out)``, ``bias``) and initialisers as ``flax.linen.Dense``. Why not that:
     XLA:CPU differentiates a ``(B, N, D)`` contraction about 2.5x slower than the same product on ``(B*N, D)``
     (measured; see experiments/benchmarks/RESULTS.md), and the train step is dominated by these products.
+    ``custom_gradient``: the product is ``custom_gradients.linear`` (no forward-mode autodiff).
     """
 
     features: int
     use_bias: bool = True
+    custom_gradient: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
@@ -34,7 +42,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+        y = _product(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype), self.custom_gradient)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
         return y.reshape(x.shape[:-1] + (self.features,))
@@ -50,38 +58,6 @@ class DenseParams(nn.Module):
     def __call__(self, d_in: int) -> tuple[Array, Array]:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (d_in, self.features), self.param_dtype)
         return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-
-
-def _probabilities(q: Array, k: Array) -> Array:
-    """``softmax(q k^T / sqrt(d))`` over keys, in float32; ``q: (G, N, d)``, ``k: (G, M, d)`` -> ``(G, N, M)``."""
-    logits = jnp.einsum("gqd,gkd->gqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-
-
-def _attention(q: Array, k: Array, v: Array) -> Array:
-    """``softmax(q k^T / sqrt(d)) v`` over a flat batch: ``q: (G, N, d)``, ``k, v: (G, M, d)`` -> ``(G, N, d)``."""
-    return jnp.einsum("gqk,gkd->gqd", _probabilities(q, k), v)
-
-
-_attention_core = jax.custom_vjp(_attention)  # the same function with the hand-written gradient below
-
-
-def _attention_core_fwd(q, k, v):
-    p = _probabilities(q, k)
-    return jnp.einsum("gqk,gkd->gqd", p, v), (q, k, v, p)
-
-
-def _attention_core_bwd(res, do):
-    # The textbook gradient, written as four (G, ., .) products; XLA:CPU's own derivative of the einsums
-    # transposes operands and runs ~25% slower (experiments/benchmarks/RESULTS.md).
-    q, k, v, p = res
-    dv = jnp.einsum("gqk,gqd->gkd", p, do)
-    dp = jnp.einsum("gqd,gkd->gqk", do, v)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    return jnp.einsum("gqk,gkd->gqd", ds, k), jnp.einsum("gqk,gqd->gkd", ds, q), dv
-
-
-_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False, groups: int = 1) -> Array:
@@ -103,7 +79,7 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
     def heads_first(a: Array) -> Array:
         return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
 
-    core = _attention_core if custom_gradient else _attention
+    core = attention_core if custom_gradient else attention
     q, k, v = heads_first(q), heads_first(k), heads_first(v)
     parts = min(groups, b * h)
     bounds = [b * h * i // parts for i in range(parts + 1)]
@@ -132,16 +108,16 @@ def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: s
     return o[:, :n]
 
 
-def attention_backend(impl: str | None, dtype: Any, head_dim: int) -> str:
-    """The attention path ``model.attention_impl`` names; None picks per platform: einsum with the hand-written
-    gradient on a CPU (the fastest train step there, experiments/benchmarks/RESULTS.md), cuDNN flash attention
-    on an NVIDIA GPU in bf16/fp16 with a head dim it supports (JAX's own None still means the O(N^2)-memory XLA
-    path), XLA elsewhere."""
+def attention_backend(impl: str | None, dtype: Any, head_dim: int, custom_gradient: bool = True) -> str:
+    """The attention path ``model.attention_impl`` names; None picks per platform: einsum on a CPU, with the
+    hand-written gradient unless ``custom_gradient`` is False (the fastest train step there,
+    experiments/benchmarks/RESULTS.md), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
+    supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere."""
     if impl is not None:
         return impl
     platform = jax.default_backend()
     if platform == "cpu":
-        return "einsum_vjp"
+        return "einsum_vjp" if custom_gradient else "einsum"
     if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 \
             and head_dim <= 128:
         return "cudnn"
@@ -176,16 +152,20 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``W2 gelu_tanh(W1 u + b1) + b2`` with hidden width ``mult * D`` (diffusers ``gelu-approximate``)."""
+    """``W2 gelu_tanh(W1 u + b1) + b2`` with hidden width ``mult * D`` (diffusers ``gelu-approximate``).
+    ``custom_gradient``: products and GELU from ``custom_gradients`` (no forward-mode autodiff)."""
 
     mult: int = 4
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    custom_gradient: bool = False
 
     @nn.compact
     def __call__(self, u: Array) -> Array:
-        dense = lambda n, name: Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
-        h = jax.nn.gelu(dense(self.mult * u.shape[-1], "proj_in")(u), approximate=True)
+        dense = lambda n, name: Dense(n, dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
+                                      custom_gradient=self.custom_gradient, name=name)
+        h = dense(self.mult * u.shape[-1], "proj_in")(u)
+        h = gelu_tanh(h) if self.custom_gradient else jax.nn.gelu(h, approximate=True)
         return dense(u.shape[-1], "proj_out")(h)
 
 
@@ -204,6 +184,7 @@ class Attention(nn.Module):
     context_out: bool = True
     attention_impl: str | None = None
     head_groups: int = 1                  # einsum paths only: see einsum_attention
+    custom_gradient: bool = False         # projections: custom_gradients.linear; attention=None: einsum_vjp on CPU
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -213,7 +194,7 @@ class Attention(nn.Module):
         params = [DenseParams(width, self.param_dtype, name=n)(u.shape[-1]) for n in names]
         kernel = jnp.concatenate([p[0] for p in params], axis=1).astype(self.dtype)
         bias = jnp.concatenate([p[1] for p in params]).astype(self.dtype)
-        out = (jnp.dot(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel) + bias)
+        out = _product(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel, self.custom_gradient) + bias
         out = out.reshape(u.shape[:2] + (3, self.num_heads, self.head_dim))  # contiguous head blocks
         return out[:, :, 0], out[:, :, 1], out[:, :, 2]
 
@@ -233,7 +214,7 @@ class Attention(nn.Module):
         if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
-        backend = attention_backend(self.attention_impl, self.dtype, self.head_dim)
+        backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, self.custom_gradient)
         if backend in ("einsum", "einsum_vjp"):
             o = einsum_attention(q, k, v, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
         elif backend == "cudnn":
@@ -241,7 +222,8 @@ class Attention(nn.Module):
         else:
             o = jax.nn.dot_product_attention(q, k, v, implementation=backend)
         o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))
-        dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
+                                   custom_gradient=self.custom_gradient, name=name)
         out_x = dense("to_out")(o[:, :n])
         out_c = dense("to_add_out")(o[:, n:]) if self.joint and self.context_out else None
         return out_x, out_c

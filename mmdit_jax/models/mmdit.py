@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from mmdit_jax.models.embeddings import (
     MLPEmbedder, crop_position_table, sincos_2d_table, timestep_features, unpatchify,
 )
+from mmdit_jax.models.custom_gradients import custom_gradients_on
 from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
 from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive_int
 
@@ -56,6 +57,7 @@ class MMDiTConfig:
     scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
     attention_head_groups: int = 4           # einsum attention: the B*H heads as this many concurrent groups
+    custom_gradients: bool | None = None     # hand-written gradients (models/custom_gradients.py); None: on a CPU
 
     @property
     def hidden(self) -> int:
@@ -84,6 +86,13 @@ class MMDiTConfig:
         if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
                               f"platform) or one of {list(ATTENTION_IMPLS)}")
+        if self.custom_gradients not in (None, True, False) or isinstance(self.custom_gradients, int) and \
+                not isinstance(self.custom_gradients, bool):
+            raise ConfigError(f"model.custom_gradients={self.custom_gradients!r} is not valid; choose None (on a CPU "
+                              "only), True or False")
+        if self.custom_gradients is False and self.attention_impl == "einsum_vjp":
+            raise ConfigError("model.attention_impl='einsum_vjp' is the hand-written attention gradient, which "
+                              "model.custom_gradients=False rules out; choose None or 'einsum'")
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers - 1]
         if bad:
             raise ConfigError(f"model.dual_attention_layers {bad} must lie in [0, num_layers - 1 = {self.num_layers - 1})")
@@ -128,15 +137,16 @@ class JointBlock(nn.Module):
             c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = jnp.split(
                 dense(6 * d, "norm1_context")(act), 6, axis=-1)
             m1 = modulate(layer_norm(c), c_shift_msa, c_scale_msa)
+        custom = custom_gradients_on(cfg.custom_gradients)
         attn = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, qk_norm=cfg.qk_norm == "rms_norm",
-                    attention_impl=cfg.attention_impl,
-                    head_groups=cfg.attention_head_groups, dtype=dtype, param_dtype=pdtype)
+                    attention_impl=cfg.attention_impl, head_groups=cfg.attention_head_groups,
+                    custom_gradient=custom, dtype=dtype, param_dtype=pdtype)
         attn_x, attn_c = Attention(joint=True, context_out=not self.context_pre_only, name="attn", **attn)(n1, m1)
         x = x + gate_msa[:, None] * attn_x
         if self.dual:  # SD3.5 MMDiT-X: image-only attention on the same LN output, second modulation
             shift_msa2, scale_msa2, gate_msa2 = mods[6:]
             x = x + gate_msa2[:, None] * Attention(name="attn2", **attn)(modulate(u, shift_msa2, scale_msa2))[0]
-        ff = dict(mult=cfg.mlp_ratio, dtype=dtype, param_dtype=pdtype)
+        ff = dict(mult=cfg.mlp_ratio, custom_gradient=custom, dtype=dtype, param_dtype=pdtype)
         x = x + gate_mlp[:, None] * FeedForward(name="ff", **ff)(modulate(layer_norm(x), shift_mlp, scale_mlp))
         if not self.context_pre_only:
             c = c + c_gate_msa[:, None] * attn_c

@@ -90,6 +90,15 @@ def _encode_captions(enc: SD3TextEncoders, captions: list[str], workdir: str, cf
     return np.asarray(c), np.asarray(y)
 
 
+def model_config(cfg: Any) -> MMDiTConfig:
+    """``cfg.model``; for loss ``ssm``, which differentiates the model forward (``jax.jvp``), ``custom_gradients=None``
+    becomes False (hand-written gradients are reverse-mode only; ``validate_config`` rejects an explicit True)."""
+    model_cfg = MMDiTConfig.from_dict(cfg.model)
+    if cfg.loss.name == "ssm" and model_cfg.custom_gradients is None:
+        model_cfg = dataclasses.replace(model_cfg, custom_gradients=False)
+    return model_cfg
+
+
 def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:
     """Build the experiment; restore the newest readable checkpoint. Returns (experiment, start step, data state)."""
     check_workdir(workdir)
@@ -101,7 +110,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the process count "
                           f"{jax.process_count()}")
     schedule = get_schedule(cfg.schedule)
-    model_cfg = MMDiTConfig.from_dict(cfg.model)
+    model_cfg = model_config(cfg)
     key = jax.random.PRNGKey(cfg.seed)
     key_model, key_text = jax.random.split(key)
 

@@ -116,6 +116,18 @@ def test_bad_values_are_rejected_at_start(field, value, match):
         validate_config(cfg)
 
 
+def test_sliced_score_matching_trains_the_mmdit_through_forward_mode_autodiff(tmp_path):
+    # SSM differentiates the model with jax.jvp, which the hand-written (reverse-mode) gradients do not support.
+    cfg = get_config("tiny")
+    cfg.loss.name = "ssm"
+    cfg.train.num_steps, cfg.train.sample_every = 2, 0
+    assert experiment_module.model_config(cfg).custom_gradients is False
+    assert loop.train(cfg, str(tmp_path))["last_step"] == 2
+    cfg.model.custom_gradients = True
+    with pytest.raises(ConfigError, match="loss.name='ssm'.*model.custom_gradients"):
+        validate_config(cfg)
+
+
 def test_config_typos_are_rejected():
     cfg = get_config("tiny")
     cfg.train.num_stepz = 3

@@ -1,0 +1,119 @@
+"""Functions with hand-written reverse-mode gradients: the same maths as autodiff, in the forms XLA:CPU runs fastest.
+
+Each is a ``jax.custom_vjp``: values and gradients equal autodiff of the plain function (tested), but forward-mode
+autodiff (``jax.jvp``, which the sliced score matching loss needs) is not defined for them. Models choose them with
+``model.custom_gradients`` (``custom_gradients_on``: None means on a CPU only).
+
+Why they are faster on XLA:CPU (measured in experiments/benchmarks/RESULTS.md, "CPU session 7"): XLA sends a
+product that contracts the first non-batch axis of *both* operands (``x^T dy``, ``p^T do``) to its generic dot
+runtime, 1.2-1.7x slower on one core than the YNNPACK library product of a materialised transpose (or of the
+transposed problem); XLA folds a plain transpose back into the product, so an ``optimization_barrier`` separates
+them. The tanh-GELU keeps only its input for the backward pass instead of XLA's several intermediates.
+
+Shapes: ``x: (M, d_in)``, ``kernel: (d_in, d_out)``; attention over a flat batch of heads ``q: (G, N, d)``,
+``k, v: (G, M, d)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def custom_gradients_on(flag: bool | None) -> bool:
+    """``model.custom_gradients``: True / False as given; None picks them on a CPU (where they are faster)."""
+    return flag if flag is not None else jax.default_backend() == "cpu"
+
+
+_barrier = jax.lax.optimization_barrier  # XLA does not fold a transpose across it
+
+
+# ----------------------------------------------------------------------------------------------------- x W
+@jax.custom_vjp
+def linear(x: Array, kernel: Array) -> Array:
+    """``y = x W``: ``(M, d_in) x (d_in, d_out) -> (M, d_out)``; gradients ``dx = dy W^T``, ``dW = (x^T) dy``."""
+    return jnp.dot(x, kernel)
+
+
+def _linear_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return jnp.dot(x, kernel), (x, kernel)
+
+
+def _linear_bwd(res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    dkernel = jnp.dot(_barrier(x.T), dy)
+    if dkernel.dtype != jnp.float32:
+        # Rounded to the kernel's dtype in every program: XLA would fold a following upcast (where the kernel
+        # was cast from float32) into the product in some programs and not in others.
+        dkernel = _barrier(dkernel)
+    return jnp.dot(dy, kernel.T), dkernel
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+# ------------------------------------------------------------------------------------------------ tanh-GELU
+_C = np.float32(np.sqrt(2.0 / np.pi))
+_A = np.float32(0.044715)
+
+
+@jax.custom_vjp
+def gelu_tanh(h: Array) -> Array:
+    """``0.5 h (1 + tanh(c (h + a h^3)))``, ``c = sqrt(2/pi)``, ``a = 0.044715`` (``jax.nn.gelu(approximate=True)``)."""
+    return jax.nn.gelu(h, approximate=True)
+
+
+def _gelu_tanh_fwd(h: Array) -> tuple[Array, Array]:
+    return jax.nn.gelu(h, approximate=True), h
+
+
+def _gelu_tanh_bwd(h: Array, dy: Array) -> tuple[Array]:
+    # d/dh = 0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3 a h^2), t recomputed from h in the same pass.
+    c, a = _C.astype(h.dtype), _A.astype(h.dtype)
+    t = jnp.tanh(c * (h + a * h * h * h))
+    return (dy * (0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * a * h * h)),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
+# ------------------------------------------------------------------------------------------------ attention
+def probabilities(q: Array, k: Array) -> Array:
+    """``softmax(q k^T / sqrt(d))`` over keys, in float32; ``q: (G, N, d)``, ``k: (G, M, d)`` -> ``(G, N, M)``."""
+    logits = jnp.einsum("gqd,gkd->gqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+
+
+def attention(q: Array, k: Array, v: Array) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` over a flat batch: ``q: (G, N, d)``, ``k, v: (G, M, d)`` -> ``(G, N, d)``."""
+    return jnp.einsum("gqk,gkd->gqd", probabilities(q, k), v)
+
+
+def _transposed_product(a: Array, b: Array) -> Array:
+    """``a^T b`` per batch entry: ``a: (G, N, M)``, ``b: (G, N, d)`` -> ``(G, M, d)``, as ``(b^T a)^T`` (the small
+    ``(G, d, M)`` product transposed after the barrier)."""
+    return jnp.swapaxes(_barrier(jnp.einsum("gnd,gnm->gdm", b, a)), 1, 2)
+
+
+attention_core = jax.custom_vjp(attention)
+
+
+def _attention_core_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple[Array, ...]]:
+    p = probabilities(q, k)
+    return jnp.einsum("gqk,gkd->gqd", p, v), (q, k, v, p)
+
+
+def _attention_core_bwd(res: tuple[Array, ...], do: Array) -> tuple[Array, Array, Array]:
+    # The textbook gradient as four (G, ., .) products: dv = p^T do, dp = do v^T, ds = p (dp - rowsum(dp p)) / sqrt(d),
+    # dq = ds k, dk = ds^T q. XLA's own derivative of the einsums transposes operands and runs ~25% slower.
+    q, k, v, p = res
+    dv = _transposed_product(p, do)
+    dp = jnp.einsum("gqd,gkd->gqk", do, v)
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    return jnp.einsum("gqk,gkd->gqd", ds, k), _transposed_product(ds, q), dv
+
+
+attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
