@@ -1,6 +1,8 @@
 """Profile of the MMDiT train step (the one ``mfu.py`` times): step time and MFU, then a ``jax.profiler`` trace of a
-few steps summarised by ``trace_summary`` (device busy fraction, kernel time by kind, top kernels). On an
-accelerator this says where the time above the matmul floor goes; XLA:CPU traces carry no per-kernel events.
+few steps summarised by ``trace_summary`` (device busy fraction, kernel time by kind, top kernels): where the time
+above the matmul floor goes. On a CPU the script turns on XLA's per-op trace events
+(``--xla_cpu_enable_xprof_traceme=true``; the step then takes ~1% longer); run it under ``taskset -c 0`` as well to
+read each op's core time (``trace_summary``'s docstring says how to read CPU traces).
 
 Run: ``python experiments/benchmarks/profile_step.py --preset sd3_medium --size 64 --tokens 333 --dtype bfloat16
 --scan_blocks --trace_dir runs/profile``; the trace stays in ``--trace_dir`` (open it in ui.perfetto.dev).
@@ -37,10 +39,15 @@ def main(a: argparse.Namespace) -> None:
             jax.block_until_ready(run())
     trace = sorted(glob.glob(os.path.join(a.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
                    key=os.path.getmtime)[-1]
-    table = (f"Preset `{a.preset}`, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, "
+    dumps = sorted(glob.glob(os.path.join(a.trace_dir, "hlo", "*jit_step*after_optimizations.txt")),
+                   key=os.path.getmtime)
+    hlo = open(dumps[-1]).read() if dumps else None  # names each traced op's source op and FLOPs
+    table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups="
+             f"{a.attention_head_groups or 'preset'}, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, "
+             f"remat={a.remat}, "
              f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, "
              f"{a.dtype}; XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced "
-             f"(`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps) + "\n")
+             f"(`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps, hlo) + "\n")
     print(table)
     append_results("MMDiT train-step profile", table)
 
@@ -51,4 +58,9 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=2, help="steps inside the trace")
     ap.add_argument("--top", type=int, default=30, help="kernels listed")
     ap.add_argument("--trace_dir", default="runs/profile")
-    main(parse_args(ap))
+    a = parse_args(ap)
+    os.environ["XLA_FLAGS"] = " ".join([  # read when JAX starts, i.e. at the first computation in main
+        os.environ.get("XLA_FLAGS", ""), "--xla_cpu_enable_xprof_traceme=true",  # XLA:CPU's per-op trace events
+        f"--xla_dump_to={os.path.join(a.trace_dir, 'hlo')} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_step",
+    ]).strip()
+    main(a)
