@@ -93,9 +93,10 @@ def attention(q: Array, k: Array, v: Array) -> Array:
 
 
 def _transposed_product(a: Array, b: Array) -> Array:
-    """``a^T b`` per batch entry: ``a: (G, N, M)``, ``b: (G, N, d)`` -> ``(G, M, d)``, as ``(b^T a)^T`` (the small
-    ``(G, d, M)`` product transposed after the barrier)."""
-    return jnp.swapaxes(_barrier(jnp.einsum("gnd,gnm->gdm", b, a)), 1, 2)
+    """``a^T b`` per batch entry: ``a: (G, N, M)``, ``b: (G, N, d)`` -> ``(G, M, d)``, as ``(b^T a)^T``: a library
+    product of the materialised ``b^T: (G, d, N)``, its ``(G, d, M)`` result transposed after the barrier (both
+    transposes are of the small, d-wide operands)."""
+    return jnp.swapaxes(_barrier(jnp.einsum("gdn,gnm->gdm", _barrier(jnp.swapaxes(b, 1, 2)), a)), 1, 2)
 
 
 attention_core = jax.custom_vjp(attention)
