@@ -103,18 +103,21 @@ attention_core = jax.custom_vjp(attention)
 
 
 def _attention_core_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple[Array, ...]]:
-    p = probabilities(q, k)
-    return jnp.einsum("gqk,gkd->gqd", p, v), (q, k, v, p)
+    qs = q / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))  # the scale on the (G, N, d) q, not the (G, N, M) logits
+    p = jax.nn.softmax(jnp.einsum("gqd,gkd->gqk", qs, k).astype(jnp.float32), axis=-1).astype(q.dtype)
+    return jnp.einsum("gqk,gkd->gqd", p, v), (qs, k, v, p)
 
 
 def _attention_core_bwd(res: tuple[Array, ...], do: Array) -> tuple[Array, Array, Array]:
-    # The textbook gradient as four (G, ., .) products: dv = p^T do, dp = do v^T, ds = p (dp - rowsum(dp p)) / sqrt(d),
-    # dq = ds k, dk = ds^T q. XLA's own derivative of the einsums transposes operands and runs ~25% slower.
-    q, k, v, p = res
+    # The textbook gradient as four (G, ., .) products, with q_s = q / sqrt(d): dv = p^T do, dp = do v^T,
+    # ds = p (dp - rowsum(dp p)), dq = ds k / sqrt(d), dk = ds^T q_s. XLA's own derivative of the einsums
+    # transposes operands and runs ~25% slower.
+    qs, k, v, p = res
     dv = _transposed_product(p, do)
     dp = jnp.einsum("gqd,gkd->gqk", do, v)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    return jnp.einsum("gqk,gkd->gqd", ds, k), _transposed_product(ds, q), dv
+    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+    dq = jnp.einsum("gqk,gkd->gqd", ds, k) / jnp.sqrt(jnp.asarray(qs.shape[-1], qs.dtype))
+    return dq, _transposed_product(ds, qs), dv
 
 
 attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
