@@ -88,8 +88,10 @@ def device_peak_memory() -> str:
     return f"{peak / 2**30:.1f} GiB" if peak else "n/a"
 
 
-def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int | None = None) -> float:
-    """Measured FLOP/s of a chain of ``repeats`` ``n x n`` matmuls in ``dtype``: the peak that MFU divides by.
+def matmul_chain(dtype: Any = np.float32, n: int | None = None,
+                 repeats: int | None = None) -> tuple[Callable[[], Any], float]:
+    """``(run, flops)``: ``run()`` computes (and blocks on) a chain of ``repeats`` ``n x n`` matmuls in ``dtype``,
+    compiled on the first call; the peak that MFU divides by is ``flops`` over its time.
 
     Defaults: on a CPU n = 2048, 8 products; on an accelerator n = 8192 (2048 leaves a GPU's matrix units idle)
     and 32 products, ~45 ms a call on an H200 (8, i.e. ~12 ms, read 658-730 TFLOP/s across processes in session
@@ -101,8 +103,14 @@ def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int | No
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     scale = jnp.asarray(1.0 / np.sqrt(n), dtype)
     f = jax.jit(lambda a, b: jax.lax.fori_loop(0, repeats, lambda i, c: (c @ b) * scale, a))
-    t, _ = time_compiled(f, a, b)
-    return 2 * n**3 * repeats / t
+    return (lambda: jax.block_until_ready(f(a, b))), 2 * n**3 * repeats
+
+
+def matmul_peak(dtype: Any = np.float32, n: int | None = None, repeats: int | None = None) -> float:
+    """Measured FLOP/s of ``matmul_chain`` (median of 5 calls after the compiling one)."""
+    run, flops = matmul_chain(dtype, n, repeats)
+    t, _ = time_compiled(run)
+    return flops / t
 
 
 class TorchSide:
