@@ -51,6 +51,24 @@ def test_shapes_builder_writes_array_record_and_reads_back(tmp_path):
     assert set(captions_of(src["train"])) == gen
 
 
+def test_built_in_sources_are_held_decoded_in_memory_with_the_same_records(tmp_path):
+    from mmdit_jax.data.pipeline import InMemorySource, _builder, in_memory
+
+    src = build_sources(data_cfg(), str(tmp_path))["train"]
+    assert isinstance(src, InMemorySource)
+    disk = _builder(data_cfg(), str(tmp_path)).as_data_source()["train"]     # decodes every read
+    assert len(src) == len(disk)
+    for i in range(len(disk)):
+        a, b = src[i], disk[i]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert type(a[k]) is type(b[k]), k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    src[0]["image"][:] = 0                                  # a caller's edit must not reach the next read
+    np.testing.assert_array_equal(src[0]["image"], disk[0]["image"])
+    assert in_memory(disk, limit_bytes=1000) is disk        # too large for the limit: read from disk
+
+
 def test_digits_and_toy2d_builders(tmp_path):
     digits = build_sources(data_cfg(name="digits", image_size=16), str(tmp_path))
     assert len(digits["train"]) + len(digits["test"]) == 1797
