@@ -64,8 +64,8 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
     """``softmax(q k^T / sqrt(d)) v`` as batched products over the flattened ``(B*H)`` heads; ``q, k, v: (B, N, H, d)``.
 
     Numerically the same as ``jax.nn.dot_product_attention`` (tested); its autodiff gradient is faster on
-    XLA:CPU. ``custom_gradient=True`` uses the hand-written gradient of ``_attention_core`` (faster still on CPU,
-    and the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
+    XLA:CPU. ``custom_gradient=True`` uses ``custom_gradients.attention_core`` (faster still on CPU, and
+    the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
     runs: ``attention_backend``.
 
     ``groups``: the ``B*H`` heads are split into this many independent computations (contiguous, sizes differing

@@ -86,8 +86,7 @@ class MMDiTConfig:
         if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
                               f"platform) or one of {list(ATTENTION_IMPLS)}")
-        if self.custom_gradients not in (None, True, False) or isinstance(self.custom_gradients, int) and \
-                not isinstance(self.custom_gradients, bool):
+        if not (self.custom_gradients is None or isinstance(self.custom_gradients, bool)):
             raise ConfigError(f"model.custom_gradients={self.custom_gradients!r} is not valid; choose None (on a CPU "
                               "only), True or False")
         if self.custom_gradients is False and self.attention_impl == "einsum_vjp":
