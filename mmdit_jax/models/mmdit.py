@@ -232,8 +232,12 @@ class MMDiT(nn.Module):
         # Patch embedding + the centre-cropped sin-cos position table (a buffer: loaded, never trained).
         patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,
                           name="patch_embed")(x.astype(dtype))
-        table = self.variable("buffers", "pos_embed", lambda: jnp.asarray(sincos_2d_table(
-            d, cfg.pos_embed_max_size, cfg.sample_size // p))[None]).value
+        m = cfg.pos_embed_max_size
+        # A host callback: abstract initialisation (eval_shape) skips it and a jitted init does not embed the table
+        # (0.9 GB at SD3.5-medium size) as a constant.
+        table = self.variable("buffers", "pos_embed", lambda: jax.pure_callback(
+            lambda: sincos_2d_table(d, m, cfg.sample_size // p)[None],
+            jax.ShapeDtypeStruct((1, m * m, d), jnp.float32))).value
         tokens = patches.reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
         if extra_tokens is not None:  # e.g. clean reference-image tokens for in-context editing: (B, M, D)
             if extra_tokens.ndim != 3 or extra_tokens.shape[0] != b or extra_tokens.shape[-1] != d:
