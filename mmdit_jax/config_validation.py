@@ -3,6 +3,7 @@ the field name and the valid choices, before any data is generated or any model 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive, check_positive_int
@@ -25,13 +26,28 @@ SCHEMA: dict[str, set[str] | None] = {
 }
 
 
+def model_config(config: Any) -> Any:
+    """``config.model`` as an ``MMDiTConfig`` for the configured loss. ``loss.name='ssm'`` differentiates the model
+    forward (``jax.jvp``), which hand-written (reverse-mode) gradients do not support: there
+    ``custom_gradients=None`` becomes False, and an explicit True or ``attention_impl='einsum_vjp'`` is rejected."""
+    from mmdit_jax.models.mmdit import MMDiTConfig
+
+    model = MMDiTConfig.from_dict(config.model)
+    if config.loss.name != "ssm":
+        return model
+    if model.custom_gradients or model.attention_impl == "einsum_vjp":
+        raise ConfigError("loss.name='ssm' differentiates the model forward (jax.jvp), which hand-written "
+                          "gradients do not support: set model.custom_gradients to None or False and "
+                          "model.attention_impl to None or 'einsum'")
+    return dataclasses.replace(model, custom_gradients=False)
+
+
 def validate_config(config: Any) -> None:
     from mmdit_jax.data.pipeline import DATASETS
     from mmdit_jax.diffusion.losses import LOSSES
     from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
-    from mmdit_jax.models.mmdit import MMDiTConfig
 
     check_keys("config", config.keys(), SCHEMA)
     missing = sorted(set(SCHEMA) - set(config.keys()))
@@ -49,11 +65,7 @@ def validate_config(config: Any) -> None:
     check_choice("loss.name", config.loss.name, LOSSES)
     check_positive("timestep_scale", config.timestep_scale)
     schedule = get_schedule(config.schedule)
-    model = MMDiTConfig.from_dict(config.model)
-    if config.loss.name == "ssm" and (model.custom_gradients or model.attention_impl == "einsum_vjp"):
-        raise ConfigError("loss.name='ssm' differentiates the model forward (jax.jvp), which hand-written "
-                          "gradients do not support: set model.custom_gradients to None or False and "
-                          "model.attention_impl to None or 'einsum'")
+    model = model_config(config)
     if model.in_channels != 3 or model.out_channels != 3:
         raise ConfigError(f"model.in_channels/out_channels must be 3 for RGB image data, got "
                           f"{model.in_channels}/{model.out_channels}")

@@ -91,13 +91,13 @@ class InMemorySource:
     def __init__(self, records: list[dict]):
         self._columns = {k: np.stack([r[k] for r in records]) if isinstance(records[0][k], np.ndarray)
                          else np.array([r[k] for r in records], dtype=object) for k in records[0]}
-        self._n = len(records)
 
     def __len__(self) -> int:
-        return self._n
+        return len(next(iter(self._columns.values())))
 
     def __getitem__(self, i: int) -> dict:
-        return {k: v[i] if v.dtype == object else v[i].copy() for k, v in self._columns.items()}  # copies: as fresh
+        # Array fields are copied, as a decoding source returns fresh arrays: a caller's edit cannot reach the cache.
+        return {k: v[i] if v.dtype == object else v[i].copy() for k, v in self._columns.items()}
 
 
 def in_memory(source: Any, limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Any:

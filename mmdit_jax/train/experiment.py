@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmdit_jax.config_validation import model_config
 from mmdit_jax.data.pipeline import build_sources, captions_of, image_transform, train_iterator
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.diffusion.schedules import Schedule, get_schedule
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.mmdit import MMDiT
 from mmdit_jax.models.text.conditioning import SD3TextEncoders, sd3_text_encoders_from_config
 from mmdit_jax.train import sharding
 from mmdit_jax.train.metrics import report
@@ -88,15 +89,6 @@ def _encode_captions(enc: SD3TextEncoders, captions: list[str], workdir: str, cf
     encode = jax.jit(lambda c, y: (c.astype(jnp.float16), y.astype(jnp.float16)))
     c, y = cache.encode(captions, lambda caps: encode(*enc.encode(caps)), batch_size=256)
     return np.asarray(c), np.asarray(y)
-
-
-def model_config(cfg: Any) -> MMDiTConfig:
-    """``cfg.model``; for loss ``ssm``, which differentiates the model forward (``jax.jvp``), ``custom_gradients=None``
-    becomes False (hand-written gradients are reverse-mode only; ``validate_config`` rejects an explicit True)."""
-    model_cfg = MMDiTConfig.from_dict(cfg.model)
-    if cfg.loss.name == "ssm" and model_cfg.custom_gradients is None:
-        model_cfg = dataclasses.replace(model_cfg, custom_gradients=False)
-    return model_cfg
 
 
 def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
-from mmdit_jax.config_validation import validate_config
+from mmdit_jax.config_validation import model_config, validate_config
 from mmdit_jax.train import experiment as experiment_module
 from mmdit_jax.train import loop
 from mmdit_jax.train.metrics import read_metrics
@@ -121,7 +121,7 @@ def test_sliced_score_matching_trains_the_mmdit_through_forward_mode_autodiff(tm
     cfg = get_config("tiny")
     cfg.loss.name = "ssm"
     cfg.train.num_steps, cfg.train.sample_every = 2, 0
-    assert experiment_module.model_config(cfg).custom_gradients is False
+    assert model_config(cfg).custom_gradients is False
     assert loop.train(cfg, str(tmp_path))["last_step"] == 2
     cfg.model.custom_gradients = True
     with pytest.raises(ConfigError, match="loss.name='ssm'.*model.custom_gradients"):
