@@ -8,7 +8,9 @@ Why they are faster on XLA:CPU (measured in experiments/benchmarks/RESULTS.md, "
 product that contracts the first non-batch axis of *both* operands (``x^T dy``, ``p^T do``) to its generic dot
 runtime, 1.2-1.7x slower on one core than the YNNPACK library product of a materialised transpose (or of the
 transposed problem); XLA folds a plain transpose back into the product, so an ``optimization_barrier`` separates
-them. The tanh-GELU keeps only its input for the backward pass instead of XLA's several intermediates.
+them; a weight gradient transposes the narrower of its two operands. The tanh-GELU keeps only its input for the
+backward pass instead of XLA's several intermediates, and takes the product's bias with it (``bias_gelu_tanh``:
+one pass over the ``(M, 4D)`` hidden layer instead of a bias-add pass and a GELU pass).
 
 Shapes: ``x: (M, d_in)``, ``kernel: (d_in, d_out)``; attention over a flat batch of heads ``q: (G, N, d)``,
 ``k, v: (G, M, d)``.
@@ -34,7 +36,8 @@ _barrier = jax.lax.optimization_barrier  # XLA does not fold a transpose across 
 # ----------------------------------------------------------------------------------------------------- x W
 @jax.custom_vjp
 def linear(x: Array, kernel: Array) -> Array:
-    """``y = x W``: ``(M, d_in) x (d_in, d_out) -> (M, d_out)``; gradients ``dx = dy W^T``, ``dW = (x^T) dy``."""
+    """``y = x W``: ``(M, d_in) x (d_in, d_out) -> (M, d_out)``; gradients ``dx = dy W^T``, ``dW = (x^T) dy``
+    (computed as ``((dy^T) x)^T`` where ``d_in > d_out``)."""
     return jnp.dot(x, kernel)
 
 
@@ -44,7 +47,10 @@ def _linear_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
 
 def _linear_bwd(res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     x, kernel = res
-    dkernel = jnp.dot(_barrier(x.T), dy)
+    if x.shape[1] > dy.shape[1]:  # transpose the narrower operand: (dy^T x)^T, two small transposes, not x^T
+        dkernel = _barrier(jnp.dot(_barrier(dy.T), x)).T
+    else:
+        dkernel = jnp.dot(_barrier(x.T), dy)
     if dkernel.dtype != jnp.float32:
         # Rounded to the kernel's dtype in every program: XLA would fold a following upcast (where the kernel
         # was cast from float32) into the product in some programs and not in others.
@@ -78,6 +84,26 @@ def _gelu_tanh_bwd(h: Array, dy: Array) -> tuple[Array]:
 
 
 gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+
+
+@jax.custom_vjp
+def bias_gelu_tanh(z: Array, bias: Array) -> Array:
+    """``gelu_tanh(z + b)`` for a product's output ``z: (M, F)`` and its bias ``b: (F,)``, in one pass: the
+    residual is the product's output itself (no separately stored ``z + b``); the backward recomputes it."""
+    return jax.nn.gelu(z + bias, approximate=True)
+
+
+def _bias_gelu_tanh_fwd(z: Array, bias: Array) -> tuple[Array, tuple[Array, Array]]:
+    return jax.nn.gelu(z + bias, approximate=True), (z, bias)
+
+
+def _bias_gelu_tanh_bwd(res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+    z, bias = res
+    (dh,) = _gelu_tanh_bwd(z + bias, dy)
+    return dh, jnp.sum(dh, axis=0)
+
+
+bias_gelu_tanh.defvjp(_bias_gelu_tanh_fwd, _bias_gelu_tanh_bwd)
 
 
 # ------------------------------------------------------------------------------------------------ attention

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.models.custom_gradients import attention, attention_core, gelu_tanh, linear
+from mmdit_jax.models.custom_gradients import attention, attention_core, bias_gelu_tanh, linear
 
 Array = jax.Array
 Dtype = Any
@@ -164,8 +164,12 @@ class FeedForward(nn.Module):
     def __call__(self, u: Array) -> Array:
         dense = lambda n, name: Dense(n, dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
                                       custom_gradient=self.custom_gradient, name=name)
-        h = dense(self.mult * u.shape[-1], "proj_in")(u)
-        h = gelu_tanh(h) if self.custom_gradient else jax.nn.gelu(h, approximate=True)
+        if self.custom_gradient:  # bias and GELU in one pass (custom_gradients.bias_gelu_tanh)
+            kernel, bias = DenseParams(self.mult * u.shape[-1], self.param_dtype, name="proj_in")(u.shape[-1])
+            z = linear(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel.astype(self.dtype))
+            h = bias_gelu_tanh(z, bias.astype(self.dtype)).reshape(u.shape[:-1] + (-1,))
+        else:
+            h = jax.nn.gelu(dense(self.mult * u.shape[-1], "proj_in")(u), approximate=True)
         return dense(u.shape[-1], "proj_out")(h)
 
 
@@ -196,7 +200,10 @@ class Attention(nn.Module):
         bias = jnp.concatenate([p[1] for p in params]).astype(self.dtype)
         out = _product(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel, self.custom_gradient) + bias
         out = out.reshape(u.shape[:2] + (3, self.num_heads, self.head_dim))  # contiguous head blocks
-        return out[:, :, 0], out[:, :, 1], out[:, :, 2]
+        # lax.split, not indexing: its gradient is one concatenation (indexing's is three zero-padded sums,
+        # which XLA:CPU runs as three passes over the (B*N, 3 H d) gradient).
+        q, k, v = jax.lax.split(out, (1, 1, 1), axis=2)
+        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
     def _norm(self, name: str, u: Array) -> Array:
         return RMSNorm(param_dtype=self.param_dtype, name=name)(u) if self.qk_norm else u
