@@ -99,7 +99,7 @@ def _bias_gelu_tanh_fwd(z: Array, bias: Array) -> tuple[Array, tuple[Array, Arra
 
 def _bias_gelu_tanh_bwd(res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     z, bias = res
-    (dh,) = _gelu_tanh_bwd(z + bias, dy)
+    (dh,) = _gelu_tanh_bwd(_barrier(z) + bias, dy)  # the barrier: XLA would share z + b with the forward (stored)
     return dh, jnp.sum(dh, axis=0)
 
 
