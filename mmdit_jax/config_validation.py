@@ -28,18 +28,25 @@ SCHEMA: dict[str, set[str] | None] = {
 
 def model_config(config: Any) -> Any:
     """``config.model`` as an ``MMDiTConfig`` for the configured loss. ``loss.name='ssm'`` differentiates the model
-    forward (``jax.jvp``), which hand-written (reverse-mode) gradients do not support: there
-    ``custom_gradients=None`` becomes False, and an explicit True or ``attention_impl='einsum_vjp'`` is rejected."""
+    forward (``jax.jvp``), which hand-written (reverse-mode) gradients do not support, nor does cuDNN's fused
+    attention (also a ``custom_vjp``): there ``custom_gradients=None`` becomes False, ``attention_impl=None``
+    becomes 'xla' where it would pick cuDNN (a GPU in bf16 / fp16), and an explicit ``custom_gradients=True`` or
+    ``attention_impl`` 'einsum_vjp' / 'cudnn' is rejected."""
+    from mmdit_jax.models.layers import attention_backend
     from mmdit_jax.models.mmdit import MMDiTConfig
 
     model = MMDiTConfig.from_dict(config.model)
     if config.loss.name != "ssm":
         return model
-    if model.custom_gradients or model.attention_impl == "einsum_vjp":
+    if model.custom_gradients or model.attention_impl in ("einsum_vjp", "cudnn"):
         raise ConfigError("loss.name='ssm' differentiates the model forward (jax.jvp), which hand-written "
-                          "gradients do not support: set model.custom_gradients to None or False and "
-                          "model.attention_impl to None or 'einsum'")
-    return dataclasses.replace(model, custom_gradients=False)
+                          "gradients and cuDNN attention do not support: set model.custom_gradients to None or "
+                          f"False (got {model.custom_gradients!r}) and model.attention_impl to None, 'einsum' or "
+                          f"'xla' (got {model.attention_impl!r})")
+    impl = model.attention_impl
+    if impl is None and attention_backend(None, model.dtype, model.head_dim) == "cudnn":
+        impl = "xla"
+    return dataclasses.replace(model, custom_gradients=False, attention_impl=impl)
 
 
 def validate_config(config: Any) -> None:

@@ -7,12 +7,13 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, fresh each run (never reused across runs) and removed at
 # exit, shared with the subprocess tests (resume after SIGKILL, two processes, four devices), which otherwise
-# compile the same train step once per process: ~50 s off the suite. Only compiles over a second are stored.
+# compile the same programs once per process: ~50 s off the suite. Every compile is stored (threshold 0): each
+# subprocess also compiles a few hundred small programs (eager initialisation, metrics), ~40 s more over the suite.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="mmdit_jax_test_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # What the training entry point does before its first JAX computation (mmdit_jax/runtime.py): without it
 # every compiled call re-faults its temporaries page by page.

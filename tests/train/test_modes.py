@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -126,6 +127,22 @@ def test_sliced_score_matching_trains_the_mmdit_through_forward_mode_autodiff(tm
     cfg.model.custom_gradients = True
     with pytest.raises(ConfigError, match="loss.name='ssm'.*model.custom_gradients"):
         validate_config(cfg)
+
+
+def test_sliced_score_matching_never_picks_cudnn_attention(monkeypatch):
+    # cuDNN's fused attention is a custom_vjp too (no jax.jvp): on a GPU in bf16, attention_impl=None (which
+    # picks it) becomes 'xla' for ssm, and an explicit 'cudnn' is rejected. The GPU is simulated.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    cfg = get_config("tiny")
+    cfg.model.dtype = "bfloat16"
+    assert model_config(cfg).attention_impl is None            # other losses keep the platform's choice
+    cfg.loss.name = "ssm"
+    assert model_config(cfg).attention_impl == "xla"
+    cfg.model.dtype = "float32"                                 # None picks XLA there anyway: left as None
+    assert model_config(cfg).attention_impl is None
+    cfg.model.attention_impl = "cudnn"
+    with pytest.raises(ConfigError, match="model.attention_impl.*'cudnn'"):
+        model_config(cfg)
 
 
 def test_config_typos_are_rejected():
