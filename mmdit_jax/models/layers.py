@@ -197,13 +197,13 @@ class Attention(nn.Module):
         width = self.num_heads * self.head_dim
         params = [DenseParams(width, self.param_dtype, name=n)(u.shape[-1]) for n in names]
         kernel = jnp.concatenate([p[0] for p in params], axis=1).astype(self.dtype)
-        out = _product(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel, self.custom_gradient)
+        bias = jnp.concatenate([p[1] for p in params]).astype(self.dtype)
+        out = _product(u.reshape(-1, u.shape[-1]).astype(self.dtype), kernel, self.custom_gradient) + bias
         out = out.reshape(u.shape[:2] + (3, self.num_heads, self.head_dim))  # contiguous head blocks
         # lax.split, not indexing: its gradient is one concatenation (indexing's is three zero-padded sums,
-        # which XLA:CPU runs as three passes over the (B*N, 3 H d) gradient). Biases after the split: each
-        # add fuses into the pass that rearranges its q, k or v for the attention.
-        return tuple(o[:, :, 0] + p[1].astype(self.dtype).reshape(self.num_heads, self.head_dim)
-                     for o, p in zip(jax.lax.split(out, (1, 1, 1), axis=2), params))
+        # which XLA:CPU runs as three passes over the (B*N, 3 H d) gradient).
+        q, k, v = jax.lax.split(out, (1, 1, 1), axis=2)
+        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
     def _norm(self, name: str, u: Array) -> Array:
         return RMSNorm(param_dtype=self.param_dtype, name=name)(u) if self.qk_norm else u
