@@ -8,9 +8,9 @@ Why they are faster on XLA:CPU (measured in experiments/benchmarks/RESULTS.md, "
 product that contracts the first non-batch axis of *both* operands (``x^T dy``, ``p^T do``) to its generic dot
 runtime, 1.2-1.7x slower on one core than the YNNPACK library product of a materialised transpose (or of the
 transposed problem); XLA folds a plain transpose back into the product, so an ``optimization_barrier`` separates
-them; a weight gradient transposes the narrower of its two operands. The tanh-GELU keeps only its input for the
-backward pass instead of XLA's several intermediates, and takes the product's bias with it (``bias_gelu_tanh``:
-one pass over the ``(M, 4D)`` hidden layer instead of a bias-add pass and a GELU pass).
+them; a weight gradient transposes the narrower of its two operands. The tanh-GELU takes the product's bias with it
+(``bias_gelu_tanh``: one pass over the ``(M, 4D)`` hidden layer instead of a bias-add pass and a GELU pass) and keeps
+only its input for the backward pass instead of XLA's several intermediates.
 
 Shapes: ``x: (M, d_in)``, ``kernel: (d_in, d_out)``; attention over a flat batch of heads ``q: (G, N, d)``,
 ``k, v: (G, M, d)``.
@@ -66,30 +66,18 @@ _C = np.float32(np.sqrt(2.0 / np.pi))
 _A = np.float32(0.044715)
 
 
-@jax.custom_vjp
-def gelu_tanh(h: Array) -> Array:
-    """``0.5 h (1 + tanh(c (h + a h^3)))``, ``c = sqrt(2/pi)``, ``a = 0.044715`` (``jax.nn.gelu(approximate=True)``)."""
-    return jax.nn.gelu(h, approximate=True)
-
-
-def _gelu_tanh_fwd(h: Array) -> tuple[Array, Array]:
-    return jax.nn.gelu(h, approximate=True), h
-
-
-def _gelu_tanh_bwd(h: Array, dy: Array) -> tuple[Array]:
-    # d/dh = 0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3 a h^2), t recomputed from h in the same pass.
+def _gelu_tanh_derivative(h: Array) -> Array:
+    """Derivative of ``gelu_tanh(h) = 0.5 h (1 + t)``, ``t = tanh(c (h + a h^3))``, ``c = sqrt(2/pi)``, ``a = 0.044715``
+    (``jax.nn.gelu(approximate=True)``): ``0.5 (1 + t) + 0.5 h (1 - t^2) c (1 + 3 a h^2)``, t recomputed from h."""
     c, a = _C.astype(h.dtype), _A.astype(h.dtype)
     t = jnp.tanh(c * (h + a * h * h * h))
-    return (dy * (0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * a * h * h)),)
-
-
-gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
+    return 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * a * h * h)
 
 
 @jax.custom_vjp
 def bias_gelu_tanh(z: Array, bias: Array) -> Array:
-    """``gelu_tanh(z + b)`` for a product's output ``z: (M, F)`` and its bias ``b: (F,)``, in one pass: the
-    residual is the product's output itself (no separately stored ``z + b``); the backward recomputes it."""
+    """``gelu_tanh(z + b)`` for a product's output ``z: (M, F)`` and its bias ``b: (F,)``, in one pass. The only
+    residual is the product's output itself (no stored ``z + b`` or tanh); the backward recomputes them."""
     return jax.nn.gelu(z + bias, approximate=True)
 
 
@@ -99,7 +87,7 @@ def _bias_gelu_tanh_fwd(z: Array, bias: Array) -> tuple[Array, tuple[Array, Arra
 
 def _bias_gelu_tanh_bwd(res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     z, bias = res
-    (dh,) = _gelu_tanh_bwd(_barrier(z) + bias, dy)  # the barrier: XLA would share z + b with the forward (stored)
+    dh = dy * _gelu_tanh_derivative(_barrier(z) + bias)  # the barrier: XLA would share z + b with the forward
     return dh, jnp.sum(dh, axis=0)
 
 
