@@ -117,19 +117,24 @@ attention_core = jax.custom_vjp(attention)
 
 
 def _attention_core_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple[Array, ...]]:
+    # o = (e v) / l with e = exp(s - rowmax s) unnormalised and l = rowsum(e): the 1/l goes on the (G, N, d) output,
+    # not the (G, N, M) probabilities (one pass over them fewer); e and 1/l are the residuals.
     qs = q / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))  # the scale on the (G, N, d) q, not the (G, N, M) logits
-    p = jax.nn.softmax(jnp.einsum("gqd,gkd->gqk", qs, k).astype(jnp.float32), axis=-1).astype(q.dtype)
-    return jnp.einsum("gqk,gkd->gqd", p, v), (qs, k, v, p)
+    s = jnp.einsum("gqd,gkd->gqk", qs, k).astype(jnp.float32)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    r = (1.0 / jnp.sum(e, axis=-1, keepdims=True)).astype(q.dtype)
+    e = e.astype(q.dtype)
+    return jnp.einsum("gqk,gkd->gqd", e, v) * r, (qs, k, v, e, r)
 
 
 def _attention_core_bwd(res: tuple[Array, ...], do: Array) -> tuple[Array, Array, Array]:
-    # The textbook gradient as four (G, ., .) products, with q_s = q / sqrt(d): dv = p^T do, dp = do v^T,
-    # ds = p (dp - rowsum(dp p)), dq = ds k / sqrt(d), dk = ds^T q_s. XLA's own derivative of the einsums
-    # transposes operands and runs ~25% slower.
-    qs, k, v, p = res
-    dv = _transposed_product(p, do)
+    # The textbook gradient as four (G, ., .) products, with q_s = q / sqrt(d) and p = e r (r = 1 / l):
+    # dv = p^T do = e^T (do r), dp = do v^T, ds = p (dp - rowsum(dp p)) = e r (dp - r rowsum(dp e)),
+    # dq = ds k / sqrt(d), dk = ds^T q_s. XLA's own derivative of the einsums transposes operands and runs ~25% slower.
+    qs, k, v, e, r = res
+    dv = _transposed_product(e, do * r)
     dp = jnp.einsum("gqd,gkd->gqk", do, v)
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))
+    ds = (e * r) * (dp - r * jnp.sum(dp * e, axis=-1, keepdims=True))
     dq = jnp.einsum("gqk,gkd->gqd", ds, k) / jnp.sqrt(jnp.asarray(qs.shape[-1], qs.dtype))
     return dq, _transposed_product(ds, qs), dv
 
