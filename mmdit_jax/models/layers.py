@@ -68,23 +68,31 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
     the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
     runs: ``attention_backend``.
 
-    ``groups``: the ``B*H`` heads are split into this many independent computations (contiguous, sizes differing
-    by at most one). Why: XLA:CPU runs a batched product on one core (YNNPACK threads within a matrix, not over
-    the batch: (48, 320, 64) x (48, 64, 320) runs at ~255 GFLOP/s on two cores, ~220 on one), so one group leaves the
-    second core idle through the attention core; independent groups run concurrently
-    (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
+    ``groups``: the ``B*H`` heads are split into this many independent computations. Why: XLA:CPU runs a batched
+    product on one core (YNNPACK threads within a matrix, not over the batch: (48, 320, 64) x (48, 64, 320) runs at
+    ~255 GFLOP/s on two cores, ~220 on one), so one group leaves the second core idle through the attention core;
+    independent groups run concurrently. Where ``groups <= B`` a group is whole batch elements (its heads-first copy
+    reads its own part of q, k, v: no slice pass per group), else a contiguous run of heads; sizes differ by at most
+    one batch element (head) (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
     """
     b, n, h, d = q.shape
 
     def heads_first(a: Array) -> Array:
-        return jnp.swapaxes(a, 1, 2).reshape(b * h, a.shape[1], d)
+        return jnp.swapaxes(a, 1, 2).reshape(-1, a.shape[1], d)
+
+    def attend(q: Array, k: Array, v: Array) -> Array:  # (b', L, H, d) -> (b', N, H, d)
+        o = core(heads_first(q), heads_first(k), heads_first(v))
+        return jnp.swapaxes(o.reshape(q.shape[0], h, q.shape[1], d), 1, 2)
 
     core = attention_core if custom_gradient else attention
-    q, k, v = heads_first(q), heads_first(k), heads_first(v)
     parts = min(groups, b * h)
+    if parts <= b:  # whole batch elements per group: each group's layout copy reads its own slice of q, k, v
+        sizes = [b * (i + 1) // parts - b * i // parts for i in range(parts)]
+        # lax.split, not indexing: its gradient is one concatenation, not zero-padded sums
+        return jnp.concatenate([attend(*g) for g in zip(*(jax.lax.split(a, sizes) for a in (q, k, v)))])
+    q, k, v = heads_first(q), heads_first(k), heads_first(v)
     bounds = [b * h * i // parts for i in range(parts + 1)]
-    o = core(q, k, v) if parts == 1 else jnp.concatenate(
-        [core(q[i:j], k[i:j], v[i:j]) for i, j in zip(bounds[:-1], bounds[1:])])
+    o = jnp.concatenate([core(q[i:j], k[i:j], v[i:j]) for i, j in zip(bounds[:-1], bounds[1:])])
     return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
 
 

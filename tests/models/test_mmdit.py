@@ -145,15 +145,16 @@ def test_einsum_attention_equals_dot_product_attention():
 def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
     from mmdit_jax.models.layers import einsum_attention
 
-    q, k, v, w = (jax.random.normal(jax.random.PRNGKey(i), (2, 7, 3, 8)) for i in range(4))
+    q, k, v, w = (jax.random.normal(jax.random.PRNGKey(i), (5, 7, 3, 8)) for i in range(4))
 
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
     ref_out = jax.nn.dot_product_attention(q, k, v)
     ref = jax.grad(loss(jax.nn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
-    # groups: 1, uneven groups of the 2 x 3 = 6 heads (1, 2, 1, 2), and more groups than heads (one each).
-    for custom, groups in ((False, 1), (True, 1), (True, 4), (True, 7), (False, 4)):
+    # groups: 1; uneven groups of whole batch elements (2 + 3; 1 + 1 + 1 + 2); uneven runs of the 5 x 3 = 15 heads
+    # (7 groups > B); more groups than heads (one each).
+    for custom, groups in ((False, 1), (True, 1), (True, 2), (True, 4), (True, 7), (True, 16), (False, 4)):
         ours_fn = lambda q, k, v: einsum_attention(q, k, v, custom, groups)  # noqa: E731
         np.testing.assert_allclose(ours_fn(q, k, v), ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
         ours = jax.grad(loss(ours_fn), argnums=(0, 1, 2))(q, k, v)
