@@ -6,7 +6,7 @@ diffusers' RMSNorm does), then cast back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -60,13 +60,17 @@ class DenseParams(nn.Module):
         return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
 
 
-def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False, groups: int = 1) -> Array:
-    """``softmax(q k^T / sqrt(d)) v`` as batched products over the flattened ``(B*H)`` heads; ``q, k, v: (B, N, H, d)``.
+def einsum_attention(streams: Sequence[tuple[Array, Array, Array]], custom_gradient: bool = False,
+                     groups: int = 1) -> list[Array]:
+    """Joint attention ``softmax(q k^T / sqrt(d)) v`` over streams concatenated along the sequence, as batched
+    products over the flattened ``(B*H)`` heads. ``streams``: ``[(q_s, k_s, v_s)]``, each ``(B, L_s, H, d)``
+    (SD3: image tokens, then context tokens) -> ``[o_s (B, L_s, H, d)]``.
 
-    Numerically the same as ``jax.nn.dot_product_attention`` (tested); its autodiff gradient is faster on
-    XLA:CPU. ``custom_gradient=True`` uses ``custom_gradients.attention_core`` (faster still on CPU, and
-    the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path
-    runs: ``attention_backend``.
+    Numerically the same as ``jax.nn.dot_product_attention`` on the concatenation (tested); its autodiff gradient
+    is faster on XLA:CPU. ``custom_gradient=True`` uses ``custom_gradients.attention_core`` (faster still on CPU,
+    and the CPU default; gradients tested against autodiff of ``jax.nn.dot_product_attention``). Which path runs:
+    ``attention_backend``. The streams are joined inside each group's heads-first copy and split again from its
+    output, so no concatenated ``(B, L, H, d)`` buffer exists (nor, in the backward, its gradient).
 
     ``groups``: the ``B*H`` heads are split into this many independent computations. Why: XLA:CPU runs a batched
     product on one core (YNNPACK threads within a matrix, not over the batch: (48, 320, 64) x (48, 64, 320) runs at
@@ -74,26 +78,31 @@ def einsum_attention(q: Array, k: Array, v: Array, custom_gradient: bool = False
     independent groups run concurrently. Where ``groups <= B`` a group is whole batch elements (its heads-first copy
     reads its own part of q, k, v: no slice pass per group), else a contiguous run of heads; sizes differ by at most
     one batch element (head) (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
+    Splits use ``lax.split``: its gradient is one concatenation, indexing's a zero-padded sum per part.
     """
-    b, n, h, d = q.shape
+    b, _, h, d = streams[0][0].shape
+    lengths = [s[0].shape[1] for s in streams]
+    core = attention_core if custom_gradient else attention
 
-    def heads_first(a: Array) -> Array:
+    def heads_first(parts: Sequence[Array]) -> Array:  # [(b', L_s, H, d)] -> (b' H, L, d)
+        a = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         return jnp.swapaxes(a, 1, 2).reshape(-1, a.shape[1], d)
 
-    def attend(q: Array, k: Array, v: Array) -> Array:  # (b', L, H, d) -> (b', N, H, d)
-        o = core(heads_first(q), heads_first(k), heads_first(v))
-        return jnp.swapaxes(o.reshape(q.shape[0], h, q.shape[1], d), 1, 2)
+    def heads_last(o: Array) -> list[Array]:  # (b' H, L, d) -> [(b', L_s, H, d)]
+        o = jnp.swapaxes(o.reshape(-1, h, o.shape[1], d), 1, 2)
+        return jax.lax.split(o, lengths, axis=1)
 
-    core = attention_core if custom_gradient else attention
     parts = min(groups, b * h)
-    if parts <= b:  # whole batch elements per group: each group's layout copy reads its own slice of q, k, v
+    if parts <= b:
         sizes = [b * (i + 1) // parts - b * i // parts for i in range(parts)]
-        # lax.split, not indexing: its gradient is one concatenation, not zero-padded sums
-        return jnp.concatenate([attend(*g) for g in zip(*(jax.lax.split(a, sizes) for a in (q, k, v)))])
-    q, k, v = heads_first(q), heads_first(k), heads_first(v)
-    bounds = [b * h * i // parts for i in range(parts + 1)]
-    o = jnp.concatenate([core(q[i:j], k[i:j], v[i:j]) for i, j in zip(bounds[:-1], bounds[1:])])
-    return jnp.swapaxes(o.reshape(b, h, n, d), 1, 2)
+        split = [[jax.lax.split(a, sizes) for a in s] for s in streams]  # [stream][q, k, v][group]
+        outs = [heads_last(core(*(heads_first([part[t][g] for part in split]) for t in range(3))))
+                for g in range(parts)]
+    else:
+        q, k, v = (heads_first([s[t] for s in streams]) for t in range(3))
+        bounds = [b * h * i // parts for i in range(parts + 1)]
+        outs = [heads_last(jnp.concatenate([core(q[i:j], k[i:j], v[i:j]) for i, j in zip(bounds[:-1], bounds[1:])]))]
+    return [jnp.concatenate([o[s] for o in outs]) if len(outs) > 1 else outs[0][s] for s in range(len(streams))]
 
 
 def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: str | None,
@@ -200,8 +209,9 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _qkv(self, names: tuple[str, str, str], u: Array) -> tuple[Array, Array, Array]:
-        """The three projections as one ``(B*N, D) x (D, 3 H d)`` product (parameters stay per projection)."""
+    def _qkv(self, names: tuple[str, str, str], norms: tuple[str, str], u: Array) -> tuple[Array, Array, Array]:
+        """The three projections as one ``(B*N, D) x (D, 3 H d)`` product (parameters stay per projection), then
+        the QK-norms ``norms`` on q and k."""
         width = self.num_heads * self.head_dim
         params = [DenseParams(width, self.param_dtype, name=n)(u.shape[-1]) for n in names]
         kernel = jnp.concatenate([p[0] for p in params], axis=1).astype(self.dtype)
@@ -211,34 +221,34 @@ class Attention(nn.Module):
         # lax.split, not indexing: its gradient is one concatenation (indexing's is three zero-padded sums,
         # which XLA:CPU runs as three passes over the (B*N, 3 H d) gradient).
         q, k, v = jax.lax.split(out, (1, 1, 1), axis=2)
-        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        return self._norm(norms[0], q[:, :, 0]), self._norm(norms[1], k[:, :, 0]), v[:, :, 0]
 
     def _norm(self, name: str, u: Array) -> Array:
         return RMSNorm(param_dtype=self.param_dtype, name=name)(u) if self.qk_norm else u
 
     @nn.compact
     def __call__(self, x: Array, c: Array | None = None) -> tuple[Array, Array | None]:
-        q, k, v = self._qkv(("to_q", "to_k", "to_v"), x)
-        q, k = self._norm("norm_q", q), self._norm("norm_k", k)
-        n = x.shape[1]
+        streams = [self._qkv(("to_q", "to_k", "to_v"), ("norm_q", "norm_k"), x)]
         if self.joint:
-            qc, kc, vc = self._qkv(("add_q_proj", "add_k_proj", "add_v_proj"), c)
-            q = jnp.concatenate([q, self._norm("norm_added_q", qc)], axis=1)
-            k = jnp.concatenate([k, self._norm("norm_added_k", kc)], axis=1)
-            v = jnp.concatenate([v, vc], axis=1)
+            streams.append(self._qkv(("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"), c))
+        joint = lambda t: jnp.concatenate([s[t] for s in streams], axis=1)  # noqa: E731  (q, k, v: t = 0, 1, 2)
         if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
+            q, k = joint(0), joint(1)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
         backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, self.custom_gradient)
         if backend in ("einsum", "einsum_vjp"):
-            o = einsum_attention(q, k, v, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
-        elif backend == "cudnn":
-            o = padded_dot_product_attention(*(a.astype(self.dtype) for a in (q, k, v)), "cudnn")
+            outs = einsum_attention(streams, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
         else:
-            o = jax.nn.dot_product_attention(q, k, v, implementation=backend)
-        o = o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,))
+            q, k, v = joint(0), joint(1), joint(2)
+            if backend == "cudnn":
+                o = padded_dot_product_attention(*(a.astype(self.dtype) for a in (q, k, v)), "cudnn")
+            else:
+                o = jax.nn.dot_product_attention(q, k, v, implementation=backend)
+            outs = jax.lax.split(o, [s[0].shape[1] for s in streams], axis=1)
         dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
                                    custom_gradient=self.custom_gradient, name=name)
-        out_x = dense("to_out")(o[:, :n])
-        out_c = dense("to_add_out")(o[:, n:]) if self.joint and self.context_out else None
+        flat = [o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,)) for o in outs]
+        out_x = dense("to_out")(flat[0])
+        out_c = dense("to_add_out")(flat[1]) if self.joint and self.context_out else None
         return out_x, out_c
