@@ -155,17 +155,17 @@ def test_einsum_attention_gradient_equals_autodiff_of_dot_product_attention():
     # One stream of 7 tokens, or two streams (4 + 3 tokens, split off and joined again inside einsum_attention).
     # groups: 1; uneven groups of whole batch elements (2 + 3; 1 + 1 + 1 + 2); uneven runs of the 5 x 3 = 15 heads
     # (7 groups > B); more groups than heads (one each).
-    for streams in (1, 2):
-        for custom, groups in ((False, 1), (True, 1), (True, 2), (True, 4), (True, 7), (True, 16), (False, 4)):
-            def ours_fn(q, k, v):
-                lengths = (7,) if streams == 1 else (4, 3)
-                parts = list(zip(*(jax.lax.split(a, lengths, axis=1) for a in (q, k, v))))  # [(q_s, k_s, v_s)]
-                return jnp.concatenate(einsum_attention(parts, custom, groups), axis=1)
-            np.testing.assert_allclose(ours_fn(q, k, v), ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
-            ours = jax.grad(loss(ours_fn), argnums=(0, 1, 2))(q, k, v)
-            for a, b in zip(ours, ref):
-                np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()),
-                                           err_msg=f"{streams=}, {custom=}, {groups=}")
+    cases = ((1, False, 1), (1, True, 4), (1, True, 16), (2, True, 1), (2, True, 2), (2, True, 7), (2, False, 4))
+    for streams, custom, groups in cases:
+        def ours_fn(q, k, v):
+            lengths = (7,) if streams == 1 else (4, 3)
+            parts = list(zip(*(jax.lax.split(a, lengths, axis=1) for a in (q, k, v))))  # [(q_s, k_s, v_s)]
+            return jnp.concatenate(einsum_attention(parts, custom, groups), axis=1)
+        np.testing.assert_allclose(ours_fn(q, k, v), ref_out, atol=1e-5 * float(jnp.abs(ref_out).max()))
+        ours = jax.grad(loss(ours_fn), argnums=(0, 1, 2))(q, k, v)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()),
+                                       err_msg=f"{streams=}, {custom=}, {groups=}")
 
 
 def test_padded_attention_equals_unpadded_values_and_gradients():
