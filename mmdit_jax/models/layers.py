@@ -231,21 +231,22 @@ class Attention(nn.Module):
         streams = [self._qkv(("to_q", "to_k", "to_v"), ("norm_q", "norm_k"), x)]
         if self.joint:
             streams.append(self._qkv(("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"), c))
-        joint = lambda t: jnp.concatenate([s[t] for s in streams], axis=1)  # noqa: E731  (q, k, v: t = 0, 1, 2)
+        lengths = [s[0].shape[1] for s in streams]
+        joined = lambda t: jnp.concatenate([s[t] for s in streams], axis=1)  # noqa: E731  (q, k, v: t = 0, 1, 2)
         if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
-            q, k = joint(0), joint(1)
+            q, k = joined(0), joined(1)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
         backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, self.custom_gradient)
         if backend in ("einsum", "einsum_vjp"):
             outs = einsum_attention(streams, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
         else:
-            q, k, v = joint(0), joint(1), joint(2)
+            q, k, v = joined(0), joined(1), joined(2)
             if backend == "cudnn":
                 o = padded_dot_product_attention(*(a.astype(self.dtype) for a in (q, k, v)), "cudnn")
             else:
                 o = jax.nn.dot_product_attention(q, k, v, implementation=backend)
-            outs = jax.lax.split(o, [s[0].shape[1] for s in streams], axis=1)
+            outs = jax.lax.split(o, lengths, axis=1)
         dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
                                    custom_gradient=self.custom_gradient, name=name)
         flat = [o.reshape(o.shape[:2] + (self.num_heads * self.head_dim,)) for o in outs]

@@ -33,7 +33,12 @@ def test_two_processes_equal_one_process(tmp_path):
                                f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in (one, *procs)]
+    try:
+        outs = [p.communicate(timeout=600) for p in (one, *procs)]
+    finally:  # a hung process (e.g. a collective waiting for its peer) must not outlive the test
+        for p in (one, *procs):
+            if p.poll() is None:
+                p.kill()
     for p, (_, err) in zip((one, *procs), outs):
         assert p.returncode == 0, err[-3000:]
     assert "process 0/2, 4 devices" in outs[1][0]
