@@ -6,7 +6,8 @@ import tempfile
 # Tests run on the CPU; keep XLA from grabbing all cores for intra-op threads beyond what the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, fresh each run (never reused across runs) and removed at
-# exit, shared with the subprocess tests (resume after SIGKILL, two processes, four devices), which otherwise
+# exit, shared with the pytest-xdist workers (they inherit it from the controller, which loads this file first) and
+# the subprocess tests (resume after SIGKILL, two processes, four devices), which otherwise
 # compile the same programs once per process: ~50 s off the suite. Every compile is stored (threshold 0): each
 # subprocess also compiles a few hundred small programs (eager initialisation, metrics), ~40 s more over the suite.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
