@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mmdit_jax.config_validation import validate_config
 from mmdit_jax.runtime import configure_runtime
-from mmdit_jax.train.metrics import report
+from mmdit_jax.train.metrics import quiet_library_logs, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
@@ -36,8 +36,7 @@ def main(argv) -> None:
         configure_runtime()
     import jax
 
-    if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every file operation at INFO
-        logging.set_verbosity(logging.WARNING)
+    quiet_library_logs()
 
     if _MULTIHOST.value:
         if os.environ.get("MMDIT_CPU_COLLECTIVES"):

@@ -18,8 +18,10 @@ from ml_collections import config_flags
 from mmdit_jax.data.captions import SHAPES
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
+from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.study.generate import Generator
 from mmdit_jax.study.scenes import prompts, scenes
+from mmdit_jax.train.metrics import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The trained run.")
@@ -30,6 +32,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def main(_):
+    configure_runtime()  # before the first JAX computation
+    quiet_library_logs()
     cfg = _CONFIG.value
     if os.path.exists(_CLASSIFIER.value):
         classifier = ShapesClassifier.load(_CLASSIFIER.value)

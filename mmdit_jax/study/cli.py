@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdit_jax.runtime import configure_runtime
+from mmdit_jax.train.metrics import quiet_library_logs
 
 
 def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str) -> None:
@@ -19,6 +20,7 @@ def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str) ->
 
     def main(_):
         configure_runtime()  # before the first JAX computation
+        quiet_library_logs()
         run(config.value, workdir.value, outdir.value)
         print(open(os.path.join(outdir.value, "RESULTS.md")).read())
 

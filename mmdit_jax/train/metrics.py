@@ -38,6 +38,17 @@ class MetricWriter:
             self._tb.close()
 
 
+def quiet_library_logs() -> None:
+    """Keep absl logging at WARNING unless ``--verbosity`` was given: Orbax and TFDS log every file operation at INFO.
+
+    Call from a command's ``main`` (after absl parsed the flags).
+    """
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def report(message: str) -> None:
     """A line on stdout from process 0 (library logs stay at WARNING unless --verbosity is raised)."""
     import jax

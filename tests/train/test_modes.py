@@ -172,3 +172,21 @@ def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
     from mmdit_jax.train.experiment import build
     exp, _, _ = build(cfg, str(tmp_path))
     assert "text_embedder" not in exp.state.params
+
+
+def test_commands_keep_library_logs_at_warning_unless_verbosity_is_given(monkeypatch):
+    from absl import flags, logging
+
+    from mmdit_jax.train.metrics import quiet_library_logs
+
+    before = logging.get_verbosity()
+    try:
+        logging.set_verbosity(logging.INFO)
+        quiet_library_logs()
+        assert logging.get_verbosity() == logging.WARNING
+        logging.set_verbosity(logging.DEBUG)
+        monkeypatch.setattr(flags.FLAGS["verbosity"], "present", 1)   # --verbosity=1 on the command line
+        quiet_library_logs()
+        assert logging.get_verbosity() == logging.DEBUG
+    finally:
+        logging.set_verbosity(before)
