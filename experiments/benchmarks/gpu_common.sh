@@ -1,5 +1,5 @@
 # Sourced by the GPU scripts (gpu_suite.sh, gpu_mfu_variants.sh): wheels, shapes, and `step NAME LIMIT CMD...`,
-# which runs CMD under a time limit, prints the lines matching $SHOW (default: all but XLA's log lines) from the
+# which runs CMD under a time limit (OOM=1 after it when the device ran out of memory), prints the lines matching $SHOW (default: all but XLA's log lines) from the
 # end of its log, appends the log to $OUT/logs.txt and copies RESULTS.md to $OUT. (The device tool brings back at
 # most 8 files from $OUT: one log file, not one per step.)
 #
@@ -20,6 +20,7 @@ step() {
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s, $(date -u +%T))"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
+  OOM=0; grep -q "RESOURCE_EXHAUSTED" "$OUT/$name.log" && OOM=1  # for callers that retry with --remat
   grep -v "^[WI][0-9]\{4\}" "$OUT/$name.log" | grep -E "${SHOW:-.}" | tail -n "${TAIL:-14}"
   cp experiments/benchmarks/RESULTS.md "$OUT/RESULTS.md"
   { echo "=== $name"; cat "$OUT/$name.log"; } >> "$OUT/logs.txt" && rm "$OUT/$name.log"

@@ -13,7 +13,7 @@ SD3=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --sca
 # 1. Where the step's time goes: MFU + a 2-step trace summarised (trace and optimised HLO kept in $OUT).
 XLA_FLAGS="--xla_dump_to=$OUT/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=jit_step" \
   TAIL=50 step profile 100 $PY $B/profile_step.py "${SD3[@]}" --batch "$BATCH" --trace_dir "$OUT/trace"
-if grep -q "RESOURCE_EXHAUSTED" "$OUT/logs.txt"; then  # e.g. an 80 GB H100 (the H200's batch-8 step fit)
+if [ "$OOM" = 1 ]; then  # e.g. an 80 GB H100 (the H200's batch-8 step fit)
   MEM=(--remat); echo "out of memory: rerunning with blocks rematerialised (and the MFU steps below)"
   TAIL=50 step profile_remat 100 $PY $B/profile_step.py "${SD3[@]}" --remat --batch "$BATCH" --trace_dir "$OUT/trace"
 fi
