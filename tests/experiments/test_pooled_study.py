@@ -4,10 +4,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from configs.pooled_study import get_config
 
 
+@pytest.mark.slow
 def test_clip_removal_and_steering_run_and_report(tmp_path):
     from experiments.clip_removal.experiment import run as clip_removal
     from experiments.pooled_steering.experiment import run as pooled_steering

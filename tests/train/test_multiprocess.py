@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from mmdit_jax.train.metrics import read_metrics
 
@@ -21,6 +22,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     # All three processes start at once: most of each one's time is single-threaded start-up and compilation.
     base = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -37,6 +37,7 @@ def final_params(workdir):
     return restored
 
 
+@pytest.mark.slow
 # final_params reads the checkpoints without a target tree: Orbax warns that it takes the shardings from the files.
 @pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
 def test_sigkill_and_restart_reproduces_the_uninterrupted_run(tmp_path):
