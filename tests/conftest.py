@@ -21,4 +21,3 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 from mmdit_jax.runtime import configure_runtime  # noqa: E402
 
 configure_runtime()
-
