@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
