@@ -1,7 +1,7 @@
 # Sourced by the GPU scripts (gpu_suite.sh, gpu_mfu_variants.sh): wheels, shapes, and `step NAME LIMIT CMD...`,
 # which runs CMD under a time limit (and sets OOM=1 if the device ran out of memory), prints the lines matching
-# $SHOW (default: all but XLA's log lines) from the end of its log, appends the log to $OUT/logs.txt and copies RESULTS.md to $OUT. (The device tool brings back at
-# most 8 files from $OUT: one log file, not one per step.)
+# $SHOW (default: all but XLA's log lines) from the end of its log, appends the log to $OUT/logs.txt and copies
+# RESULTS.md to $OUT. (The device tool brings back at most 8 files from $OUT: one log file, not one per step.)
 #
 # The lent GPU machines have jax, flax, optax, torch and transformers but not ml_collections or diffusers, and no
 # network. Fetch their wheels here first (pure Python), carry the folder `.whl` with the call, and this installs
