@@ -14,7 +14,7 @@ def _setup_commands() -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    main, tests = _setup_commands()
+    _, tests = _setup_commands()
     ci = [line.strip() for line in open(os.path.join(ROOT, ".ci", "run")) if line.strip() and not line.startswith("#")]
     assert ci[-1] == tests, (ci[-1], tests)
     assert tests.startswith('pip install -e ".[test]" && python -m pytest')

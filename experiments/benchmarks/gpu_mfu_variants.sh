@@ -15,7 +15,8 @@ OUT=${OUT:-runs/gpu_mfu_variants}; mkdir -p "$OUT"
 source experiments/benchmarks/gpu_common.sh  # wheels, shapes, step()
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 SHOW="^\| (train step|\*\*MFU)|^Train step|rror"; TAIL=6
-SHAPE=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16 --scan_blocks)
+SHAPES=(--preset "$PRESET" --size "$SIZE" --tokens "$TOKENS" --dtype bfloat16)
+SHAPE=("${SHAPES[@]}" --scan_blocks)
 DSF=--xla_gpu_enable_dynamic_slice_fusion=true
 mfu() {  # NAME LIMIT ARGS...: mfu.py, rerun with --remat if the device ran out of memory
   local name=$1 limit=$2; shift 2
@@ -30,5 +31,5 @@ XLA_FLAGS=--xla_gpu_enable_command_buffer= step profile_no_graphs 90 $PY $B/prof
   --batch "$BATCH" --trace_dir "$OUT/trace" --top 40
 cp "$(ls -t "$OUT"/trace/plugins/profile/*/perfetto_trace.json.gz | head -1)" "$OUT/trace.json.gz"; rm -rf "$OUT/trace"
 grep -A 10 "^| kind" "$OUT/logs.txt"
-SHAPE=("${SHAPE[@]:0:8}")  # the same shapes without --scan_blocks
+SHAPE=("${SHAPES[@]}")  # unrolled: no --scan_blocks
 mfu unrolled 200 --batch "$BATCH"
