@@ -35,8 +35,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         patch_size=4, in_channels=3, out_channels=3, num_layers=4, num_heads=4, head_dim=32,
         joint_attention_dim=96, pooled_projection_dim=96, use_pooled=True, pos_embed_max_size=8, sample_size=32,
         qk_norm="rms_norm", dual_attention_layers=(), mlp_ratio=4, dtype="float32", param_dtype="float32",
-        remat=False, scan_blocks=False, scan_unroll=1, attention_impl=None, attention_head_groups=4,
-        custom_gradients=None))
+        remat=False, remat_policy="full", scan_blocks=False, scan_unroll=1, attention_impl=None,
+        attention_head_groups=4, custom_gradients=None))
     c.schedule = ml_collections.ConfigDict(dict(name="rectified_flow", shift=1.0, t_sampling="logit_normal",
                                                 logit_mean=0.0, logit_std=1.0))
     c.model_parameterization = "velocity"

@@ -10,7 +10,8 @@ import ml_collections
 _COMMON = dict(patch_size=2, in_channels=16, out_channels=16, head_dim=64, joint_attention_dim=4096,
                pooled_projection_dim=2048, use_pooled=True, sample_size=128, qk_norm=None,
                dual_attention_layers=(), mlp_ratio=4, dtype="float32", param_dtype="float32", remat=False,
-               scan_blocks=False, scan_unroll=1, attention_impl=None, attention_head_groups=4, custom_gradients=None)
+               remat_policy="full", scan_blocks=False, scan_unroll=1, attention_impl=None, attention_head_groups=4,
+               custom_gradients=None)
 
 PRESETS = {
     "tiny": dict(_COMMON, patch_size=1, in_channels=4, out_channels=4, num_layers=4, num_heads=4, head_dim=8,

@@ -26,12 +26,13 @@ from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
               scan_blocks: bool = False, remat: bool = False, donate: bool = True,
-              scan_unroll: int = 1, cast: bool = True,
-              head_groups: int | None = None) -> tuple[Callable[[], jax.Array], float]:
+              scan_unroll: int = 1, cast: bool = True, head_groups: int | None = None,
+              remat_policy: str = "full") -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
     state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
     cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
-                                 "scan_blocks": scan_blocks, "remat": remat, "scan_unroll": scan_unroll,
+                                 "scan_blocks": scan_blocks, "remat": remat, "remat_policy": remat_policy,
+                                 "scan_unroll": scan_unroll,
                                  **({} if head_groups is None else {"attention_head_groups": head_groups})})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 4)  # random data: zeros or ones can time faster than real inputs
@@ -62,6 +63,7 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--scan_blocks", action="store_true", help="lax.scan over the blocks (faster compile)")
     ap.add_argument("--scan_unroll", type=int, default=1, help="blocks per scan iteration (with --scan_blocks)")
     ap.add_argument("--remat", action="store_true", help="rematerialise each block in the backward")
+    ap.add_argument("--remat_policy", default="full", help="with --remat: full | minimal | dots (models/mmdit.py)")
     ap.add_argument("--no_cast", action="store_true", help="cast kernels where used (inside the scan), not once")
     ap.add_argument("--attention_head_groups", type=int, default=None,
                     help="einsum attention: B*H heads as this many concurrent groups (default: the preset's)")
@@ -70,7 +72,7 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
 def step_from_args(a: argparse.Namespace, donate: bool = True) -> tuple[Callable[[], jax.Array], float]:
     """``make_step`` for the flags of ``add_step_args``."""
     return make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat,
-                     donate, a.scan_unroll, not a.no_cast, a.attention_head_groups)
+                     donate, a.scan_unroll, not a.no_cast, a.attention_head_groups, a.remat_policy)
 
 
 def main(a: argparse.Namespace) -> None:
@@ -91,7 +93,7 @@ def main(a: argparse.Namespace) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     groups = a.attention_head_groups or get_config(a.preset)["attention_head_groups"]
     table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
-             f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}, donate={donate}, "
+             f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}{f' ({a.remat_policy})' if a.remat else ''}, donate={donate}, "
              f"kernels cast once={cast}, batch {a.batch}, "
              f"{a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; XLA_FLAGS={flags or '(none)'}. "
              f"{a.rounds} rounds of (median of {a.repeats} steps, median of {a.repeats} peak chains).\n\n"

@@ -44,7 +44,7 @@ def main(a: argparse.Namespace) -> None:
     hlo = open(dumps[-1]).read() if dumps else None  # names each traced op's source op and FLOPs
     table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups="
              f"{a.attention_head_groups or 'preset'}, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, "
-             f"remat={a.remat}, "
+             f"remat={a.remat}{f' ({a.remat_policy})' if a.remat else ''}, "
              f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, "
              f"{a.dtype}; XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced "
              f"(`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps, hlo) + "\n")

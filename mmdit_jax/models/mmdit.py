@@ -28,6 +28,17 @@ from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, m
 from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
+
+# What a rematerialised block (``remat=True``) keeps for its backward pass, chosen by ``remat_policy``:
+#   full     nothing: the backward reruns the whole block forward (least memory);
+#   minimal  the projections' outputs (matmuls with no batch dimension): reruns only the element-wise work and
+#            the attention core, so no weight matmul is computed twice;
+#   dots     every matmul output, the einsum attention's products too.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "einsum_vjp")
 
@@ -53,6 +64,7 @@ class MMDiTConfig:
     dtype: str = "float32"                   # compute dtype
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
+    remat_policy: str = "full"               # with remat: what each block keeps (REMAT_POLICIES)
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
     scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
@@ -83,6 +95,7 @@ class MMDiTConfig:
         check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.param_dtype", self.param_dtype, DTYPES)
+        check_choice("model.remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
         if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
                               f"platform) or one of {list(ATTENTION_IMPLS)}")
@@ -95,6 +108,10 @@ class MMDiTConfig:
         bad = [i for i in self.dual_attention_layers if not 0 <= i < self.num_layers - 1]
         if bad:
             raise ConfigError(f"model.dual_attention_layers {bad} must lie in [0, num_layers - 1 = {self.num_layers - 1})")
+
+    def block_module(self) -> type[nn.Module]:
+        """``JointBlock``, rematerialised under ``remat_policy`` when ``remat`` is on."""
+        return nn.remat(JointBlock, policy=REMAT_POLICIES[self.remat_policy]) if self.remat else JointBlock
 
     def block_groups(self) -> list[tuple[int, int, bool]]:
         """Runs ``(start, stop, dual)`` of identical blocks among layers ``0 .. L-2`` (scanned together)."""
@@ -162,7 +179,7 @@ class _ScanBody(nn.Module):
 
     @nn.compact
     def __call__(self, carry: tuple[Array, Array], y: Array, skip: Array) -> tuple[tuple[Array, Array], None]:
-        block = nn.remat(JointBlock) if self.config.remat else JointBlock
+        block = self.config.block_module()
         x, c = carry
         nx, nc = block(self.config, dual=self.dual, name="block")(x, c, y)
         return (jnp.where(skip, x, nx), jnp.where(skip, c, nc)), None
@@ -265,13 +282,13 @@ class MMDiT(nn.Module):
                 mask = jnp.asarray([i in skip for i in range(start, stop)])
                 (tokens, c), _ = scan(cfg, dual, name=f"scan_{start}_{stop}")((tokens, c), y, mask)
         else:
-            block = nn.remat(JointBlock) if cfg.remat else JointBlock
+            block = cfg.block_module()
             for i in range(cfg.num_layers - 1):
                 module = block(cfg, dual=i in cfg.dual_attention_layers, name=f"transformer_blocks_{i}")
                 if i not in skip or self.is_initializing():
                     tokens, c = module(tokens, c, y)
         last = cfg.num_layers - 1
-        last_block = (nn.remat(JointBlock) if cfg.remat else JointBlock)(
+        last_block = cfg.block_module()(
             cfg, context_pre_only=True, name=f"transformer_blocks_{last}")
         if last not in skip or self.is_initializing():
             tokens, _ = last_block(tokens, c, y)
