@@ -69,6 +69,11 @@ def add_step_args(ap: argparse.ArgumentParser) -> None:
                     help="einsum attention: B*H heads as this many concurrent groups (default: the preset's)")
 
 
+def remat_label(a: argparse.Namespace) -> str:
+    """``remat`` as the result tables print it: ``True (minimal)`` names the policy, ``False`` alone."""
+    return f"{a.remat} ({a.remat_policy})" if a.remat else str(a.remat)
+
+
 def step_from_args(a: argparse.Namespace, donate: bool = True) -> tuple[Callable[[], jax.Array], float]:
     """``make_step`` for the flags of ``add_step_args``."""
     return make_step(a.preset, a.batch, a.size, a.tokens, a.dtype, a.attention_impl, a.scan_blocks, a.remat,
@@ -93,7 +98,7 @@ def main(a: argparse.Namespace) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     groups = a.attention_head_groups or get_config(a.preset)["attention_head_groups"]
     table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
-             f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={a.remat}{f' ({a.remat_policy})' if a.remat else ''}, donate={donate}, "
+             f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={remat_label(a)}, donate={donate}, "
              f"kernels cast once={cast}, batch {a.batch}, "
              f"{a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; XLA_FLAGS={flags or '(none)'}. "
              f"{a.rounds} rounds of (median of {a.repeats} steps, median of {a.repeats} peak chains).\n\n"

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from experiments.benchmarks.common import (  # noqa: E402
     append_results, device_peak_memory, matmul_peak, parse_args, time_compiled)
-from experiments.benchmarks.mfu import add_step_args, step_from_args  # noqa: E402
+from experiments.benchmarks.mfu import add_step_args, remat_label, step_from_args  # noqa: E402
 from experiments.benchmarks.trace_summary import summarise  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main(a: argparse.Namespace) -> None:
     hlo = open(dumps[-1]).read() if dumps else None  # names each traced op's source op and FLOPs
     table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups="
              f"{a.attention_head_groups or 'preset'}, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, "
-             f"remat={a.remat}{f' ({a.remat_policy})' if a.remat else ''}, "
+             f"remat={remat_label(a)}, "
              f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, "
              f"{a.dtype}; XLA_FLAGS={os.environ.get('XLA_FLAGS') or '(none)'}. {mfu}; {a.steps} steps traced "
              f"(`{os.path.relpath(trace)}`).\n\n" + summarise(trace, a.top, a.steps, hlo) + "\n")

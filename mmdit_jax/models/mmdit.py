@@ -39,6 +39,7 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
 }
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "einsum_vjp")
 
@@ -95,7 +96,7 @@ class MMDiTConfig:
         check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
         check_choice("model.dtype", self.dtype, DTYPES)
         check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
         if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
                               f"platform) or one of {list(ATTENTION_IMPLS)}")
