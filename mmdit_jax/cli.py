@@ -12,7 +12,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdit_jax.config_validation import validate_config
+from mmdit_jax.config_schema import validate_config
 from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.train.metrics import quiet_library_logs, report
 

@@ -15,7 +15,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
 
 DATASETS = ("shapes", "digits", "toy2d", "tfds")
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from mmdit_jax.diffusion.parameterization import Net, convert
 from mmdit_jax.diffusion.schedules import EDMSchedule, Schedule, bcast
-from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
 
 Array = jax.Array
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.diffusion.schedules import Schedule, bcast
-from mmdit_jax.validation import check_choice
+from mmdit_jax.checks import check_choice
 
 Array = jax.Array
 Net = Callable[[Array, Array], Array]  # net(x: (B, ...), t: (B,)) -> output: (B, ...)

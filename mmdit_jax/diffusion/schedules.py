@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_less, check_positive, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_less, check_positive, check_positive_int
 
 Array = jax.Array
 

@@ -20,7 +20,7 @@ from flax import serialization
 
 from mmdit_jax.eval.attributes import ATTRIBUTES, labelled_images
 from mmdit_jax.models.convnet import ConvEncoder, to_unit_range
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 Array = jax.Array
 

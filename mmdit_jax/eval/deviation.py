@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmdit_jax.eval.classifier import ShapesClassifier
-from mmdit_jax.validation import ConfigError, check_choice
+from mmdit_jax.checks import ConfigError, check_choice
 
 KINDS = ("features", "dreamsim")
 

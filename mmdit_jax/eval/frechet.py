@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:

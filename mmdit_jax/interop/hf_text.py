@@ -21,7 +21,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from mmdit_jax.interop.safetensors_io import load_state_dict
 from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
 from mmdit_jax.models.text.t5 import T5Config, T5Encoder
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 IGNORED = re.compile(r".*position_ids$")
 

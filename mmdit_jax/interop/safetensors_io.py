@@ -10,7 +10,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def _read_file(path: str) -> dict[str, np.ndarray]:

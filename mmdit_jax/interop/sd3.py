@@ -22,7 +22,7 @@ import numpy as np
 from mmdit_jax.interop.safetensors_io import load_state_dict
 from mmdit_jax.models.mmdit import DTYPES, MMDiTConfig
 from mmdit_jax.models.mmdit_params import stack_blocks
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 StateDict = dict[str, np.ndarray]
 

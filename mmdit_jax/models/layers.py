@@ -233,7 +233,7 @@ class Attention(nn.Module):
             streams.append(self._qkv(("add_q_proj", "add_k_proj", "add_v_proj"), ("norm_added_q", "norm_added_k"), c))
         lengths = [s[0].shape[1] for s in streams]
         joined = lambda t: jnp.concatenate([s[t] for s in streams], axis=1)  # noqa: E731  (q, k, v: t = 0, 1, 2)
-        if self.is_mutable_collection("attention"):  # inspection only (models/inspect.py); free otherwise
+        if self.is_mutable_collection("attention"):  # inspection only (models/introspection.py); free otherwise
             q, k = joined(0), joined(1)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))

@@ -25,7 +25,7 @@ from mmdit_jax.models.embeddings import (
 )
 from mmdit_jax.models.custom_gradients import custom_gradients_on
 from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
-from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
 

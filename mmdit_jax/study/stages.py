@@ -82,7 +82,7 @@ def mmdit_config(config: Any, clip_paths: dict[str, str], use_pooled: bool) -> A
 
 def mmdit(config: Any, workdir: str, clip_paths: dict[str, str], use_pooled: bool) -> tuple[Any, str]:
     """Train (or finish / reuse) one study MMDiT; returns its config and workdir."""
-    from mmdit_jax.config_validation import validate_config
+    from mmdit_jax.config_schema import validate_config
     from mmdit_jax.train.loop import train
 
     cfg = mmdit_config(config, clip_paths, use_pooled)

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 class CheckpointError(RuntimeError):

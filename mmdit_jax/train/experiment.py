@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.config_validation import model_config
+from mmdit_jax.config_schema import model_config
 from mmdit_jax.data.pipeline import build_sources, captions_of, image_transform, train_iterator
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.diffusion.schedules import Schedule, get_schedule
@@ -25,7 +25,7 @@ from mmdit_jax.train.metrics import report
 from mmdit_jax.train.checkpointing import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.train.state import TrainState, init_state, learning_rate, make_optimizer
 from mmdit_jax.train.step import make_train_step
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 Array = jax.Array
 

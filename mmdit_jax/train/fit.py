@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmdit_jax.validation import check_positive, check_positive_int
+from mmdit_jax.checks import check_positive, check_positive_int
 
 Array = jax.Array
 

@@ -18,7 +18,7 @@ from mmdit_jax.train.experiment import Experiment, build
 from mmdit_jax.train.metrics import MetricWriter, Progress, report
 from mmdit_jax.train.sampling import make_grid_sampler, prompts_grid, to_grid
 from mmdit_jax.train.step import mmdit_net
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 class NonFiniteLossError(FloatingPointError):

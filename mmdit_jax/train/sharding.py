@@ -30,7 +30,7 @@ def bytes_per_device(tree: Any, fsdp_size: int) -> int:
 
 def make_mesh(data: int, fsdp: int, devices: Any = None) -> "jax.sharding.Mesh":
     """A ``(data, fsdp)`` mesh over all devices; ``-1`` fills an axis with the remaining devices."""
-    from mmdit_jax.validation import ConfigError
+    from mmdit_jax.checks import ConfigError
 
     devices = np.asarray(devices if devices is not None else jax.devices())
     n = devices.size

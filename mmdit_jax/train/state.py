@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmdit_jax.validation import check_choice, check_positive
+from mmdit_jax.checks import check_choice, check_positive
 
 
 @flax.struct.dataclass

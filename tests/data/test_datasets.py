@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from mmdit_jax.data.captions import COLOURS, COLOUR_RGB, SHAPES, SIZES, TEMPLATES, corpus
 from mmdit_jax.data.pipeline import build_sources, captions_of, image_transform, train_iterator
 from mmdit_jax.data.shapes import example
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def data_cfg(**kw):

@@ -12,7 +12,7 @@ from mmdit_jax.diffusion.schedules import (
 )
 from mmdit_jax.models.mlp import NoiseConditionalMLP, mlp_net
 from mmdit_jax.train.fit import fit
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 from tests.oracles import gaussian_posterior
 
 MU, S, D, N = 0.5, 1.5, 4, 200_000

@@ -9,7 +9,7 @@ from mmdit_jax.diffusion.parameterization import (
     PARAMETERIZATIONS, as_parameterization, convert, from_x0_eps, ve_score_fn,
 )
 from mmdit_jax.diffusion.schedules import EDMSchedule, RectifiedFlowSchedule, VESchedule, VPSchedule, bcast
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 from tests.oracles import gaussian_mixture_rf_posterior, gaussian_posterior
 
 SCHEDULES = [VESchedule(), VPSchedule(), EDMSchedule(), RectifiedFlowSchedule(shift=3.0)]

@@ -10,7 +10,7 @@ from mmdit_jax.diffusion.guidance import classifier_free_guidance
 from mmdit_jax.diffusion.parameterization import convert, from_x0_eps
 from mmdit_jax.diffusion.samplers import annealed_langevin, langevin, make_sampler, probability_flow
 from mmdit_jax.diffusion.schedules import EDMSchedule, NCSNSchedule, RectifiedFlowSchedule, VESchedule, VPSchedule, bcast
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 from tests.oracles import gaussian_posterior
 
 MU, S = 1.0, 0.5

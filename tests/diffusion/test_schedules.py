@@ -8,7 +8,7 @@ import pytest
 from mmdit_jax.diffusion.schedules import (
     EDMSchedule, NCSNSchedule, RectifiedFlowSchedule, VESchedule, VPSchedule, get_schedule,
 )
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def test_vp_marginals_match_score_sde_values():

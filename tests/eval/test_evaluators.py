@@ -11,7 +11,7 @@ from mmdit_jax.eval.attributes import ATTRIBUTES, labelled_images, parse_caption
 from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
 from mmdit_jax.eval.deviation import feature_deviation, make_deviation
 from mmdit_jax.eval.frechet import frechet_distance, gaussian_frechet_distance
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 HELD_OUT_SEED = 1  # the shapes builder's test stream (2 * data.seed + 1); the classifier trains on seed 1234
 

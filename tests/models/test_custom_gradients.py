@@ -9,7 +9,7 @@ import pytest
 from configs.mmdit import get_config
 from mmdit_jax.models.custom_gradients import bias_gelu_tanh, custom_gradients_on, linear
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def _assert_close(a, b, rel=1e-5):

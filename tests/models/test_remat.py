@@ -8,7 +8,7 @@ import pytest
 
 from configs.mmdit import get_config
 from mmdit_jax.models.mmdit import REMAT_POLICIES, MMDiT, MMDiTConfig
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def test_remat_policies_keep_the_gradient_and_order_the_backward_memory():

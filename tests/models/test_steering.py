@@ -10,7 +10,7 @@ from configs.mmdit import get_config
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.train.sampling import make_grid_sampler
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def _setup(seed=0, b=3):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmdit_jax.train.checkpointing import CheckpointError, Checkpointer, check_workdir
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 
 def _state(v):

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
-from mmdit_jax.config_validation import model_config, validate_config
+from mmdit_jax.config_schema import model_config, validate_config
 from mmdit_jax.train import experiment as experiment_module
 from mmdit_jax.train import loop
 from mmdit_jax.train.metrics import read_metrics
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

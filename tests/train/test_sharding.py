@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     from configs.default import get_config
     from mmdit_jax.train import sharding
     from mmdit_jax.train.experiment import build
-    from mmdit_jax.validation import ConfigError
+    from mmdit_jax.checks import ConfigError
     assert jax.device_count() == 4
     cfg = get_config("tiny")
     exp, _, _ = build(cfg, sys.argv[1], restore=False)

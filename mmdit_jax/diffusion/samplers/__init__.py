@@ -30,7 +30,7 @@ from mmdit_jax.diffusion.samplers.langevin import annealed_langevin, langevin
 from mmdit_jax.diffusion.samplers.ode import probability_flow
 from mmdit_jax.diffusion.samplers.sde import predictor_corrector
 from mmdit_jax.diffusion.schedules import NCSNSchedule, RectifiedFlowSchedule, Schedule
-from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_less, check_positive, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_less, check_positive, check_positive_int
 
 __all__ = ["SAMPLERS", "make_sampler", "langevin", "annealed_langevin", "predictor_corrector", "probability_flow"]
 

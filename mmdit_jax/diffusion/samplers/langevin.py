@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.validation import ConfigError, check_positive, check_positive_int
+from mmdit_jax.checks import ConfigError, check_positive, check_positive_int
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]

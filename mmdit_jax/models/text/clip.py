@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.layers import Dense
-from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
 
 Array = jax.Array
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
 from mmdit_jax.models.text.t5 import T5Config, T5Encoder
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
-from mmdit_jax.validation import ConfigError
+from mmdit_jax.checks import ConfigError
 
 Array = jax.Array
 
@@ -134,7 +134,7 @@ def text_presets() -> dict[str, Any]:
 
 def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
     from mmdit_jax.interop.hf_text import load_clip, load_t5
-    from mmdit_jax.validation import check_choice
+    from mmdit_jax.checks import check_choice
 
     tok_folder = cfg.get("tokenizer_path") or None
     if cfg.get("path") and not tok_folder:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.layers import Dense, RMSNorm
-from mmdit_jax.validation import check_positive_int
+from mmdit_jax.checks import check_positive_int
 
 Array = jax.Array
 

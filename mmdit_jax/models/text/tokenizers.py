@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from mmdit_jax.models.text.tokenizer_assets import CLIP_DIR, T5_DIR
-from mmdit_jax.validation import ConfigError, check_choice, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
 
 KINDS = ("clip", "t5")
 

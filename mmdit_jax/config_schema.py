@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mmdit_jax.validation import ConfigError, check_choice, check_keys, check_positive, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive, check_positive_int
 
 SCHEMA: dict[str, set[str] | None] = {
     "seed": None, "model_parameterization": None, "timestep_scale": None,

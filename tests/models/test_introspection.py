@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.mmdit import get_config
-from mmdit_jax.models.inspect import attention_maps, intermediate_shapes, text_to_image
+from mmdit_jax.models.introspection import attention_maps, intermediate_shapes, text_to_image
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 
 
