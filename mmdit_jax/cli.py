@@ -1,6 +1,8 @@
 """``mmdit-jax`` / ``python -m mmdit_jax``: ``--config=configs/<file>.py[:arg] --workdir=DIR --mode=train|sample|eval``.
 
-Override any field with ``--config.a.b=value``; unknown keys and invalid values are rejected at start.
+Override any field with ``--config.a.b=value``; unknown keys and invalid values are rejected at start with one
+line naming the field (exit status 2; the traceback too with ``--verbosity=1``). ``sample`` and ``eval`` need a
+checkpoint in the workdir (``--allow_untrained`` samples the initialisation instead).
 Multi-host: pass ``--multihost`` (SLURM / TPU pods auto-detect; otherwise set ``--coordinator``,
 ``--num_processes`` and ``--process_id``) and every process runs the same command.
 """
@@ -8,53 +10,71 @@ Multi-host: pass ``--multihost`` (SLURM / TPU pods auto-detect; otherwise set ``
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmdit_jax.config_schema import validate_config
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.reporting import quiet_library_logs, report
 from mmdit_jax.runtime import configure_runtime
-from mmdit_jax.train.metrics import quiet_library_logs, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
 _PROMPTS = flags.DEFINE_list("prompts", None, "Prompts for --mode=sample (default: config.sample.prompts).")
+_UNTRAINED = flags.DEFINE_bool("allow_untrained", False, "--mode=sample|eval on a workdir without a checkpoint: use "
+                               "the untrained initialisation instead of failing.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _RUNTIME = flags.DEFINE_bool(
-    "tuned_runtime", True, "Apply mmdit_jax.runtime: on CPUs host malloc and XLA:CPU fusion (~20% faster steps), "
-    "on NVIDIA GPUs cuBLAS for every GEMM (~4%).")
+    "tuned_runtime", True, "Apply mmdit_jax.runtime's per-platform process settings (CPU: host malloc and XLA:CPU "
+    "multi-output fusion; NVIDIA GPU: cuBLAS for every GEMM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Errors of the user's input: printed as one line, not a traceback.
+EXIT_USAGE = 2
 
-def main(argv) -> None:
-    del argv
-    if _RUNTIME.value:  # before the first JAX computation
-        configure_runtime()
+
+def _run() -> None:
     import jax
-
-    quiet_library_logs()
 
     if _MULTIHOST.value:
         if os.environ.get("MMDIT_CPU_COLLECTIVES"):
             jax.config.update("jax_cpu_collectives_implementation", os.environ["MMDIT_CPU_COLLECTIVES"])
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
+    from mmdit_jax import commands
+    from mmdit_jax.config_schema import validate_config
+
     config = _CONFIG.value
     validate_config(config)
     report(f"process {jax.process_index()}/{jax.process_count()}, {jax.device_count()} devices "
            f"({jax.devices()[0].platform}), mode={_MODE.value}, workdir={_WORKDIR.value}")
-    from mmdit_jax.train import loop
-
     if _MODE.value == "train":
-        loop.train(config, _WORKDIR.value)
+        commands.train(config, _WORKDIR.value)
     elif _MODE.value == "sample":
-        loop.sample(config, _WORKDIR.value, _PROMPTS.value)
+        commands.sample(config, _WORKDIR.value, _PROMPTS.value, allow_untrained=_UNTRAINED.value)
     else:
-        print(loop.evaluate(config, _WORKDIR.value))
+        print(commands.evaluate(config, _WORKDIR.value, allow_untrained=_UNTRAINED.value))
+
+
+def main(argv) -> None:
+    del argv
+    if _RUNTIME.value:  # before the first JAX computation
+        configure_runtime()
+    quiet_library_logs()
+    from mmdit_jax.checkpoints import CheckpointError
+
+    try:
+        _run()
+    except (ConfigError, CheckpointError) as e:
+        if flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def run() -> None:

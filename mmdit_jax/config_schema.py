@@ -1,19 +1,22 @@
-"""Validate an experiment config once, at start-up: unknown keys (typos) and invalid values are rejected with
-the field name and the valid choices, before any data is generated or any model compiled."""
+"""The experiment config's sections and their start-up validation: unknown keys (typos) and invalid values are
+rejected with the field name and the valid choices, before any data is generated or any model compiled.
+
+Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.families``), ``data``
+(``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
+``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive, check_positive_int
 
 SCHEMA: dict[str, set[str] | None] = {
     "seed": None, "model_parameterization": None, "timestep_scale": None,
-    "data": {"name", "image_size", "num_train", "num_test", "max_objects", "seed", "tfds_name", "data_dir",
-             "batch_size", "num_workers"},
+    "data": None,         # validated by its data set's registry entry
     "text": {"clip_l", "clip_g", "t5", "joint_dim", "drop_probs"},
-    "model": None,        # validated by MMDiTConfig.from_dict
+    "model": None,        # validated by its family's config dataclass
     "schedule": None,     # validated by get_schedule
     "loss": {"name"},
     "optim": {"learning_rate", "warmup_steps", "schedule", "final_lr_fraction", "b1", "b2", "eps", "weight_decay",
@@ -24,59 +27,46 @@ SCHEMA: dict[str, set[str] | None] = {
     "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed", "remove_pooled", "steering"},
     "eval": {"num_examples"},
 }
+OPTIONAL = {"text"}
 
 
 def model_config(config: Any) -> Any:
-    """``config.model`` as an ``MMDiTConfig`` for the configured loss. ``loss.name='ssm'`` differentiates the model
-    forward (``jax.jvp``), which hand-written (reverse-mode) gradients do not support, nor does cuDNN's fused
-    attention (also a ``custom_vjp``): there ``custom_gradients=None`` becomes False, ``attention_impl=None``
-    becomes 'xla' where it would pick cuDNN (a GPU in bf16 / fp16), and an explicit ``custom_gradients=True`` or
-    ``attention_impl`` 'einsum_vjp' / 'cudnn' is rejected."""
-    from mmdit_jax.models.layers import attention_backend
-    from mmdit_jax.models.mmdit import MMDiTConfig
+    """The run's model config dataclass as the family uses it (e.g. adjusted for a forward-mode loss)."""
+    from mmdit_jax.pipelines.components import family_from_config
 
-    model = MMDiTConfig.from_dict(config.model)
-    if config.loss.name != "ssm":
-        return model
-    if model.custom_gradients or model.attention_impl in ("einsum_vjp", "cudnn"):
-        raise ConfigError("loss.name='ssm' differentiates the model forward (jax.jvp), which hand-written "
-                          "gradients and cuDNN attention do not support: set model.custom_gradients to None or "
-                          f"False (got {model.custom_gradients!r}) and model.attention_impl to None, 'einsum' or "
-                          f"'xla' (got {model.attention_impl!r})")
-    impl = model.attention_impl
-    if impl is None and attention_backend(None, model.dtype, model.head_dim) == "cudnn":
-        impl = "xla"
-    return dataclasses.replace(model, custom_gradients=False, attention_impl=impl)
+    return family_from_config(config).config
 
 
 def validate_config(config: Any) -> None:
-    from mmdit_jax.data.pipeline import DATASETS
-    from mmdit_jax.diffusion.losses import LOSSES
+    """Raise ``ConfigError`` naming the first invalid field of an experiment config."""
+    from mmdit_jax.data.registry import validate_data_config
+    from mmdit_jax.diffusion.losses import LOSSES, make_loss_fn
     from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
+    from mmdit_jax.pipelines.components import data_shape, family_from_config, uses_text
+    from mmdit_jax.train.state import learning_rate_schedule
 
     check_keys("config", config.keys(), SCHEMA)
-    missing = sorted(set(SCHEMA) - set(config.keys()))
+    missing = sorted(set(SCHEMA) - OPTIONAL - set(config.keys()))
     if missing:
         raise ConfigError(f"config is missing sections {missing}")
     for section, keys in SCHEMA.items():
-        if keys is not None:
+        if keys is not None and section in config:
             check_keys(section, config[section].keys(), keys)
-    check_choice("data.name", config.data.name, DATASETS)
-    if config.data.name == "tfds" and not config.data.tfds_name:
-        raise ConfigError("data.name='tfds' needs data.tfds_name (a TFDS dataset prepared locally)")
-    for f in ("image_size", "num_train", "num_test", "batch_size", "max_objects"):
-        check_positive_int(f"data.{f}", config.data[f])
+    spec = validate_data_config(config.data)
     check_choice("model_parameterization", config.model_parameterization, PARAMETERIZATIONS)
     check_choice("loss.name", config.loss.name, LOSSES)
     check_positive("timestep_scale", config.timestep_scale)
     schedule = get_schedule(config.schedule)
-    model = model_config(config)
-    if model.in_channels != 3 or model.out_channels != 3:
-        raise ConfigError(f"model.in_channels/out_channels must be 3 for RGB image data, got "
-                          f"{model.in_channels}/{model.out_channels}")
+    make_loss_fn(config.loss.name, schedule, config.model_parameterization)
+    family = family_from_config(config)
+    family.check_data(data_shape(config))
+    text = uses_text(family, spec)
+    if text and "text" not in config:
+        raise ConfigError(f"model.name={family.name!r} on captioned data needs a text section (configs/text.py)")
     make_sampler(config.sample.sampler, schedule, config.model_parameterization)
+    learning_rate_schedule(config.optim, config.train.num_steps)
     for f in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "loss_buckets"):
         check_positive_int(f"train.{f}", config.train[f])
     if not 0.0 <= config.train.ema_decay < 1.0:
@@ -88,8 +78,13 @@ def validate_config(config: Any) -> None:
     if steer.weight != 0.0:
         if not (steer.positive and steer.negative):
             raise ConfigError("sample.steering.weight != 0 needs both sample.steering.positive and .negative prompts")
-        if not model.use_pooled or config.sample.remove_pooled:
-            raise ConfigError("sample.steering needs the pooled path: model.use_pooled=True, sample.remove_pooled=False")
+        if "pooled" not in family.conditioning or config.sample.remove_pooled:
+            raise ConfigError("sample.steering needs the pooled path: a family that reads the pooled vector "
+                              "(model.use_pooled=True for sd3) and sample.remove_pooled=False")
+    if text and config.text.drop_probs:
+        for i, p in enumerate(config.text.drop_probs):
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"text.drop_probs[{i}] must be in [0, 1], got {p}")
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     adamw_train_step, append_results, device_peak_memory, matmul_chain, median_time, parse_args, time_compiled)
+from mmdit_jax.families import model_config
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
@@ -30,7 +31,7 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
               remat_policy: str = "full") -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
     state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
-    cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
+    cfg = model_config({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
                                  "scan_blocks": scan_blocks, "remat": remat, "remat_policy": remat_policy,
                                  "scan_unroll": scan_unroll,
                                  **({} if head_groups is None else {"attention_head_groups": head_groups})})

@@ -19,6 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import append_results, parse_args, time_compiled  # noqa: E402
+from mmdit_jax.families import model_config
 from mmdit_jax.diffusion.guidance import classifier_free_guidance  # noqa: E402
 from mmdit_jax.diffusion.samplers import make_sampler  # noqa: E402
 from mmdit_jax.diffusion.schedules import get_schedule  # noqa: E402
@@ -26,7 +27,7 @@ from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 
 
 def main(preset: str, batch: int, steps: int, text_tokens: int, dtype: str) -> None:
-    cfg = MMDiTConfig.from_dict({**get_config(preset), "dtype": dtype})
+    cfg = model_config({**get_config(preset), "dtype": dtype})
     model = MMDiT(cfg)
     s = cfg.sample_size
     keys = jax.random.split(jax.random.PRNGKey(0), 4)

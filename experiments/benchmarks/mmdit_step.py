@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     TorchSide, ab_pairs, adamw_train_step, append_results, matmul_peak, parse_args, speedups)
+from mmdit_jax.families import model_config
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
 from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
@@ -37,7 +38,7 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     from diffusers import SD3Transformer2DModel
 
     side = TorchSide(dtype)
-    cfg = MMDiTConfig.from_dict({**get_config(preset), "attention_impl": attention_impl, "dtype": dtype,
+    cfg = model_config({**get_config(preset), "attention_impl": attention_impl, "dtype": dtype,
                                  "scan_blocks": scan_blocks})
     model = MMDiT(cfg)
     rng = np.random.default_rng(0)

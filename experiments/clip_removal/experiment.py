@@ -23,12 +23,12 @@ from mmdit_jax.eval.attributes import labelled_images
 from mmdit_jax.eval.frechet import frechet_distance
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
 from mmdit_jax.study import figures, report, stages
-from mmdit_jax.study.generate import Generator
+from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.study.scenes import prompts, scenes
 
 
 
-def inference_removal(cfg, gen: Generator, deviation, classifier, tokenizer, outdir: str) -> dict:
+def inference_removal(cfg, gen: SamplingPipeline, deviation, classifier, tokenizer, outdir: str) -> dict:
     objs = scenes(cfg.removal.num_scenes, cfg.removal.scene_seed)
     per_template = []
     grid = {}
@@ -63,7 +63,7 @@ def inference_removal(cfg, gen: Generator, deviation, classifier, tokenizer, out
     return {"per_template": per_template}
 
 
-def training_removal(cfg, gens: dict[str, Generator], classifier) -> dict:
+def training_removal(cfg, gens: dict[str, SamplingPipeline], classifier) -> dict:
     q = cfg.quality
     real, _ = labelled_images(q.num_real, q.scene_seed + 1000)
     real_feats = classifier.embed(real)
@@ -150,7 +150,7 @@ def run(cfg, workdir: str, outdir: str) -> dict:
     toy, classifier, accuracy, deviation = ev.toy_clip, ev.classifier, ev.classifier_accuracy, ev.deviation
     gens = {}
     for name, use_pooled in (("with h_y", True), ("without h_y", False)):
-        gens[name] = Generator(*stages.mmdit(cfg, workdir, toy["paths"], use_pooled))
+        gens[name] = SamplingPipeline.from_workdir(*stages.mmdit(cfg, workdir, toy["paths"], use_pooled))
     tokenizer = PromptTokenizer(toy["paths"]["clip_l"], "clip")
     results = {"toy_clip": toy, "classifier_accuracy": accuracy}
     results["inference"] = inference_removal(cfg, gens["with h_y"], deviation, classifier, tokenizer, outdir)

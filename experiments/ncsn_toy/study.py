@@ -14,7 +14,8 @@ from mmdit_jax.diffusion.parameterization import as_parameterization
 from mmdit_jax.diffusion.samplers import annealed_langevin, langevin
 from mmdit_jax.diffusion.schedules import NCSNSchedule, get_schedule
 from mmdit_jax.eval.sample_metrics import mmd2_unbiased
-from mmdit_jax.models.mlp import NoiseConditionalMLP, mlp_net
+from mmdit_jax.families.mlp import mlp_net
+from mmdit_jax.models.mlp import NoiseConditionalMLP
 from mmdit_jax.train.fit import fit
 
 Array = jax.Array

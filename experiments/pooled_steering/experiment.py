@@ -19,7 +19,7 @@ import numpy as np
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.attributes import ATTRIBUTES
 from mmdit_jax.study import figures, report, stages
-from mmdit_jax.study.generate import Generator
+from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.study.scenes import edited, prompts, scenes
 
 
@@ -111,7 +111,7 @@ def run(cfg, workdir: str, outdir: str) -> dict:
     start = time.time()
     ev = stages.evaluators(cfg, workdir)
     toy, classifier, accuracy, deviation = ev.toy_clip, ev.classifier, ev.classifier_accuracy, ev.deviation
-    gen = Generator(*stages.mmdit(cfg, workdir, toy["paths"], True))
+    gen = SamplingPipeline.from_workdir(*stages.mmdit(cfg, workdir, toy["paths"], True))
     weights = [float(w) for w in cfg.steering.weights]
     if 0.0 not in weights:
         raise ValueError("steering.weights must include 0.0 (the original generation)")

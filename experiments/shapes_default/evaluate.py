@@ -19,9 +19,9 @@ from mmdit_jax.data.captions import SHAPES
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
 from mmdit_jax.runtime import configure_runtime
-from mmdit_jax.study.generate import Generator
+from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.study.scenes import prompts, scenes
-from mmdit_jax.train.metrics import quiet_library_logs
+from mmdit_jax.reporting import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "The run's config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The trained run.")
@@ -44,7 +44,7 @@ def main(_):
     for scale in _GUIDANCE.value or [cfg.sample.guidance_scale]:
         c = cfg.copy_and_resolve_references()
         c.sample.guidance_scale = float(scale)
-        gen = Generator(c, _WORKDIR.value)
+        gen = SamplingPipeline.from_workdir(c, _WORKDIR.value)
         for t in (1, 7):
             texts = prompts(objs, t)
             images = gen(texts, _SEED.value)

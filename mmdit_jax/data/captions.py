@@ -41,6 +41,12 @@ TEMPLATES = (
 )
 
 
+def caption_text(record: dict) -> str:
+    """A record's caption as ``str`` (TFDS text features decode to ``bytes``)."""
+    cap = record["caption"]
+    return cap.decode() if isinstance(cap, bytes) else str(cap)
+
+
 def describe(obj: ShapeObject, template: int) -> str:
     """One object's phrase with template ``template`` (0 = shortest)."""
     return TEMPLATES[template].format(s=obj.shape, c=obj.colour, z=obj.size, p=obj.position)

@@ -1,7 +1,7 @@
 """TFDS (ArrayRecord) sources read with grain: per-process sharding, per-epoch shuffling, checkpointable state.
 
-``build_sources(data_config, data_dir)`` prepares the chosen builder locally (deterministic, no download) and
-returns random-access sources per split; ``train_iterator(...)`` yields batches forever. Its state is the
+``build_sources(data_config, data_dir)`` prepares the data set chosen by name (``registry.DATASETS``) locally
+(deterministic, no download) and returns random-access sources per split; ``train_iterator(...)`` yields batches forever. Its state is the
 number of batches consumed, so a restored iterator continues with exactly the batches an uninterrupted run
 would have seen.
 """
@@ -13,39 +13,10 @@ from typing import Any, Callable
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
-from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
-
-DATASETS = ("shapes", "digits", "toy2d", "tfds")
-
-
-def _make(cls: Any, config: Any, data_dir: str):
-    # TFDS refuses a config object named like a predefined one; pass the name then.
-    known = {c.name for c in cls.BUILDER_CONFIGS}
-    return cls(config=config.name if config.name in known else config, data_dir=data_dir, file_format="array_record")
-
-
-def _builder(cfg: Any, data_dir: str):
-    name = cfg.name
-    check_choice("data.name", name, DATASETS)
-    if name == "shapes":
-        from mmdit_jax.data.builders.shapes import Shapes, shapes_config
-
-        return _make(Shapes, shapes_config(cfg.image_size, cfg.num_train, cfg.num_test, cfg.max_objects, cfg.seed),
-                     data_dir)
-    if name == "digits":
-        from mmdit_jax.data.builders.digits import Digits, digits_config
-
-        return _make(Digits, digits_config(cfg.image_size), data_dir)
-    if name == "toy2d":
-        from mmdit_jax.data.builders.toy2d import Toy2D
-
-        return Toy2D(data_dir=data_dir, file_format="array_record")
-    try:
-        return tfds.builder(cfg.tfds_name, data_dir=data_dir)
-    except Exception as e:  # tfds raises its own DatasetNotFoundError subclasses
-        raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} is not a TFDS dataset: {e}") from e
+from mmdit_jax.checks import ConfigError, check_positive_int
+from mmdit_jax.data.captions import caption_text
+from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 
 
 def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
@@ -54,8 +25,9 @@ def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
     The built-in data sets are generated locally on first use; a TFDS data set by name must already be
     prepared (in array_record format) under ``data_dir``: nothing is ever downloaded.
     """
-    builder = _builder(cfg, data_dir)
-    if cfg.name != "tfds":
+    spec = dataset_spec(cfg.name)
+    builder = spec.builder(cfg, data_dir)
+    if spec.generated:
         import jax
 
         if jax.process_index() == 0 and not builder.is_prepared():
@@ -64,13 +36,14 @@ def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"prepared {cfg.name}")
-            builder = _builder(cfg, data_dir)
+            builder = spec.builder(cfg, data_dir)
         return {split: in_memory(src) for split, src in builder.as_data_source().items()}
     try:
         raw = {split: builder.as_data_source(split=split) for split in ("train", "test")}
     except Exception as e:
-        raise ConfigError(f"TFDS dataset {cfg.tfds_name!r} is not prepared in {data_dir!r} in array_record format; "
-                          f"this code never downloads: prepare it locally and set data.data_dir ({e})") from e
+        raise ConfigError(f"data set {getattr(cfg, 'tfds_name', cfg.name)!r} is not prepared in {data_dir!r} in "
+                          f"array_record format; this code never downloads: prepare it locally and set data.data_dir "
+                          f"({e})") from e
     label = builder.info.features["label"] if "label" in builder.info.features else None
     names = list(label.names) if label is not None and hasattr(label, "names") else None
     normalize = generic_record(cfg.image_size, names)
@@ -182,14 +155,14 @@ def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Ca
     return iter(it_ds)
 
 
-def image_transform(caption_index: dict[str, int] | None) -> Callable[[dict], dict]:
-    """Record -> ``{"image": (H, W, 3) float32 in [-1, 1], "text_index": int}``."""
+def example_transform(spec: DatasetSpec, caption_index: dict[str, int] | None) -> Callable[[dict], dict]:
+    """Record -> ``{"x": float32 example, "text_index": int}`` (the caption's row in the embedding cache;
+    left out when ``caption_index`` is None, i.e. unconditional training)."""
 
     def f(record: dict) -> dict:
-        out = {"image": record["image"].astype(np.float32) / 127.5 - 1.0}
+        out = {"x": spec.to_example(record)}
         if caption_index is not None:
-            cap = record["caption"]
-            out["text_index"] = np.int32(caption_index[cap.decode() if isinstance(cap, bytes) else cap])
+            out["text_index"] = np.int32(caption_index[caption_text(record)])
         return out
 
     return f
@@ -197,11 +170,7 @@ def image_transform(caption_index: dict[str, int] | None) -> Callable[[dict], di
 
 def captions_of(source: Any) -> list[str]:
     """All captions of a split, in record order."""
-    out = []
-    for i in range(len(source)):
-        cap = source[i]["caption"]
-        out.append(cap.decode() if isinstance(cap, bytes) else cap)
-    return out
+    return [caption_text(source[i]) for i in range(len(source))]
 
 
 def default_data_dir(workdir: str) -> str:

@@ -9,7 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmdit_jax.runtime import configure_runtime
-from mmdit_jax.train.metrics import quiet_library_logs
+from mmdit_jax.reporting import quiet_library_logs
 
 
 def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from mmdit_jax.eval.attributes import labelled_images
 from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
-from mmdit_jax.train.metrics import report
+from mmdit_jax.reporting import report
 
 HELD_OUT_SEED = 1   # the shapes builder's test stream for data.seed = 0 (2 * seed + 1)
 

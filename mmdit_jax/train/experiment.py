@@ -1,6 +1,8 @@
-"""Everything a run needs, built once from a validated config: mesh, data, text embeddings, model, state.
+"""Everything a training run needs, built once from a validated config: mesh, data, the family, the cached text
+conditioning, train state and checkpointer. Inference builds none of this (``mmdit_jax.pipelines``).
 
-Shared by ``--mode=train | sample | eval`` so the three see the same model and conditioning.
+Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
+gathers ``cond`` from the embeddings of every distinct training caption, encoded once and cached on disk.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.config_schema import model_config
-from mmdit_jax.data.pipeline import build_sources, captions_of, image_transform, train_iterator
-from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
-from mmdit_jax.diffusion.schedules import Schedule, get_schedule
-from mmdit_jax.models.mmdit import MMDiT
-from mmdit_jax.models.text.conditioning import SD3TextEncoders, sd3_text_encoders_from_config
-from mmdit_jax.train import sharding
-from mmdit_jax.train.metrics import report
-from mmdit_jax.train.checkpointing import Checkpointer, abstract_with_shardings, check_workdir
-from mmdit_jax.train.state import TrainState, init_state, learning_rate, make_optimizer
-from mmdit_jax.train.step import make_train_step
+from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.data.pipeline import build_sources, captions_of, example_transform, train_iterator
+from mmdit_jax.data.registry import DatasetSpec, dataset_spec
+from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
+from mmdit_jax.families import Family
+from mmdit_jax.pipelines.components import (
+    check_text_widths, data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+)
+from mmdit_jax.pipelines.text import TextConditioner
+from mmdit_jax.reporting import report
+from mmdit_jax.train import sharding
+from mmdit_jax.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
+from mmdit_jax.train.step import make_train_step
 
 Array = jax.Array
 
@@ -35,60 +39,54 @@ class Experiment:
     config: Any
     workdir: str
     mesh: jax.sharding.Mesh
-    schedule: Schedule
-    model: MMDiT
-    buffers: dict[str, Any]
-    encoders: SD3TextEncoders
+    family: Family
+    data: DatasetSpec
+    data_shape: tuple[int, ...]
+    non_trainable: dict[str, Any]       # the family's collections other than params (e.g. buffers)
+    text: TextConditioner | None        # None: unconditional
     sources: dict[str, Any]
-    caption_index: dict[str, int]
-    context: np.ndarray            # (U, T, d) float16: embeddings of every distinct training caption
-    pooled: np.ndarray             # (U, d_pool) float16
+    caption_index: dict[str, int] | None
+    cond_table: dict[str, np.ndarray]   # {entry: (U, ...) float16}: conditioning of every distinct caption
     state: TrainState
     state_shardings: Any
     checkpointer: Checkpointer
     optimizer: Any
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.config.data.image_size, self.config.data.image_size, 3)
-
-    def device_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Array]:
-        """Gather the cached text embeddings and place the batch sharded over all devices."""
-        idx = host_batch["text_index"]
-        batch = {"image": host_batch["image"], "context": self.context[idx].astype(np.float32),
-                 "pooled": self.pooled[idx].astype(np.float32)}
-        out = {}
-        for k, v in batch.items():
-            s = sharding.batch_sharding(self.mesh, v.ndim)
-            out[k] = jax.make_array_from_process_local_data(s, v)
-        return out
+    def device_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Gather the cached conditioning and place the batch sharded over all devices."""
+        idx = host_batch.get("text_index")
+        batch = {"x": host_batch["x"], "cond": {k: v[idx].astype(np.float32) for k, v in self.cond_table.items()}}
+        return jax.tree_util.tree_map(
+            lambda v: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, v.ndim), v), batch)
 
     def train_iterator(self):
         cfg = self.config
-        return train_iterator(self.sources["train"], cfg.data.batch_size, cfg.seed, image_transform(self.caption_index),
-                              jax.process_index(), jax.process_count(), cfg.data.num_workers)
+        return train_iterator(self.sources["train"], cfg.data.batch_size, cfg.seed,
+                              example_transform(self.data, self.caption_index), jax.process_index(),
+                              jax.process_count(), cfg.data.num_workers)
+
+    def batch_shardings(self) -> dict[str, Any]:
+        ndim = {"x": 1 + len(self.data_shape), "cond": {k: v.ndim for k, v in self.cond_table.items()}}
+        return jax.tree_util.tree_map(lambda n: sharding.batch_sharding(self.mesh, n), ndim)
 
     def train_step(self):
+        """The jit-compiled ``step(state, batch, key) -> (state, metrics)``, state donated."""
         cfg = self.config
-        d_l, d_g = self.encoders.widths
-        step = make_train_step(self.model, self.buffers, self.schedule, self.optimizer, cfg,
-                               lambda s: learning_rate(cfg.optim, cfg.train.num_steps, s), (d_l, d_g),
-                               cfg.text.clip_l.max_length)
-        batch_sh = {k: sharding.batch_sharding(self.mesh, n) for k, n in (("image", 4), ("context", 3), ("pooled", 2))}
-        return jax.jit(step, in_shardings=(self.state_shardings, batch_sh, None),
+        drop = self.text.dropout(cfg.text.drop_probs) if self.text is not None and cfg.text.drop_probs else None
+        step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
+                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop)
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(), None),
                        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
     def config_json(self) -> str:
         return self.config.to_json_best_effort(sort_keys=True)
 
 
-def _encode_captions(enc: SD3TextEncoders, captions: list[str], workdir: str, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    parts = [enc.clip_l.variables, enc.clip_g.variables, enc.t5.variables if enc.t5 else None,
-             cfg.text.to_json_best_effort(sort_keys=True)]
-    cache = TextEmbeddingCache(os.path.join(workdir, "text_cache"), fingerprint(*parts))
-    encode = jax.jit(lambda c, y: (c.astype(jnp.float16), y.astype(jnp.float16)))
-    c, y = cache.encode(captions, lambda caps: encode(*enc.encode(caps)), batch_size=256)
-    return np.asarray(c), np.asarray(y)
+def _encode_captions(text: TextConditioner, captions: list[str], workdir: str) -> dict[str, np.ndarray]:
+    cache = TextEmbeddingCache(os.path.join(workdir, "text_cache"), fingerprint(*text.fingerprint_parts()))
+    encode = jax.jit(lambda cond: (cond["context"].astype(jnp.float16), cond["pooled"].astype(jnp.float16)))
+    c, y = cache.encode(captions, lambda caps: encode(text.encode(caps)), batch_size=256)
+    return {"context": np.asarray(c), "pooled": np.asarray(y)}
 
 
 def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:
@@ -101,26 +99,24 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     if cfg.data.batch_size % jax.process_count():
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the process count "
                           f"{jax.process_count()}")
-    schedule = get_schedule(cfg.schedule)
-    model_cfg = model_config(cfg)
-    key = jax.random.PRNGKey(cfg.seed)
-    key_model, key_text = jax.random.split(key)
+    family = family_from_config(cfg)
+    spec = dataset_spec(cfg.data.name)
+    shape = data_shape(cfg)
+    family.check_data(shape)
+    key_model, _ = run_keys(cfg.seed)
 
     sources = build_sources(cfg.data, cfg.data.data_dir or os.path.join(workdir, "tfds"))
-    encoders = sd3_text_encoders_from_config(cfg.text, key_text)
-    unique = sorted(set(captions_of(sources["train"])))
-    report(f"text-embedding cache: {len(unique)} distinct captions")
-    context, pooled = _encode_captions(encoders, unique, workdir, cfg)
-    if context.shape[-1] != model_cfg.joint_attention_dim or pooled.shape[-1] != model_cfg.pooled_projection_dim:
-        raise ConfigError(f"text encoders give context width {context.shape[-1]} and pooled width {pooled.shape[-1]}, "
-                          f"but model.joint_attention_dim={model_cfg.joint_attention_dim} and "
-                          f"model.pooled_projection_dim={model_cfg.pooled_projection_dim}")
+    text = text_from_config(cfg, family)
+    caption_index, cond_table = None, {}
+    if text is not None:
+        unique = sorted(set(captions_of(sources["train"])))
+        report(f"text-embedding cache: {len(unique)} distinct captions")
+        cond_table = _encode_captions(text, unique, workdir)
+        check_text_widths(family, cond_table)
+        caption_index = {c: i for i, c in enumerate(unique)}
 
-    model = MMDiT(model_cfg)
-    s = cfg.data.image_size
-    variables = model.init(key_model, jnp.zeros((1, s, s, 3)), jnp.zeros((1,)), jnp.asarray(context[:1], jnp.float32),
-                           jnp.asarray(pooled[:1], jnp.float32) if model_cfg.use_pooled else None)
-    buffers = {"buffers": variables["buffers"]}
+    x, _ = example_inputs(shape, {})
+    variables = family.init(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
     state = init_state(variables["params"], optimizer)
     state_sh = sharding.state_shardings(state, mesh)
@@ -136,8 +132,8 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
             report(f"resumed from checkpoint step {start}")
         else:
             report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
-    exp = Experiment(cfg, workdir, mesh, schedule, model, buffers, encoders, sources,
-                     {c: i for i, c in enumerate(unique)}, context, pooled, state, state_sh, checkpointer, optimizer)
+    exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, sources,
+                     caption_index, cond_table, state, state_sh, checkpointer, optimizer)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(json.dumps(json.loads(exp.config_json()), indent=1))

@@ -1,8 +1,9 @@
-"""The jit-compiled train step: loss of the score-based core on the MMDiT, encoder dropout, AdamW, EMA.
+"""The jit-compiled train step: a loss of the score-based core on any model family, conditioning dropout, AdamW, EMA.
 
     key_s   = fold_in(key, step)                       (deterministic: a resumed run draws the same noise)
-    c, y    = drop_encoders(key_s, c, y, ...)          (independent per-encoder dropout for CFG)
-    loss    = mean_b loss_fn(net_params, x0, key_s)    (any loss / schedule / parameterisation by name)
+    cond    = drop(key_s, cond)                        (text runs: independent per-encoder dropout, for CFG)
+    net     = family.net(prepare(params), cond)        (the score-based core's net(x, t))
+    loss    = mean_b loss_fn(net, x0, key_s)           (any loss / schedule / parameterisation by name)
     params  = AdamW(clip(grad))
     ema     = decay * ema + (1 - decay) * params
 
@@ -18,19 +19,12 @@ import jax.numpy as jnp
 import optax
 
 from mmdit_jax.diffusion.losses import make_loss_fn
-from mmdit_jax.diffusion.schedules import Schedule
-from mmdit_jax.models.mmdit import MMDiT
-from mmdit_jax.models.mmdit_params import cast_kernels
-from mmdit_jax.models.text.conditioning import drop_encoders
+from mmdit_jax.families import Family
 from mmdit_jax.train.state import TrainState
 
 Array = jax.Array
-
-
-def mmdit_net(model: MMDiT, variables: Any, context: Array, pooled: Array | None,
-              timestep_scale: float) -> Callable[[Array, Array], Array]:
-    """``net(x, t)`` of the score-based core: the MMDiT sees ``timestep_scale * t`` (SD3: 1000 t)."""
-    return lambda x, t: model.apply(variables, x, timestep_scale * t, context, pooled)
+Batch = dict[str, Any]      # {"x": (B, *data_shape), "cond": {entry: (B, ...)}}
+Dropout = Callable[[Array, dict[str, Array]], dict[str, Array]]
 
 
 def bucket_losses(per_example: Array, t: Array, t_max: float, num_buckets: int) -> tuple[Array, Array]:
@@ -40,25 +34,25 @@ def bucket_losses(per_example: Array, t: Array, t_max: float, num_buckets: int) 
     return one_hot.T @ per_example, one_hot.sum(0)
 
 
-def make_train_step(model: MMDiT, buffers: Any, schedule: Schedule, optimizer: optax.GradientTransformation,
-                    config: Any, lr_fn: Callable[[Array], Array], text_widths: tuple[int, int], clip_tokens: int):
-    """``train_step(state, batch, key) -> (state, metrics)``; ``batch`` has image, context, pooled."""
-    loss_fn = make_loss_fn(config.loss.name, schedule, config.model_parameterization)
+def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: optax.GradientTransformation,
+                    config: Any, lr_fn: Callable[[Array], Array], dropout: Dropout | None = None):
+    """``train_step(state, batch, key) -> (state, metrics)``; ``non_trainable`` are the family's other
+    collections (e.g. the MMDiT's position table), ``dropout`` the conditioning dropout (None: none)."""
+    loss_fn = make_loss_fn(config.loss.name, family.schedule, config.model_parameterization)
     decay = config.train.ema_decay
     num_buckets = config.train.loss_buckets
-    t_max = float(schedule.timesteps(1)[0])
+    t_max = float(family.schedule.timesteps(1)[0])
 
-    def step(state: TrainState, batch: dict[str, Array], key: Array) -> tuple[TrainState, dict[str, Array]]:
+    def step(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, dict[str, Array]]:
         key = jax.random.fold_in(key, state.step)
         key_drop, key_loss = jax.random.split(key)
-        c, y = batch["context"], batch.get("pooled")
-        if config.text.drop_probs and y is not None:
-            c, y = drop_encoders(key_drop, c, y, text_widths, clip_tokens, tuple(config.text.drop_probs))
+        cond = batch["cond"]
+        if dropout is not None:
+            cond = dropout(key_drop, cond)
 
         def objective(params):
-            variables = {"params": cast_kernels(params, model.config.dtype), **buffers}  # once, outside any scan
-            net = mmdit_net(model, variables, c, y if model.config.use_pooled else None, config.timestep_scale)
-            per, t = loss_fn(net, batch["image"], key_loss)
+            variables = family.prepare({"params": params, **non_trainable})   # once, outside any scan
+            per, t = loss_fn(family.net(variables, cond), batch["x"], key_loss)
             return jnp.mean(per), (per, t)
 
         (loss, (per, t)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)

@@ -10,7 +10,8 @@ from mmdit_jax.diffusion.parameterization import from_x0_eps
 from mmdit_jax.diffusion.schedules import (
     EDMSchedule, NCSNSchedule, RectifiedFlowSchedule, VESchedule, VPSchedule, bcast,
 )
-from mmdit_jax.models.mlp import NoiseConditionalMLP, mlp_net
+from mmdit_jax.families.mlp import mlp_net
+from mmdit_jax.models.mlp import NoiseConditionalMLP
 from mmdit_jax.train.fit import fit
 from mmdit_jax.checks import ConfigError
 from tests.oracles import gaussian_posterior

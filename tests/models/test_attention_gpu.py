@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 
 pytestmark = pytest.mark.skipif(jax.devices()[0].platform != "gpu", reason="needs an NVIDIA GPU")
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(jax.devices()[0].platform != "gpu", reason="need
 
 def _cfg(**overrides) -> MMDiTConfig:
     # head_dim 64 and bf16: the shapes cuDNN's fused kernel accepts; two layers keep it quick.
-    return MMDiTConfig.from_dict({**get_config("small"), "num_layers": 2, **overrides})
+    return model_config({**get_config("small"), "num_layers": 2, **overrides})
 
 
 def _inputs(cfg: MMDiTConfig, batch: int = 2, size: int = 16, tokens: int = 23):  # 64 + 23: odd, as SD3

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.custom_gradients import bias_gelu_tanh, custom_gradients_on, linear
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.checks import ConfigError
@@ -46,7 +47,7 @@ def test_custom_gradients_are_on_by_default_on_a_cpu_only():
 def models():
     """(hand-written, autodiff) models with the same variables, inputs ``(x, t, c, y)`` and a cotangent ``u``."""
     # Three layers: a dual-attention block, a plain one and the last, context-pre-only one.
-    cfgs = [MMDiTConfig.from_dict({**get_config("tiny"), "num_layers": 3, "custom_gradients": on})
+    cfgs = [model_config({**get_config("tiny"), "num_layers": 3, "custom_gradients": on})
             for on in (True, False)]
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     x = jax.random.normal(keys[0], (2, 8, 8, cfgs[0].in_channels))
@@ -86,6 +87,6 @@ def test_forward_mode_needs_custom_gradients_off_and_agrees_with_the_reverse_mod
 
 def test_custom_gradients_config_is_validated():
     with pytest.raises(ConfigError, match="model.custom_gradients"):
-        MMDiTConfig.from_dict({**get_config("tiny"), "custom_gradients": "yes"})
+        model_config({**get_config("tiny"), "custom_gradients": "yes"})
     with pytest.raises(ConfigError, match="einsum_vjp"):
-        MMDiTConfig.from_dict({**get_config("tiny"), "custom_gradients": False, "attention_impl": "einsum_vjp"})
+        model_config({**get_config("tiny"), "custom_gradients": False, "attention_impl": "einsum_vjp"})

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.flops import clip_forward_flops, mmdit_forward_flops, t5_forward_flops
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.models.text.clip import CLIP_TINY, CLIPTextModel
@@ -19,7 +20,7 @@ def xla_flops(fn, *args):
 
 @pytest.mark.parametrize("preset, hw, tokens, floor", [("small", (32, 32), 64, 0.9), ("tiny", (16, 24), 20, 0.8)])
 def test_mmdit_flops_match_xla_cost_analysis(preset, hw, tokens, floor):
-    cfg = MMDiTConfig.from_dict(get_config(preset))
+    cfg = model_config(get_config(preset))
     model = MMDiT(cfg)
     x = jnp.ones((2, *hw, cfg.in_channels))
     c = jnp.ones((2, tokens, cfg.joint_attention_dim))

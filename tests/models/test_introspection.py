@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.introspection import attention_maps, intermediate_shapes, text_to_image
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 
 
 def _setup():
-    cfg = MMDiTConfig.from_dict(get_config("tiny"))
+    cfg = model_config(get_config("tiny"))
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     x = jax.random.normal(keys[0], (2, 8, 8, cfg.in_channels))
     c = jax.random.normal(keys[1], (2, 5, cfg.joint_attention_dim))

@@ -6,13 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.models.mmdit_params import cast_kernels
 
 
 def test_cast_once_equals_cast_where_used():
     # scanned blocks: where the cast moves out of the loop (unrolled, only where it happens changes)
-    cfg = MMDiTConfig.from_dict({**get_config("tiny"), "dtype": "bfloat16", "scan_blocks": True, "num_layers": 2,
+    cfg = model_config({**get_config("tiny"), "dtype": "bfloat16", "scan_blocks": True, "num_layers": 2,
                                  "dual_attention_layers": ()})
     model = MMDiT(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), 5)

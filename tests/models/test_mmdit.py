@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.interop.sd3 import from_diffusers, load_sd3, to_diffusers
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.models.mmdit_params import abstract_variables, count_params
@@ -16,14 +17,14 @@ from mmdit_jax.checks import ConfigError
 
 @pytest.mark.parametrize("name, billions", [("sd3_medium", 2.028), ("sd35_medium", 2.243), ("sd35_large", 8.057)])
 def test_parameter_counts_of_the_released_models(name, billions):
-    variables = abstract_variables(MMDiTConfig.from_dict(get_config(name)))
+    variables = abstract_variables(model_config(get_config(name)))
     assert round(count_params(variables["params"]) / 1e9, 3) == billions
     m = get_config(name).pos_embed_max_size
     assert variables["buffers"]["pos_embed"].shape == (1, m * m, 64 * get_config(name).num_layers)
 
 
 def test_sd3_medium_params_and_adamw_state_fit_80gb_per_device_with_fsdp_over_8():
-    params = abstract_variables(MMDiTConfig.from_dict(get_config("sd3_medium")))["params"]
+    params = abstract_variables(model_config(get_config("sd3_medium")))["params"]
     opt_state = jax.eval_shape(optax.adamw(1e-4).init, params)
     per_device = bytes_per_device((params, opt_state), fsdp_size=8)
     total = bytes_per_device((params, opt_state), fsdp_size=1)
@@ -33,7 +34,7 @@ def test_sd3_medium_params_and_adamw_state_fit_80gb_per_device_with_fsdp_over_8(
 
 
 def _tiny(**overrides):
-    return MMDiTConfig.from_dict({**get_config("tiny"), **overrides})
+    return model_config({**get_config("tiny"), **overrides})
 
 
 def _init(cfg, h=8, w=8, tokens=5):
@@ -89,7 +90,7 @@ def test_bad_input_shapes_name_the_field(shape_x, shape_c, shape_y, match):
 
 
 def test_spatial_size_not_divisible_by_patch_size():
-    cfg = MMDiTConfig.from_dict({**get_config("small"), "num_layers": 2})
+    cfg = model_config({**get_config("small"), "num_layers": 2})
     with pytest.raises(ConfigError, match="not divisible by model.patch_size=2"):
         _init(cfg, h=7, w=8)
 
@@ -116,7 +117,7 @@ def test_bad_model_config_names_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         _tiny(**{field: value})
     with pytest.raises(ConfigError, match="unknown keys"):
-        MMDiTConfig.from_dict({**get_config("tiny"), "depth": 3})
+        model_config({**get_config("tiny"), "depth": 3})
 
 
 def test_extra_token_groups_join_the_image_stream_and_the_output_keeps_the_input_shape():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.models.mmdit import REMAT_POLICIES, MMDiT, MMDiTConfig
 from mmdit_jax.checks import ConfigError
 
@@ -22,12 +23,12 @@ def test_remat_policies_keep_the_gradient_and_order_the_backward_memory():
     y = jax.random.normal(keys[2], (4, base["pooled_projection_dim"]))
     t = jnp.linspace(3.0, 700.0, 4)
     u = jax.random.normal(keys[4], x.shape)
-    variables = jax.jit(MMDiT(MMDiTConfig.from_dict(base)).init)(keys[3], x, t, c, y)
+    variables = jax.jit(MMDiT(model_config(base)).init)(keys[3], x, t, c, y)
     # Non-zero output projections (adaLN-Zero initialises them to zero) so every parameter gets a gradient.
     variables = jax.tree_util.tree_map(lambda v: v + 0.05 * jnp.cos(jnp.arange(v.size).reshape(v.shape)), variables)
 
     def backward(extra):
-        model = MMDiT(MMDiTConfig.from_dict({**base, **extra}))
+        model = MMDiT(model_config({**base, **extra}))
         grad = jax.jit(jax.grad(lambda v, x: jnp.sum(model.apply(v, x, t, c, y) * u), (0, 1)))
         compiled = grad.lower(variables, x).compile()
         return compiled(variables, x), compiled.memory_analysis().temp_size_in_bytes
@@ -46,4 +47,4 @@ def test_remat_policies_keep_the_gradient_and_order_the_backward_memory():
 
 def test_remat_policy_is_validated():
     with pytest.raises(ConfigError, match="model.remat_policy='some'.*'full', 'minimal'"):
-        MMDiTConfig.from_dict({**get_config("tiny"), "remat": True, "remat_policy": "some"})
+        model_config({**get_config("tiny"), "remat": True, "remat_policy": "some"})

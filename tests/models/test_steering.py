@@ -7,6 +7,7 @@ import pytest
 
 from configs.default import get_config as default_config
 from configs.mmdit import get_config
+from mmdit_jax.families import model_config
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.train.sampling import make_grid_sampler
@@ -14,7 +15,7 @@ from mmdit_jax.checks import ConfigError
 
 
 def _setup(seed=0, b=3):
-    cfg = MMDiTConfig.from_dict(get_config("tiny"))
+    cfg = model_config(get_config("tiny"))
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
     x = jax.random.normal(keys[0], (b, 8, 8, cfg.in_channels))
     c = jax.random.normal(keys[1], (b, 5, cfg.joint_attention_dim))
@@ -49,7 +50,7 @@ def test_remove_pooled_is_the_model_without_the_pooled_path():
     model, v, x, c, (p, _, _) = _setup(2)
     t = jnp.array([250.0, 500.0, 750.0])
     removed = model.apply(v, x, t, c, None, remove_pooled=True)
-    no_pooled_cfg = MMDiTConfig.from_dict({**get_config("tiny"), "use_pooled": False})
+    no_pooled_cfg = model_config({**get_config("tiny"), "use_pooled": False})
     params = {k: w for k, w in v["params"].items() if k != "text_embedder"}
     reference = MMDiT(no_pooled_cfg).apply({"params": params, "buffers": v["buffers"]}, x, t, c)
     np.testing.assert_array_equal(np.asarray(removed), np.asarray(reference))

@@ -14,7 +14,7 @@ from configs.default import get_config
 from mmdit_jax.config_schema import model_config, validate_config
 from mmdit_jax.train import experiment as experiment_module
 from mmdit_jax.train import loop
-from mmdit_jax.train.metrics import read_metrics
+from mmdit_jax.reporting import read_metrics
 from mmdit_jax.checks import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -177,7 +177,7 @@ def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
 def test_commands_keep_library_logs_at_warning_unless_verbosity_is_given(monkeypatch):
     from absl import flags, logging
 
-    from mmdit_jax.train.metrics import quiet_library_logs
+    from mmdit_jax.reporting import quiet_library_logs
 
     before = logging.get_verbosity()
     try:

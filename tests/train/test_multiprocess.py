@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mmdit_jax.train.metrics import read_metrics
+from mmdit_jax.reporting import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["-m", "mmdit_jax", "--config=configs/default.py:tiny", "--config.train.num_steps=4",

@@ -12,7 +12,7 @@ import pytest
 import orbax.checkpoint as ocp
 import jax
 
-from mmdit_jax.train.metrics import read_metrics
+from mmdit_jax.reporting import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 60

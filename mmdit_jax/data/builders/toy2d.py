@@ -18,9 +18,16 @@ class Toy2DConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
+def toy2d_config(num_train: int = 50_000, num_test: int = 5_000, seed: int = 0) -> Toy2DConfig:
+    """A config whose name encodes every generation parameter (so different data never share a folder)."""
+    name = "ncsn_mixture" if (num_train, num_test, seed) == (50_000, 5_000, 0) else \
+        f"ncsn_mixture_n{num_train}_{num_test}_seed{seed}"
+    return Toy2DConfig(name=name, version="1.0.0", num_train=num_train, num_test=num_test, seed=seed)
+
+
 class Toy2D(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [Toy2DConfig(name="ncsn_mixture", version="1.0.0")]
+    BUILDER_CONFIGS = [toy2d_config()]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({

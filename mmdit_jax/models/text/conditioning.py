@@ -119,7 +119,7 @@ def drop_encoders(key: Array, c: Array, y: Array, clip_widths: tuple[int, int], 
 
 
 # ------------------------------------------------------------------------------------------------
-# From a config (configs/text.py): which encoders, their sizes or local folders, lengths, drop probabilities.
+# Presets of configs/text.py (building encoders from a config is ``mmdit_jax.pipelines.text``).
 
 def text_presets() -> dict[str, Any]:
     """Named encoder configs: the real SD3 sizes and tiny ones for CPU tests."""
@@ -130,36 +130,3 @@ def text_presets() -> dict[str, Any]:
                                                projection_dim=64, hidden_act="gelu"),
             "t5_xxl": t5.T5_XXL, "t5_tiny": t5.T5_TINY,
             "t5_small": t5.T5Config(vocab_size=500, d_model=128, d_kv=16, d_ff=256, num_layers=2, num_heads=8)}
-
-
-def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
-    from mmdit_jax.interop.hf_text import load_clip, load_t5
-    from mmdit_jax.checks import check_choice
-
-    tok_folder = cfg.get("tokenizer_path") or None
-    if cfg.get("path") and not tok_folder:
-        raise ConfigError(f"text.{kind}: path={cfg.path!r} is set, so tokenizer_path must point to that encoder's "
-                          "tokenizer folder (the built-in tokenizer only fits the built-in encoders)")
-    tokenizer = (PromptTokenizer(tok_folder, kind, cfg.max_length) if tok_folder
-                 else PromptTokenizer.default(kind, cfg.max_length))
-    if cfg.get("path"):
-        model_cfg, variables = (load_clip if kind == "clip" else load_t5)(cfg.path)
-    else:
-        presets = text_presets()
-        check_choice(f"text.{kind}.preset", cfg.preset, presets)
-        model_cfg = presets[cfg.preset]
-        module = CLIPTextModel(model_cfg) if kind == "clip" else T5Encoder(model_cfg)
-        variables = module.init(key, jnp.zeros((1, cfg.max_length), jnp.int32))
-    if model_cfg.vocab_size < len(tokenizer.tokenizer):
-        raise ConfigError(f"text.{kind}: tokenizer has {len(tokenizer.tokenizer)} tokens but the encoder's "
-                          f"vocab_size is {model_cfg.vocab_size}")
-    return Encoder(model_cfg, variables, tokenizer)
-
-
-def sd3_text_encoders_from_config(config: Any, key: Array) -> SD3TextEncoders:
-    """Build CLIP-L, CLIP-G and (if enabled) T5 from ``config`` (see configs/text.py): local folders or presets."""
-    keys = jax.random.split(key, 3)
-    clip_l = _build_encoder(config.clip_l, "clip", keys[0])
-    clip_g = _build_encoder(config.clip_g, "clip", keys[1])
-    t5 = _build_encoder(config.t5, "t5", keys[2]) if config.t5.enabled else None
-    return SD3TextEncoders(clip_l, clip_g, t5, config.joint_dim, config.t5.max_length)

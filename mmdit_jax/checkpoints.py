@@ -1,9 +1,13 @@
-"""Orbax checkpoints: train state (params, EMA, optimizer, step), data-iterator state and the config.
+"""Orbax checkpoints of a training workdir: train state (params, EMA, optimizer, step), data-iterator state and
+the config, in ``<workdir>/checkpoints/<step>/``.
 
 Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when complete), keeping
 the newest ``keep`` steps. ``restore_latest`` tries the newest step first; if it cannot be read it logs the
 failure and falls back to the previous one. If checkpoints exist but none can be read it raises: a run is
 never silently restarted from scratch.
+
+Inference reads only what it needs: ``restore_params`` restores one subtree (the EMA weights) of the newest
+checkpoint, without allocating the optimizer state, and creates nothing in the workdir.
 """
 
 from __future__ import annotations
@@ -81,3 +85,38 @@ def check_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"--workdir={workdir!r} is not writable: {e}") from e
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """Steps of the finished checkpoints in ``directory`` (none if it does not exist); creates nothing."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def restore_params(directory: str, abstract_params: Any, item: str = "ema_params") -> tuple[int, Any]:
+    """``(step, params)``: the ``item`` subtree of the train state in the newest readable checkpoint.
+
+    ``abstract_params`` gives the shapes, dtypes and shardings (``jax.ShapeDtypeStruct``). Raises
+    ``CheckpointError`` naming the folder if there is no checkpoint or none can be read.
+    """
+    steps = checkpoint_steps(directory)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}: train first, or pass the workdir of a trained run")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+    errors = []
+    try:
+        for step in reversed(steps):
+            try:
+                target = {item: abstract_params}
+                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True)))
+                return step, restored["state"][item]
+            except Exception as e:  # an unreadable checkpoint: try the previous one, say so if none works
+                errors.append(f"checkpoint step {step} in {directory} could not be restored "
+                              f"({type(e).__name__}: {e})")
+                logging.error("%s; trying the previous checkpoint", errors[-1])
+    finally:
+        manager.close()
+    raise CheckpointError("no checkpoint could be restored:\n" + "\n".join(errors))

@@ -1,9 +1,11 @@
-"""Metrics: TensorBoard scalars and images (tensorboardX), a JSON-lines log, and a progress line with ETA."""
+"""What commands report: TensorBoard scalars and images (tensorboardX), a JSON-lines metrics log, progress lines
+with ETA, and the machine description every RESULTS.md records."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from typing import Any
 
@@ -84,3 +86,13 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def machine(extra: str = "") -> str:
+    """One line naming the machine a result was measured on: CPU, cores, JAX version and the device."""
+    import jax
+
+    dev = jax.devices()[0]
+    line = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, JAX {jax.__version__}, "
+            f"device {dev.platform} ({getattr(dev, 'device_kind', '?')})")
+    return f"{line}; {extra}" if extra else line

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmdit_jax.train.checkpointing import CheckpointError, Checkpointer, check_workdir
+from mmdit_jax.checkpoints import CheckpointError, Checkpointer, check_workdir
 from mmdit_jax.checks import ConfigError
 
 

@@ -1,0 +1,65 @@
+"""The modes of ``python -m mmdit_jax``: ``train`` (``train.loop``), ``sample`` and ``eval`` of a trained workdir.
+
+``sample`` and ``eval`` load the newest checkpoint's EMA weights through ``mmdit_jax.pipelines`` (no optimizer
+state; ``sample`` builds no data set either). A workdir without a checkpoint is an error naming its folder,
+unless ``allow_untrained`` asks for the untrained initialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.data.captions import caption_text
+from mmdit_jax.data.pipeline import build_sources, default_data_dir
+from mmdit_jax.diffusion.losses import LOSSES, denoising_loss
+from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.pipelines.trained_model import load_trained
+from mmdit_jax.reporting import MetricWriter, report
+from mmdit_jax.train.loop import save_grid, train
+
+__all__ = ["train", "sample", "evaluate"]
+
+
+def sample(config: Any, workdir: str, prompts: Sequence[str] | None = None, allow_untrained: bool = False) -> str:
+    """Draw the run's sample picture (``SamplingPipeline.grid``) from the newest checkpoint's EMA weights with the
+    configured sampler into ``<workdir>/samples/step_<step>.png`` and TensorBoard; returns its path."""
+    pipe = SamplingPipeline.from_workdir(config, workdir, allow_untrained)
+    cfg = pipe.model.config
+    grid = pipe.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    path = save_grid(workdir, writer, pipe.model.step, grid)
+    writer.close()
+    report(f"sample grid: {path}")
+    return path
+
+
+def evaluate(config: Any, workdir: str, allow_untrained: bool = False) -> dict[str, float]:
+    """Validation loss of the EMA weights on the test split at fixed noise levels (``train.loss_buckets`` of them)."""
+    if not LOSSES[config.loss.name].denoising:
+        raise ConfigError(f"--mode=eval needs a denoising loss; loss.name={config.loss.name!r} is not one")
+    model = load_trained(config, workdir, allow_untrained)
+    cfg, family = model.config, model.family
+    t_max = float(family.schedule.timesteps(1)[0])
+    levels = (np.arange(cfg.train.loss_buckets) + 0.5) / cfg.train.loss_buckets * t_max   # bucket centres
+    source = build_sources(cfg.data, cfg.data.data_dir or default_data_dir(workdir))["test"]
+    n = min(len(source), cfg.eval.num_examples)
+    records = [source[i] for i in range(n)]
+    x0 = jnp.asarray(np.stack([model.data.to_example(r) for r in records]))
+    cond = model.text.encode([caption_text(r) for r in records]) if model.text is not None else {}
+
+    @jax.jit
+    def level_loss(t, key):
+        net = family.net(family.prepare(model.variables), cond)
+        per, _ = denoising_loss(net, x0, key, family.schedule, cfg.model_parameterization, cfg.loss.name,
+                                t=jnp.full((n,), t))
+        return jnp.mean(per)
+
+    results = {f"t={t:.3f}": float(level_loss(t, jax.random.PRNGKey(i)))
+               for i, t in enumerate(levels)}
+    report(f"validation loss per noise level at step {model.step} ({n} test examples): {results}")
+    return results

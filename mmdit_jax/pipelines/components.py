@@ -1,0 +1,73 @@
+"""The parts of a run built from its config, identically for training and inference: the model family, the
+text conditioner (if the data is captioned and the family reads text), and the fresh model variables.
+
+Keys: ``PRNGKey(config.seed)`` splits into the model's init key and the text encoders' key (random encoder
+presets), so a pipeline rebuilds exactly the encoders and non-trained buffers the run trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mmdit_jax.checks import ConfigError, check_choice
+from mmdit_jax.data.registry import DatasetSpec, dataset_spec
+from mmdit_jax.diffusion.losses import LOSSES
+from mmdit_jax.diffusion.schedules import get_schedule
+from mmdit_jax.families import Family, build_family
+from mmdit_jax.pipelines.text import TextConditioner
+
+Array = jax.Array
+TEXT_ENTRIES = ("context", "pooled")
+
+
+def run_keys(seed: int) -> tuple[Array, Array]:
+    """``(model init key, text encoder key)`` of a run."""
+    key_model, key_text = jax.random.split(jax.random.PRNGKey(seed))
+    return key_model, key_text
+
+
+def family_from_config(config: Any) -> Family:
+    """The run's model family: ``config.model`` with the run's schedule, time scale and loss."""
+    check_choice("loss.name", config.loss.name, LOSSES)
+    return build_family(config.model, get_schedule(config.schedule), config.timestep_scale,
+                        LOSSES[config.loss.name].forward_mode)
+
+
+def data_shape(config: Any) -> tuple[int, ...]:
+    """Shape of one example of the configured data set (no batch axis); nothing is built."""
+    return tuple(dataset_spec(config.data.name).example_shape(config.data))
+
+
+def uses_text(family: Family, spec: DatasetSpec) -> bool:
+    """Whether the run conditions on text: the family reads a text entry and the data has captions."""
+    reads_text = any(name in TEXT_ENTRIES for name in family.conditioning)
+    if reads_text and not spec.captioned:
+        raise ConfigError(f"model.name={family.name!r} is conditioned on text ({list(family.conditioning)}), but the "
+                          "data set has no captions; choose a captioned data set or an unconditional family")
+    return reads_text
+
+
+def text_from_config(config: Any, family: Family) -> TextConditioner | None:
+    """The run's text conditioner, or None for an unconditional run."""
+    if not uses_text(family, dataset_spec(config.data.name)):
+        return None
+    return TextConditioner.from_config(config.text, run_keys(config.seed)[1])
+
+
+def check_text_widths(family: Family, cond: dict[str, Array]) -> None:
+    """The model's text widths must match what the encoders give (a common config mistake)."""
+    cfg = family.config
+    widths = {"context": getattr(cfg, "joint_attention_dim", None), "pooled": getattr(cfg, "pooled_projection_dim", None)}
+    fields = {"context": "model.joint_attention_dim", "pooled": "model.pooled_projection_dim"}
+    for name in family.conditioning:
+        if name in widths and widths[name] is not None and cond[name].shape[-1] != widths[name]:
+            raise ConfigError(f"the text encoders give {name} width {cond[name].shape[-1]}, but "
+                              f"{fields[name]}={widths[name]}")
+
+
+def example_inputs(shape: tuple[int, ...], cond_shapes: dict[str, tuple[int, ...]]) -> tuple[Array, dict[str, Array]]:
+    """A batch of one zero example and zero conditioning: what ``Family.init`` needs (shapes only)."""
+    return jnp.zeros((1, *shape)), {k: jnp.zeros((1, *s[1:])) for k, s in cond_shapes.items()}

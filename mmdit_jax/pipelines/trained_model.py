@@ -1,0 +1,80 @@
+"""A sampler-ready model from a training workdir: the family, the newest checkpoint's EMA weights, the text path.
+
+    model = load_trained(config, workdir)      # reads <workdir>/checkpoints only; builds no data set,
+                                               # no optimizer state, no embedding cache; writes nothing
+
+The non-trained collections (e.g. the MMDiT's position table) are rebuilt from the config by the family's
+``init``, compiled so that the discarded parameter initialisation costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+
+from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
+from mmdit_jax.data.registry import DatasetSpec, dataset_spec
+from mmdit_jax.families import Family
+from mmdit_jax.pipelines.components import (
+    check_text_widths, data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+)
+from mmdit_jax.pipelines.text import TextConditioner
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """What sampling needs: ``family.net(variables, cond)`` is the ``net(x, t)`` of the score-based core."""
+
+    config: Any                     # the experiment config (sampler, guidance, schedule, ...)
+    family: Family
+    variables: dict[str, Any]       # {"params": EMA weights, **non-trained collections}
+    step: int                       # the checkpoint's step; 0 = the untrained initialisation
+    data: DatasetSpec               # how examples look and how samples are drawn as a picture
+    data_shape: tuple[int, ...]     # one example, no batch axis
+    text: TextConditioner | None    # None: unconditional
+
+
+def fresh_variables(family: Family, config: Any, shape: tuple[int, ...], text: TextConditioner | None,
+                    params_only_shapes: bool = False) -> dict[str, Any]:
+    """The initialisation of ``family`` for the run (init key from ``config.seed``). With
+    ``params_only_shapes`` the params are abstract (``jax.ShapeDtypeStruct``) and only the other collections
+    are computed."""
+    cond_shapes = {k: v.shape for k, v in text.encode([""]).items()} if text is not None else {}
+    if text is not None:
+        check_text_widths(family, {k: jax.ShapeDtypeStruct(s, "float32") for k, s in cond_shapes.items()})
+    x, cond = example_inputs(shape, cond_shapes)
+    key = run_keys(config.seed)[0]
+    if not params_only_shapes:
+        return family.init(key, x, cond)
+    params = jax.eval_shape(lambda k: family.init(k, x, cond)["params"], key)
+    others = jax.jit(lambda k: family.non_trainable(family.init(k, x, cond)))(key)
+    return {"params": params, **others}
+
+
+def load_trained(config: Any, workdir: str, allow_untrained: bool = False) -> TrainedModel:
+    """The EMA weights of the newest checkpoint in ``<workdir>/checkpoints`` with the run's family and text path.
+
+    Raises ``CheckpointError`` naming the folder if there is no checkpoint, unless ``allow_untrained`` (then
+    the model is the run's initialisation, step 0). Nothing is written to ``workdir``.
+    """
+    family = family_from_config(config)
+    shape = data_shape(config)
+    family.check_data(shape)
+    text = text_from_config(config, family)
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not checkpoint_steps(directory):
+        if not allow_untrained:
+            raise CheckpointError(f"no checkpoint in {directory}: nothing to sample or evaluate (is --workdir the "
+                                  "folder of a trained run?); --allow_untrained samples the untrained initialisation")
+        variables, step = fresh_variables(family, config, shape, text), 0
+    else:
+        abstract = fresh_variables(family, config, shape, text, params_only_shapes=True)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                        abstract["params"])
+        step, params = restore_params(directory, target)
+        variables = {**abstract, "params": params}
+    return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text)
