@@ -61,8 +61,8 @@ def validate_config(config: Any) -> None:
     schedule = get_schedule(config.schedule)
     make_loss_fn(config.loss.name, schedule, config.model_parameterization)
     family = family_from_config(config)
-    family.check_data(data_shape(config))
     text = uses_text(family, spec)
+    family.check_data(data_shape(config))
     if text and "text" not in config:
         raise ConfigError(f"model.name={family.name!r} on captioned data needs a text section (configs/text.py)")
     make_sampler(config.sample.sampler, schedule, config.model_parameterization)

@@ -5,26 +5,26 @@
 On a CPU:
 
 1. Keep freed host memory mapped (glibc ``mallopt``). XLA:CPU takes every execution's temporary buffer
-   (788 MB for the small-preset MMDiT train step) from ``malloc`` on one of its worker threads. glibc serves a
-   request over 64 MB in a thread's own arena with a fresh ``mmap`` and unmaps it on ``free``, so each step
-   faults the whole buffer in again, page by page: on this project's 2-core CI machine 213k page faults and
-   320 ms of kernel time per step, the step ~20% slower. One arena, no ``mmap`` and no trimming keep the pages.
+   (hundreds of MB for a train step) from ``malloc`` on one of its worker threads. glibc serves a large request
+   (over 64 MB) in a thread's own arena with a fresh ``mmap`` and unmaps it on ``free``, so without this every
+   step faults the whole buffer in again, page by page, and spends a noticeable share of its time in the kernel.
+   One arena, no ``mmap`` and no trimming keep the pages.
    Cost: the process keeps its peak heap (freed memory is reused, not returned to the OS).
 2. XLA:CPU multi-output fusion. Without it the instruction fusion pass may duplicate producers into every
    consumer, and the backward pass's residual-stream gradient is recomputed from all later blocks inside
-   each consumer (fusions of ~450 instructions; 32k fused instructions in the train step, 12k with it): the
-   compile takes ~40% less time and the step ~2% less. Same operations, so the same maths.
+   each consumer (very large fusions): with it the train step has far fewer fused instructions, compiles
+   faster and runs a little faster. Same operations, so the same maths.
 
 On an NVIDIA GPU:
 
-3. Every GEMM through cuBLAS (``--xla_gpu_enable_triton_gemm=false``): XLA's Triton GEMM fusions (a matmul
-   with its neighbouring elementwise ops in one generated kernel) ran slower than cuBLAS plus a separate
-   fusion in the SD3-medium bf16 train step on an H200: 171.2 -> 165.0 ms, and 166.7 -> 160.1 ms with
-   kernels cast once (``mmdit_params.cast_kernels``). Left alone if the user sets the flag.
+3. Every GEMM through cuBLAS (``--xla_gpu_enable_triton_gemm=false``): in the bf16 MMDiT train step, XLA's
+   Triton GEMM fusions (a matmul with its neighbouring elementwise ops in one generated kernel) ran slower than
+   cuBLAS plus a separate fusion. Left alone if the user sets the flag.
 
-Numbers: experiments/benchmarks/RESULTS.md. Settings made after JAX started are not effective (XLA's worker
-threads already own their arenas; the flags are read once), so ``configure_runtime`` warns then.
-Entry points (``python -m mmdit_jax``, the study experiments, the benchmarks, the test session) call it first.
+The measurements behind each setting: experiments/benchmarks/RESULTS.md. Settings made after JAX started are
+not effective (XLA's worker threads already own their arenas; the flags are read once), so ``configure_runtime``
+warns then. Entry points (``python -m mmdit_jax``, the study experiments, the benchmarks, the test session) call
+it first.
 """
 
 from __future__ import annotations

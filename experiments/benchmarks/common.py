@@ -1,4 +1,10 @@
-"""Shared benchmark helpers: timing of compiled functions and the machine description for RESULTS.md."""
+"""Shared benchmark helpers: the project's own train step on random data, timing of compiled functions, and the
+results entries of RESULTS.md.
+
+The MMDiT benchmarks time ``mmdit_jax.train.step.make_train_step`` (loss of the score-based core, AdamW from
+``mmdit_jax.train.state.make_optimizer``, EMA, loss buckets) exactly as training compiles it, so a number here is
+a number of the trainer, not of a look-alike. ``benchmark_config`` holds the few config sections that step reads.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,21 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
+from configs.mmdit import PRESETS
+from mmdit_jax.families import Family, family_config
+from mmdit_jax.pipelines.components import family_from_config
+from mmdit_jax.reporting import machine as machine_line
 from mmdit_jax.runtime import configure_runtime
-from mmdit_jax.models.mmdit_params import cast_kernels
+from mmdit_jax.train.state import init_state, learning_rate_schedule, make_optimizer
+from mmdit_jax.train.step import make_train_step
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
@@ -60,24 +70,71 @@ def speedups(ratios: list[float]) -> str:
     return f"{np.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})"
 
 
-def adamw_train_step(model: Any, buffers: Any, donate: bool = True,
-                     cast: bool = True) -> tuple[Callable[..., Any], Any]:
-    """The benchmarks' MMDiT train step and its optimiser (for ``opt.init``): ``step(params, opt_state, x, t, c, y,
-    target) -> (params, opt_state, loss)``, MSE in fp32, AdamW 1e-4, jitted with params and optimiser state
-    donated and kernels cast to the compute dtype once per step (as the real train step does) unless
-    ``donate=False`` / ``cast=False``."""
-    opt = optax.adamw(1e-4)
+def sd3_model(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """The ``model`` section of ``configs/mmdit.py``'s ``preset`` with ``overrides`` (unknown fields rejected)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
+    return family_config("sd3", **{**PRESETS[preset], **overrides})
 
-    def loss_fn(p, x, t, c, y, target):
-        p = cast_kernels(p, model.config.dtype) if cast else p
-        return jnp.mean((model.apply({"params": p, **buffers}, x, t, c, y).astype(jnp.float32) - target) ** 2)
 
-    def step(p, s, x, t, c, y, target):
-        loss, g = jax.value_and_grad(loss_fn)(p, x, t, c, y, target)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss
+def benchmark_config(model: ml_collections.ConfigDict, num_steps: int = 10_000) -> ml_collections.ConfigDict:
+    """What the family, the optimizer and the train step read from a run's config: SD3's recipe (rectified flow
+    with shift 3, logit-normal t, velocity loss, the network sees ``1000 t``), AdamW with PyTorch's defaults (so
+    ``mmdit_step.py``'s PyTorch side runs the same update) after clipping at global norm 1, EMA.
+    None of these values changes the amount of work, only what the numbers converge to."""
+    return ml_collections.ConfigDict(dict(
+        model=model,
+        schedule=dict(name="rectified_flow", shift=3.0, t_sampling="logit_normal", logit_mean=0.0, logit_std=1.0),
+        timestep_scale=1000.0,
+        model_parameterization="velocity",
+        loss=dict(name="velocity"),
+        optim=dict(learning_rate=1e-4, warmup_steps=100, schedule="cosine", final_lr_fraction=0.1, b1=0.9,
+                   b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0),
+        train=dict(num_steps=num_steps, ema_decay=0.9999, loss_buckets=4),
+    ))
 
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ()), opt
+
+def random_batch(family: Family, batch: int, size: int, tokens: int, seed: int = 0) -> dict[str, Any]:
+    """A device-resident train batch ``{"x": (B, size, size, C), "cond": {"context", "pooled"}}`` of normal
+    noise: an all-zero batch can run faster than real inputs."""
+    cfg = family.config
+    kx, kc, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return {"x": jax.random.normal(kx, (batch, size, size, cfg.in_channels)),
+            "cond": {"context": jax.random.normal(kc, (batch, tokens, cfg.joint_attention_dim)),
+                     "pooled": jax.random.normal(ky, (batch, cfg.pooled_projection_dim))}}
+
+
+def cond_shapes(batch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in batch["cond"].items()}
+
+
+class TrainStep:
+    """The project's train step on one fixed batch, built as ``Experiment.train_step`` builds it: family from
+    the config, ``make_optimizer`` / ``init_state``, ``make_train_step`` jitted with the state donated (unless
+    ``donate=False``). Calling it runs one step in place and returns the step's loss (not waited for).
+
+    ``family`` replaces the config's family (a variant of it, e.g. one whose ``prepare`` differs); ``flops`` is
+    3 x the family's analytic forward FLOPs (backward = 2 x forward).
+    """
+
+    def __init__(self, config: Any, batch: dict[str, Any], family: Family | None = None, donate: bool = True,
+                 seed: int = 0):
+        self.family = family or family_from_config(config)
+        self.batch = batch
+        variables = jax.jit(self.family.init)(jax.random.PRNGKey(seed), batch["x"], batch["cond"])
+        num_steps = config.train.num_steps
+        optimizer = make_optimizer(config.optim, num_steps)
+        self.state = init_state(variables["params"], optimizer)
+        step = make_train_step(self.family, self.family.non_trainable(variables), optimizer, config,
+                               learning_rate_schedule(config.optim, num_steps))
+        self.step = jax.jit(step, donate_argnums=(0,) if donate else ())
+        self.key = jax.random.PRNGKey(seed + 1)
+        x = batch["x"]
+        self.flops = 3 * self.family.forward_flops(x.shape[0], tuple(x.shape[1:]), cond_shapes(batch))
+
+    def __call__(self) -> jax.Array:
+        self.state, metrics = self.step(self.state, self.batch, self.key)
+        return metrics["loss"]
 
 
 def device_peak_memory() -> str:
@@ -94,8 +151,8 @@ def matmul_chain(dtype: Any = np.float32, n: int | None = None,
     compiled on the first call; the peak that MFU divides by is ``flops`` over its time.
 
     Defaults: on a CPU n = 2048, 8 products; on an accelerator n = 8192 (2048 leaves a GPU's matrix units idle)
-    and 32 products, ~45 ms a call on an H200 (8, i.e. ~12 ms, read 658-730 TFLOP/s across processes in session
-    5). Each product is scaled by 1/sqrt(n), so the chain's values neither overflow nor vanish.
+    and 32 products, so that one call lasts long enough for launch overhead and clock ramp-up to vanish from the
+    rate. Each product is scaled by 1/sqrt(n), so the chain's values neither overflow nor vanish.
     """
     cpu = jax.devices()[0].platform == "cpu"
     n, repeats = n or (2048 if cpu else 8192), repeats or (8 if cpu else 32)
@@ -143,15 +200,19 @@ class TorchSide:
 
 
 _RUNTIME = ["library defaults"]
+_RESULTS = [RESULTS]
 
 
 def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse a benchmark's arguments plus ``--default_runtime``, then (before the first JAX computation)
-    apply the settings the training entry point uses unless that flag is given; the choice is recorded in every
-    results entry."""
+    """Parse a benchmark's arguments plus ``--default_runtime`` and ``--results``, then (before the first JAX
+    computation) apply the settings the training entry point uses unless ``--default_runtime`` is given; the
+    choice is recorded in every results entry."""
     ap.add_argument("--default_runtime", action="store_true",
                     help="leave malloc and XLA's flags as they are (default: the settings of mmdit_jax.runtime)")
+    ap.add_argument("--results", default=RESULTS,
+                    help="markdown file the entry is appended to (smoke runs: a scratch file, e.g. /tmp/results.md)")
     args = ap.parse_args()
+    _RESULTS[0] = args.results
     if not args.default_runtime:
         applied = [k for k, ok in configure_runtime().items() if ok]
         _RUNTIME[0] = "mmdit_jax.runtime: " + (", ".join(applied) or "nothing applied")
@@ -159,16 +220,16 @@ def parse_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def machine() -> str:
-    dev = jax.devices()[0]
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; "
-            f"JAX {jax.__version__}, device {dev.platform}:{getattr(dev, 'device_kind', '?')}; "
-            f"runtime settings: {_RUNTIME[0]}")
+    """``mmdit_jax.reporting.machine`` with the runtime settings the benchmark ran under."""
+    return machine_line(extra=f"runtime settings: {_RUNTIME[0]}")
 
 
 def append_results(title: str, table: str) -> None:
+    """Append a dated entry (title, machine, table) to the results file (``--results``, default RESULTS.md)."""
+    path = _RESULTS[0]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    new = not os.path.exists(RESULTS)
-    with open(RESULTS, "a") as f:
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
         if new:
             f.write("# Benchmark results\n\nEach entry is appended by the script that measured it.\n")
         f.write(f"\n## {title} — {stamp}\n\nMachine: {machine()}\n\n{table}\n")

@@ -1,6 +1,13 @@
 """Model FLOP utilisation of the MMDiT train step: achieved FLOP/s (analytic count, train = 3 x forward) over
 the peak measured here (a large matmul in the same dtype). Runs unchanged on a GPU (use --dtype bfloat16).
 
+The step is the trainer's own (``common.TrainStep``: ``make_train_step`` with ``make_optimizer``, EMA and loss
+buckets included) on one random device-resident batch. The model flags are ``model`` config fields. Two flags
+select variants of how the step is compiled, not of the model: ``--no_donate`` (the state is not donated, so
+XLA cannot update it in place) and ``--no_cast``, which swaps in an SD3 family whose ``prepare`` leaves the
+kernels in float32, so the model casts each kernel where it is used (inside the loop under ``--scan_blocks``)
+instead of once per step.
+
 Run: ``python experiments/benchmarks/mfu.py [--preset small --batch 8 --dtype float32]``.
 """
 
@@ -9,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -17,12 +24,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
-    adamw_train_step, append_results, device_peak_memory, matmul_chain, median_time, parse_args, time_compiled)
-from mmdit_jax.families import model_config
-from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+    TrainStep, append_results, benchmark_config, device_peak_memory, matmul_chain, median_time, parse_args,
+    random_batch, sd3_model, time_compiled)
+from mmdit_jax.families.sd3 import SD3Family  # noqa: E402
+from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+
+
+class CastWhereUsed(SD3Family):
+    """The SD3 family with kernels left in float32 by ``prepare``: the model casts each one where it is used."""
+
+    def prepare(self, variables: Any) -> dict[str, Any]:
+        return dict(variables)
 
 
 def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, attention_impl: str | None = None,
@@ -30,27 +43,16 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
               scan_unroll: int = 1, cast: bool = True, head_groups: int | None = None,
               remat_policy: str = "full") -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
-    state is replaced by the step's donated outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
-    cfg = model_config({**get_config(preset), "dtype": dtype, "attention_impl": attention_impl,
-                                 "scan_blocks": scan_blocks, "remat": remat, "remat_policy": remat_policy,
-                                 "scan_unroll": scan_unroll,
-                                 **({} if head_groups is None else {"attention_head_groups": head_groups})})
-    model = MMDiT(cfg)
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)  # random data: zeros or ones can time faster than real inputs
-    x = jax.random.normal(keys[0], (batch, size, size, cfg.in_channels))
-    c = jax.random.normal(keys[1], (batch, tokens, cfg.joint_attention_dim))
-    y = jax.random.normal(keys[2], (batch, cfg.pooled_projection_dim))
-    t = jnp.linspace(1.0, 999.0, batch)
-    variables = jax.jit(model.init)(keys[3], x, t, c, y)
-    params, buffers = variables["params"], {"buffers": variables["buffers"]}
-    step, opt = adamw_train_step(model, buffers, donate, cast)
-    state = [params, opt.init(params)]  # replaced by each step's outputs (the inputs are donated)
-
-    def run() -> jax.Array:
-        state[0], state[1], loss = step(*state, x, t, c, y, x)
-        return loss
-
-    return run, 3 * mmdit_forward_flops(cfg, batch, size, size, tokens)
+    state is replaced by the step's outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
+    model = sd3_model(preset, dtype=dtype, attention_impl=attention_impl, scan_blocks=scan_blocks, remat=remat,
+                      remat_policy=remat_policy, scan_unroll=scan_unroll,
+                      **({} if head_groups is None else {"attention_head_groups": head_groups}))
+    config = benchmark_config(model)
+    family = family_from_config(config)
+    if not cast:
+        family = CastWhereUsed(family.config, family.schedule, family.timestep_scale, family.forward_mode)
+    step = TrainStep(config, random_batch(family, batch, size, tokens), family, donate)
+    return step, step.flops
 
 
 def add_step_args(ap: argparse.ArgumentParser) -> None:
@@ -89,7 +91,7 @@ def main(a: argparse.Namespace) -> None:
     chain, chain_flops = matmul_chain(jnp.dtype(a.dtype))
     chain()  # compiles
     # Rounds of (step, peak) in turn, each round's MFU against the peak measured in that round: a VM whose speed
-    # drifts by 10-20% within minutes (this project's CI machine) moves both alike.
+    # drifts within minutes (this project's CI machine) moves both alike.
     steps, peaks = [], []
     for _ in range(a.rounds):
         steps.append(median_time(lambda: jax.block_until_ready(run()), a.repeats))
@@ -97,8 +99,9 @@ def main(a: argparse.Namespace) -> None:
     mfus = [flops / t / p for t, p in zip(steps, peaks)]
     t_step, peak = float(np.median(steps)), float(np.median(peaks))
     flags = os.environ.get("XLA_FLAGS", "")
-    groups = a.attention_head_groups or get_config(a.preset)["attention_head_groups"]
-    table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
+    groups = a.attention_head_groups or sd3_model(a.preset).attention_head_groups
+    table = (f"The trainer's step (make_train_step: velocity loss, clipped AdamW, EMA). "
+             f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
              f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={remat_label(a)}, donate={donate}, "
              f"kernels cast once={cast}, batch {a.batch}, "
              f"{a.size}x{a.size}, {a.tokens} text tokens, {a.dtype}; XLA_FLAGS={flags or '(none)'}. "
@@ -118,7 +121,7 @@ def main(a: argparse.Namespace) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     add_step_args(ap)
-    ap.add_argument("--no_donate", action="store_true", help="do not donate params / optimiser state")
+    ap.add_argument("--no_donate", action="store_true", help="do not donate the train state (params, EMA, optimizer state)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of (step, peak) timings, in turn")
     ap.add_argument("--repeats", type=int, default=5, help="calls per median inside a round")
     main(parse_args(ap))

@@ -1,7 +1,8 @@
-"""Profile of the MMDiT train step (the one ``mfu.py`` times): step time and MFU, then a ``jax.profiler`` trace of a
-few steps summarised by ``trace_summary`` (device busy fraction, kernel time by kind, top kernels): where the time
-above the matmul floor goes. On a CPU the script turns on XLA's per-op trace events
-(``--xla_cpu_enable_xprof_traceme=true``; the step then takes ~1% longer); run it under ``taskset -c 0`` as well to
+"""Profile of the MMDiT train step (the trainer's ``make_train_step``, built by ``mfu.py`` with the same flags):
+step time and MFU, then a ``jax.profiler`` trace of a few steps summarised by ``trace_summary`` (device busy
+fraction, kernel time by kind, top kernels, and per source op from the optimised HLO dump of ``jit_step``): where
+the time above the matmul floor goes. On a CPU the script turns on XLA's per-op trace events
+(``--xla_cpu_enable_xprof_traceme=true``, which costs the step a little); run it under ``taskset -c 0`` as well to
 read each op's core time (``trace_summary``'s docstring says how to read CPU traces).
 
 Run: ``python experiments/benchmarks/profile_step.py --preset sd3_medium --size 64 --tokens 333 --dtype bfloat16
@@ -42,7 +43,7 @@ def main(a: argparse.Namespace) -> None:
     dumps = sorted(glob.glob(os.path.join(a.trace_dir, "hlo", "*jit_step*after_optimizations.txt")),
                    key=os.path.getmtime)
     hlo = open(dumps[-1]).read() if dumps else None  # names each traced op's source op and FLOPs
-    table = (f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups="
+    table = (f"The trainer's step (make_train_step). Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups="
              f"{a.attention_head_groups or 'preset'}, scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, "
              f"remat={remat_label(a)}, "
              f"kernels cast once={not a.no_cast}, batch {a.batch}, {a.size}x{a.size}, {a.tokens} text tokens, "

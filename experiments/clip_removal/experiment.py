@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from mmdit_jax import reporting
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.attributes import labelled_images
@@ -98,7 +99,7 @@ def markdown(cfg, results: dict, seconds: float) -> str:
 
     python -m experiments.clip_removal.run --config=configs/pooled_study.py --workdir=runs/pooled_study --outdir=experiments/clip_removal
 
-Machine: {report.machine()}. Wall time of this command: {seconds / 60:.1f} min (stages cached before it ran are
+Machine: {reporting.machine()}. Wall time of this command: {seconds / 60:.1f} min (stages cached before it ran are
 not included; see the stage notes below). Seeds: sampling seeds {list(cfg.removal.seeds)} for (a),
 {list(cfg.quality.seeds)} for (b) (scene stream `scene_seed + seed`); mean ± std over those seeds.
 

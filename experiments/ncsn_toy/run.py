@@ -6,10 +6,8 @@ Writes ``ncsn_toy.png`` (data density, data scores, plain vs annealed samples) a
 from __future__ import annotations
 
 import os
-import platform
 import time
 
-import jax
 import jax.numpy as jnp
 import matplotlib
 
@@ -19,6 +17,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments.ncsn_toy.study import evaluate, learned_score_fn, train_score_model  # noqa: E402
+from mmdit_jax import reporting  # noqa: E402
 from mmdit_jax.data.toy2d import NCSN_MIXTURE  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ncsn_toy.py", "Study configuration.")
@@ -68,7 +67,7 @@ def results_md(config, summary: dict, train_loss: float, seconds: float) -> str:
     return f"""# NCSN 2D study (Song & Ermon 2019, Fig. 3)
 
 Command: `python -m experiments.ncsn_toy.run --config=configs/ncsn_toy.py --outdir=experiments/ncsn_toy`
-Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].platform}; wall time {seconds:.0f} s.
+Machine: {reporting.machine()}; wall time {seconds:.0f} s.
 
 Data 0.2·N((−5,−5), I) + 0.8·N((5,5), I). {config.n_samples} samples per panel initialised uniform on
 [−{config.init_box:g}, {config.init_box:g}]². Plain Langevin T = {config.plain.n_steps}; annealed Langevin
@@ -83,7 +82,7 @@ T = {config.annealed.n_steps_each} per level; step ε = 0.1 in the paper's conve
 |---|---|---|
 {rows}
 
-Reference (score_matching.md §1.5, 10-seed numpy reproduction): plain 0.508 ± 0.013, annealed 0.774–0.783.
+Reference (docs/score_matching.md §6, an independent 10-seed numpy reproduction): plain 0.508 ± 0.013, annealed 0.774–0.783.
 
 Reading: plain Langevin leaves the mass where the uniform initialisation put it (≈ half per basin: the
 modes are too far apart to cross in {config.plain.n_steps} steps), so it misses the 0.8/0.2 weights. Annealing

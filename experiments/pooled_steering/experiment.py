@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from mmdit_jax import reporting
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.attributes import ATTRIBUTES
 from mmdit_jax.study import figures, report, stages
@@ -90,7 +91,7 @@ def markdown(cfg, results: dict, seconds: float) -> str:
 
     python -m experiments.pooled_steering.run --config=configs/pooled_study.py --workdir=runs/pooled_study --outdir=experiments/pooled_steering
 
-Machine: {report.machine()}. Wall time: {seconds / 60:.1f} min (cached stages excluded). Model: the study's
+Machine: {reporting.machine()}. Wall time: {seconds / 60:.1f} min (cached stages excluded). Model: the study's
 y = e_t + h_y MMDiT (configs/default.py + frozen toy CLIP); sampler {cfg.mmdit.sample.sampler.name}
 {cfg.mmdit.sample.sampler.n_steps} steps, CFG {cfg.mmdit.sample.guidance_scale}, steering applied at every model
 call (both CFG branches). {s.num_scenes} scenes per pair with the source attribute, sampling seeds

@@ -57,8 +57,8 @@ class InMemorySource:
     """A random-access source decoded once into one array per field: ``source[i]`` is the same dict of numpy values
     as the wrapped source's, without decoding the record again.
 
-    Why: decoding a TFDS record (all its features, through the example parser) costs ~70-110 us, ~3 ms of CPU per
-    batch of 32, taken from the cores an XLA:CPU train step uses (experiments/benchmarks/RESULTS.md, session 7).
+    Why: decoding a TFDS record (all its features, through the example parser) on every read costs CPU time per
+    batch that is taken from the cores an XLA:CPU train step uses (measurements: experiments/benchmarks/RESULTS.md).
     """
 
     def __init__(self, records: list[dict]):

@@ -4,11 +4,11 @@ Each is a ``jax.custom_vjp``: values and gradients equal autodiff of the plain f
 autodiff (``jax.jvp``, which the sliced score matching loss needs) is not defined for them. Models choose them with
 ``model.custom_gradients`` (``custom_gradients_on``: None means on a CPU only).
 
-Why they are faster on XLA:CPU (measured in experiments/benchmarks/RESULTS.md, "CPU session 7"): XLA sends a
-product that contracts the first non-batch axis of *both* operands (``x^T dy``, ``p^T do``) to its generic dot
-runtime, 1.2-1.7x slower on one core than the YNNPACK library product of a materialised transpose (or of the
-transposed problem); XLA folds a plain transpose back into the product, so an ``optimization_barrier`` separates
-them; a weight gradient transposes the narrower of its two operands. The tanh-GELU takes the product's bias with it
+Why they are faster on XLA:CPU (measurements: experiments/benchmarks/RESULTS.md): XLA sends a product that
+contracts the first non-batch axis of *both* operands (``x^T dy``, ``p^T do``) to its generic dot runtime, which
+is slower than the YNNPACK library product of a materialised transpose (or of the transposed problem); XLA folds
+a plain transpose back into the product, so an ``optimization_barrier`` separates them; a weight gradient
+transposes the narrower of its two operands. The tanh-GELU takes the product's bias with it
 (``bias_gelu_tanh``: one pass over the ``(M, 4D)`` hidden layer instead of a bias-add pass and a GELU pass) and keeps
 only its input for the backward pass instead of XLA's several intermediates.
 
@@ -69,7 +69,7 @@ _A = np.float32(0.044715)
 def _gelu_tanh(h: Array) -> Array:
     """``gelu_tanh(h) = 0.5 h (1 + t)``, ``t = tanh(c (h + a h^3))``, ``c = sqrt(2/pi)``, ``a = 0.044715``: the value of
     ``jax.nn.gelu(approximate=True)`` (to float32 rounding) with its constants folded: fewer operations per
-    element (~15% less time on one core, where this pass is compute-bound)."""
+    element, which matters on a CPU core, where this pass is compute-bound."""
     c, ca = (np.float32(k).astype(h.dtype) for k in (_C, _C * _A))
     return h * (0.5 + 0.5 * jnp.tanh(h * (c + ca * (h * h))))
 
@@ -138,7 +138,7 @@ def _attention_core_fwd(q: Array, k: Array, v: Array) -> tuple[Array, tuple[Arra
 def _attention_core_bwd(res: tuple[Array, ...], do: Array) -> tuple[Array, Array, Array]:
     # The textbook gradient as four (G, ., .) products, with q_s = q / sqrt(d) and p = e r (r = 1 / l):
     # dv = p^T do = e^T (do r), dp = do v^T, ds = p (dp - rowsum(dp p)) = e r (dp - r rowsum(dp e)),
-    # dq = ds k / sqrt(d), dk = ds^T q_s. XLA's own derivative of the einsums transposes operands and runs ~25% slower.
+    # dq = ds k / sqrt(d), dk = ds^T q_s. XLA's own derivative of the einsums transposes operands and runs slower.
     qs, k, v, e, r = res
     dv = _transposed_product(e, do * r)
     dp = jnp.einsum("gqd,gkd->gqk", do, v)

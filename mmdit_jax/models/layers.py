@@ -26,8 +26,8 @@ class Dense(nn.Module):
     """``y = x W + b`` over the last axis, computed on a 2-D ``(prod(leading), d_in)`` view.
 
     Same parameters (``kernel (d_in, d_out)``, ``bias``) and initialisers as ``flax.linen.Dense``. Why not that:
-    XLA:CPU differentiates a ``(B, N, D)`` contraction about 2.5x slower than the same product on ``(B*N, D)``
-    (measured; see experiments/benchmarks/RESULTS.md), and the train step is dominated by these products.
+    XLA:CPU differentiates a ``(B, N, D)`` contraction much more slowly than the same product on ``(B*N, D)``
+    (measurements: experiments/benchmarks/RESULTS.md), and the train step is dominated by these products.
     ``custom_gradient``: the product is ``custom_gradients.linear`` (no forward-mode autodiff).
     """
 
@@ -73,8 +73,8 @@ def einsum_attention(streams: Sequence[tuple[Array, Array, Array]], custom_gradi
     output, so no concatenated ``(B, L, H, d)`` buffer exists (nor, in the backward, its gradient).
 
     ``groups``: the ``B*H`` heads are split into this many independent computations. Why: XLA:CPU runs a batched
-    product on one core (YNNPACK threads within a matrix, not over the batch: (48, 320, 64) x (48, 64, 320) runs at
-    ~255 GFLOP/s on two cores, ~220 on one), so one group leaves the second core idle through the attention core;
+    product on one core (YNNPACK threads within a matrix, not over the batch, and for attention-sized matrices
+    a second core adds little), so one group leaves the other cores idle through the attention core;
     independent groups run concurrently. Where ``groups <= B`` a group is whole batch elements (its heads-first copy
     reads its own part of q, k, v: no slice pass per group), else a contiguous run of heads; sizes differ by at most
     one batch element (head) (experiments/benchmarks/RESULTS.md). The result does not depend on ``groups``.
@@ -111,8 +111,7 @@ def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: s
     masked out by sequence lengths and sliced off again: exactly the unpadded result. ``q, k, v: (B, N, H, d)``.
 
     Why: cuDNN's flash kernel refuses to train on odd lengths, and SD3's joint sequence is 1024 + 333 = 1357;
-    the XLA fallback stores the (B, H, N, N) probabilities of every layer (a 68 GiB buffer at SD3-medium,
-    batch 8, seen on an H200).
+    the XLA fallback stores the (B, H, N, N) probabilities of every layer (tens of GiB at SD3-medium size).
     """
     b, n = q.shape[:2]
     pad = -n % multiple
@@ -127,7 +126,7 @@ def padded_dot_product_attention(q: Array, k: Array, v: Array, implementation: s
 
 def attention_backend(impl: str | None, dtype: Any, head_dim: int, custom_gradient: bool = True) -> str:
     """The attention path ``model.attention_impl`` names; None picks per platform: einsum on a CPU, with the
-    hand-written gradient unless ``custom_gradient`` is False (the fastest train step there,
+    hand-written gradient unless ``custom_gradient`` is False (the fastest train step there; measurements in
     experiments/benchmarks/RESULTS.md), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
     supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere."""
     if impl is not None:

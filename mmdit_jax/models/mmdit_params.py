@@ -37,8 +37,8 @@ def cast_kernels(params: Any, dtype: str) -> Any:
 
     Why: the model casts each kernel where it is used, which under ``scan_blocks`` happens inside the loop: every
     iteration converts its block's float32 slice again, forward and backward. Cast first, one conversion pass
-    per step remains and the loop slices bf16 (measured on an H200, SD3-medium bf16 train step: elementwise
-    kernels 35.7 -> 29.6 ms, step 171.2 -> 166.7 ms; the in-loop slice copies themselves stayed).
+    per step remains and the loop slices bf16, which shortens the train step's elementwise work (measurements:
+    experiments/benchmarks/RESULTS.md; the in-loop slice copies themselves stay).
     The forward is bit-identical (each use casts to the same dtype anyway) and the gradient reaches the float32
     parameters through the cast; a no-op in float32.
     """

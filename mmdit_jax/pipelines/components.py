@@ -32,8 +32,13 @@ def run_keys(seed: int) -> tuple[Array, Array]:
 def family_from_config(config: Any) -> Family:
     """The run's model family: ``config.model`` with the run's schedule, time scale and loss."""
     check_choice("loss.name", config.loss.name, LOSSES)
-    return build_family(config.model, get_schedule(config.schedule), config.timestep_scale,
-                        LOSSES[config.loss.name].forward_mode)
+    forward_mode = LOSSES[config.loss.name].forward_mode
+    try:
+        return build_family(config.model, get_schedule(config.schedule), config.timestep_scale, forward_mode)
+    except ConfigError as e:
+        if forward_mode:   # say which setting made the model's options invalid
+            raise ConfigError(f"loss.name={config.loss.name!r}: {e}") from e
+        raise
 
 
 def data_shape(config: Any) -> tuple[int, ...]:

@@ -71,16 +71,18 @@ class SamplingPipeline:
         return self.sampler(lambda x, t: guided(variables, x, t, (cond, negative)), key, shape)
 
     def sample(self, cond: dict[str, Array] | None, key: Array, n: int | None = None, remove_pooled: bool = False,
-               variables: Any = None) -> Array:
+               variables: Any = None, negative: dict[str, Array] | None = None) -> Array:
         """``(B, *data_shape)`` samples for a conditioning bundle (``B`` from it) or ``n`` unconditional ones.
-        ``variables`` default to the model's (the training loop passes its current EMA weights)."""
+        ``variables`` default to the model's (the training loop passes its current EMA weights); ``negative``
+        to the configured negative of ``cond``."""
         variables = self.model.variables if variables is None else variables
         if cond is None:
             if n is None:
                 raise ConfigError("an unconditional sample needs the number of samples n")
             return self._sample(variables, None, None, key, (n, *self.model.data_shape), remove_pooled)
         b = cond["context"].shape[0]
-        negative = self.model.text.negative(self.negative, cond)
+        if negative is None:
+            negative = self.model.text.negative(self.negative, cond)
         if "pooled_steering" in cond:   # the CFG batch is [negative; cond]: steer both halves alike
             negative = {**negative, "pooled_steering": cond["pooled_steering"]}
         return self._sample(variables, cond, negative, key, (b, *self.model.data_shape), remove_pooled)

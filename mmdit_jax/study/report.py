@@ -1,19 +1,12 @@
-"""What every study experiment writes: results.json, figures, and RESULTS.md with the machine and commands."""
+"""What every study experiment writes: results.json and RESULTS.md (the body names the machine, with
+``mmdit_jax.reporting.machine()``, and the commands), with the hand-written reading appended."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 
-import jax
 import numpy as np
-
-
-def machine() -> str:
-    d = jax.devices()[0]
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, JAX {jax.__version__}, "
-            f"device {d.platform} ({d.device_kind})")
 
 
 def fmt(stats: tuple[float, float] | list[float], digits: int = 3) -> str:

@@ -6,14 +6,19 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mmdit_jax.data.captions import COLOURS, COLOUR_RGB, SHAPES, SIZES, TEMPLATES, corpus
-from mmdit_jax.data.pipeline import build_sources, captions_of, image_transform, train_iterator
+from mmdit_jax.data.pipeline import build_sources, captions_of, example_transform, train_iterator
+from mmdit_jax.data.registry import data_config, dataset_spec, validate_data_config
 from mmdit_jax.data.shapes import example
 from mmdit_jax.checks import ConfigError
 
 
-def data_cfg(**kw):
-    base = dict(name="shapes", image_size=32, num_train=64, num_test=16, max_objects=1, seed=0, tfds_name="")
-    return ml_collections.ConfigDict({**base, **kw})
+def data_cfg(name="shapes", **kw):
+    base = dict(image_size=32, num_train=64, num_test=16, max_objects=1, seed=0) if name == "shapes" else {}
+    return data_config(name, **{**base, **kw})
+
+
+def image_transform(index):
+    return example_transform(dataset_spec("shapes"), index)
 
 
 def test_shapes_examples_are_deterministic_and_match_their_attributes():
@@ -52,11 +57,11 @@ def test_shapes_builder_writes_array_record_and_reads_back(tmp_path):
 
 
 def test_built_in_sources_are_held_decoded_in_memory_with_the_same_records(tmp_path):
-    from mmdit_jax.data.pipeline import InMemorySource, _builder, in_memory
+    from mmdit_jax.data.pipeline import InMemorySource, in_memory
 
     src = build_sources(data_cfg(), str(tmp_path))["train"]
     assert isinstance(src, InMemorySource)
-    disk = _builder(data_cfg(), str(tmp_path)).as_data_source()["train"]     # decodes every read
+    disk = dataset_spec("shapes").builder(data_cfg(), str(tmp_path)).as_data_source()["train"]     # decodes every read
     assert len(src) == len(disk)
     for i in range(len(disk)):
         a, b = src[i], disk[i]
@@ -74,7 +79,7 @@ def test_digits_and_toy2d_builders(tmp_path):
     assert len(digits["train"]) + len(digits["test"]) == 1797
     rec = digits["train"][0]
     assert rec["image"].shape == (16, 16, 3) and b"handwritten digit" in rec["caption"]
-    toy = build_sources(data_cfg(name="toy2d"), str(tmp_path))
+    toy = build_sources(data_cfg(name="toy2d", num_train=2000, num_test=10), str(tmp_path))
     x = np.stack([toy["train"][i]["x"] for i in range(2000)])
     assert abs((x.sum(-1) > 0).mean() - 0.8) < 0.04
 
@@ -87,7 +92,19 @@ def test_any_tfds_dataset_by_name_with_mock_data(tmp_path):
     with pytest.raises(ConfigError, match="never downloads"):
         build_sources(data_cfg(name="tfds", tfds_name="mnist"), str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="data.name='imagenet'"):
-        build_sources(data_cfg(name="imagenet"), str(tmp_path))
+        build_sources(ml_collections.ConfigDict({"name": "imagenet"}), str(tmp_path))
+
+
+def test_each_data_set_validates_its_own_options():
+    validate_data_config(data_cfg(name="toy2d"))
+    with pytest.raises(ConfigError, match=r"data \(toy2d\) has unknown keys \['image_size'\]"):
+        validate_data_config(data_cfg(name="toy2d", image_size=32))
+    with pytest.raises(ConfigError, match="data.name='tfds' needs data.tfds_name"):
+        validate_data_config(data_cfg(name="tfds"))
+    with pytest.raises(ConfigError, match="data.num_train"):
+        validate_data_config(data_cfg(num_train=0))
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        validate_data_config(data_cfg(num_workers=-1))
 
 
 def test_iterator_state_restores_the_exact_stream_and_processes_split_each_global_batch(tmp_path):
@@ -107,7 +124,7 @@ def test_iterator_state_restores_the_exact_stream_and_processes_split_each_globa
     for _ in range(10):
         glob = next(whole)
         parts = [next(h) for h in halves]
-        np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), glob["image"])
+        np.testing.assert_array_equal(np.concatenate([p["x"] for p in parts]), glob["x"])
     epoch = [next(train_iterator(src, 64, 0, image_transform(index)))["text_index"]]
     assert len(set(epoch[0].tolist())) == len(set(index[c] for c in captions_of(src)))  # an epoch sees every example
 
@@ -142,7 +159,7 @@ def test_worker_processes_give_the_same_stream_and_restore_from_state(tmp_path):
     for e in expected[:6]:
         got = next(workers)
         np.testing.assert_array_equal(got["text_index"], e["text_index"])
-        np.testing.assert_array_equal(got["image"], e["image"])
+        np.testing.assert_array_equal(got["x"], e["x"])
     state = workers.get_state()
     resumed = train_iterator(src, 8, 0, image_transform(index), num_workers=2)
     resumed.set_state(state)

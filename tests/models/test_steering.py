@@ -10,7 +10,10 @@ from configs.mmdit import get_config
 from mmdit_jax.families import model_config
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
-from mmdit_jax.train.sampling import make_grid_sampler
+from mmdit_jax.data.registry import dataset_spec
+from mmdit_jax.families.sd3 import SD3Family
+from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.pipelines.trained_model import TrainedModel
 from mmdit_jax.checks import ConfigError
 
 
@@ -68,13 +71,16 @@ def test_every_sampler_takes_steering_and_zero_weight_is_exact(sampler):
     cfg = default_config("tiny")
     cfg.sample.sampler = sampler
     schedule = get_schedule(cfg.schedule)
-    sample = make_grid_sampler(model, schedule, cfg, (8, 8, 4))
+    family = SD3Family(model.config, schedule, cfg.timestep_scale)
+    pipe = SamplingPipeline(TrainedModel(cfg, family, v, 0, dataset_spec("shapes"), (8, 8, 4), None))
     key = jax.random.PRNGKey(0)
-    zeros_c, zeros_y = jnp.zeros_like(c), jnp.zeros_like(p)
-    base = sample(v, c, p, zeros_c, zeros_y, key)
-    np.testing.assert_array_equal(np.asarray(sample(v, c, p, zeros_c, zeros_y, key, (plus, minus, 0.0))),
-                                  np.asarray(base))
-    moved = sample(v, c, p, zeros_c, zeros_y, key, (plus, minus, 3.0))
-    assert float(jnp.abs(moved - base).max()) > 1e-3
-    removed = make_grid_sampler(model, schedule, cfg, (8, 8, 4), remove_pooled=True)(v, c, p, zeros_c, zeros_y, key)
+    cond, null = {"context": c, "pooled": p}, {"context": jnp.zeros_like(c), "pooled": jnp.zeros_like(p)}
+    base = pipe.sample(cond, key, negative=null)
+
+    def steered(w):
+        return pipe.sample({**cond, "pooled_steering": (plus, minus, jnp.full((p.shape[0],), w))}, key, negative=null)
+
+    np.testing.assert_array_equal(np.asarray(steered(0.0)), np.asarray(base))
+    assert float(jnp.abs(steered(3.0) - base).max()) > 1e-3
+    removed = pipe.sample(cond, key, negative=null, remove_pooled=True)
     assert float(jnp.abs(removed - base).max()) > 1e-3

@@ -2,6 +2,7 @@
 sample and eval modes; metrics written; config validation at start."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
+from mmdit_jax import commands
 from mmdit_jax.config_schema import model_config, validate_config
+from mmdit_jax.reporting import read_metrics
 from mmdit_jax.train import experiment as experiment_module
 from mmdit_jax.train import loop
-from mmdit_jax.reporting import read_metrics
 from mmdit_jax.checks import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,13 +42,31 @@ def test_training_writes_metrics_checkpoints_and_sample_grids(trained):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
 
-def test_sample_and_eval_modes_use_the_checkpoint(trained):
-    cfg, workdir, _ = trained
-    path = loop.sample(cfg, workdir, ["a green ring"])
+def test_sample_mode_builds_no_data_set_or_optimizer_state_and_redraws_the_training_grid(trained, monkeypatch):
     from PIL import Image
-    img = np.asarray(Image.open(path))
+
+    import mmdit_jax.data.pipeline
+    import mmdit_jax.train.state
+
+    cfg, workdir, _ = trained
+    grid_path = os.path.join(workdir, "samples", f"step_{cfg.train.num_steps:07d}.png")
+    trained_grid = np.asarray(Image.open(grid_path))
+    shutil.rmtree(os.path.join(workdir, "tfds"))
+    shutil.rmtree(os.path.join(workdir, "text_cache"))
+    for module, name in ((mmdit_jax.data.pipeline, "build_sources"), (mmdit_jax.train.state, "init_state"),
+                         (mmdit_jax.train.state, "make_optimizer")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("sampling built training state"))
+    assert commands.sample(cfg, workdir) == grid_path
+    np.testing.assert_array_equal(np.asarray(Image.open(grid_path)), trained_grid)
+    assert not os.path.exists(os.path.join(workdir, "tfds"))
+    assert not os.path.exists(os.path.join(workdir, "text_cache"))
+    img = np.asarray(Image.open(commands.sample(cfg, workdir, ["a green ring"])))
     assert img.ndim == 3 and img.shape[-1] == 3 and img.std() > 0
-    results = loop.evaluate(cfg, workdir)
+
+
+def test_eval_mode_uses_the_checkpoint(trained):
+    cfg, workdir, _ = trained
+    results = commands.evaluate(cfg, workdir)
     assert len(results) == cfg.train.loss_buckets and all(np.isfinite(v) for v in results.values())
 
 
@@ -60,7 +80,7 @@ def test_sample_mode_steers_the_pooled_embedding_and_removes_it(trained):
         c.sample.steering.update(positive="a blue square", negative="a red circle", **(edit or {}))
         c.sample.remove_pooled = edit is None
         c.sample.steering.weight = 0.0 if edit is None else edit.get("weight", 0.0)
-        grids[name] = np.asarray(Image.open(loop.sample(c, workdir, ["a red circle"])))
+        grids[name] = np.asarray(Image.open(commands.sample(c, workdir, ["a red circle"])))
     np.testing.assert_array_equal(grids["w0"], grids["plain"])
     assert np.abs(grids["steered"].astype(int) - grids["plain"]).max() > 0
     assert np.abs(grids["removed"].astype(int) - grids["plain"]).max() > 0
@@ -84,7 +104,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
         calls["n"] += 1
         batch = original(self, host_batch)
         if calls["n"] >= 5:                                   # step 5 onwards sees NaN data
-            batch["image"] = batch["image"] * jnp.nan
+            batch["x"] = batch["x"] * jnp.nan
         return batch
 
     monkeypatch.setattr(experiment_module.Experiment, "device_batch", poisoned)
@@ -98,6 +118,8 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
 
 @pytest.mark.parametrize("field, value, match", [
     ("data.name", "imagenet", "data.name='imagenet'"),
+    ("data.image_sise", 32, r"unknown keys \['image_sise'\]"),
+    ("model.name", "dit", "model.name='dit'"),
     ("loss.name", "l1", "loss.name='l1'"),
     ("sample.sampler.name", "ddim", "sampler.name='ddim'"),
     ("schedule.name", "cosine", "schedule.name='cosine'"),
@@ -158,7 +180,7 @@ def test_config_typos_are_rejected():
 def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
     import importlib
 
-    for name in ("default", "digits", "shapes_no_pooled"):
+    for name in ("default", "digits", "shapes_no_pooled", "toy2d"):
         for arg in ("", "tiny"):
             validate_config(importlib.import_module(f"configs.{name}").get_config(arg))
     for arg in ("", "tiny"):
@@ -172,6 +194,7 @@ def test_every_config_file_validates_and_the_ablation_trains(tmp_path):
     from mmdit_jax.train.experiment import build
     exp, _, _ = build(cfg, str(tmp_path))
     assert "text_embedder" not in exp.state.params
+    exp.checkpointer.close()
 
 
 def test_commands_keep_library_logs_at_warning_unless_verbosity_is_given(monkeypatch):
