@@ -1,4 +1,4 @@
-"""NCSN 2D study (Song & Ermon 2019, Fig. 3; reference score_matching.md §1.5).
+"""NCSN 2D study (Song & Ermon 2019, Fig. 3; settings and published numbers: docs/score_matching.md §6).
 
 Data 0.2 N((-5,-5), I) + 0.8 N((5,5), I); 1280 samples from U[-8, 8]^2; paper settings in convention A
 (eps = 0.1) are ``step_size = 0.05`` here (convention B). ``get_config("tiny")`` shrinks it for smoke tests.

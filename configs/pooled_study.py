@@ -1,4 +1,5 @@
-"""The pooled-CLIP study at toy scale (issue #7): one config for both experiments, clip_removal and pooled_steering.
+"""The pooled-CLIP study at toy scale (docs/pooled_clip_study.md): one config for both experiments, clip_removal
+and pooled_steering.
 
     python -m experiments.clip_removal.run    --config=configs/pooled_study.py --workdir=runs/pooled_study
     python -m experiments.pooled_steering.run --config=configs/pooled_study.py --workdir=runs/pooled_study

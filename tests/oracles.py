@@ -1,6 +1,6 @@
 """Closed-form oracles for Gaussian data N(mu, s^2 I) under a Gaussian path x = alpha x0 + sigma eps.
 
-Derived independently of the package (reference score_matching.md §7.3): x ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I),
+Derived independently of the package (docs/score_matching.md §8): x ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I),
 and (x0, eps) | x are Gaussian with the posterior means below.
 """
 

@@ -125,12 +125,18 @@ class TrainStep:
         num_steps = config.train.num_steps
         optimizer = make_optimizer(config.optim, num_steps)
         self.state = init_state(variables["params"], optimizer)
-        step = make_train_step(self.family, self.family.non_trainable(variables), optimizer, config,
+        self.non_trainable = self.family.non_trainable(variables)
+        step = make_train_step(self.family, self.non_trainable, optimizer, config,
                                learning_rate_schedule(config.optim, num_steps))
         self.step = jax.jit(step, donate_argnums=(0,) if donate else ())
         self.key = jax.random.PRNGKey(seed + 1)
         x = batch["x"]
         self.flops = 3 * self.family.forward_flops(x.shape[0], tuple(x.shape[1:]), cond_shapes(batch))
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The current model variables (the next step donates them: use them before it)."""
+        return {"params": self.state.params, **self.non_trainable}
 
     def __call__(self) -> jax.Array:
         self.state, metrics = self.step(self.state, self.batch, self.key)

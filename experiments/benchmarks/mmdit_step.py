@@ -1,10 +1,17 @@
-"""MMDiT forward and train step (forward + backward + AdamW): ours (JAX, jit) vs diffusers (PyTorch eager).
+"""MMDiT forward and train step: ours (JAX, jit) vs diffusers (PyTorch eager, optionally torch.compile).
 
-Same config (default ``configs/mmdit.py:small`` — D = 384, 6 layers, 6 heads, 32x32x4 latents, patch 2, 64 text
-tokens of width 512, pooled 256), same weights (through our converter), batch 8, fp32. Runs alternate A B A B
-and the ratio is reported per pair; the MFU column is the analytic FLOP count over our time and the measured
-matmul peak. PyTorch runs on CUDA when it sees a GPU. Run: ``python experiments/benchmarks/mmdit_step.py
-[--pairs 5]``; on a GPU at SD3-medium size: ``--preset sd3_medium --size 64 --tokens 333 --dtype bfloat16``.
+Ours is the trainer's own code: the train step is ``make_train_step`` (``common.TrainStep``: noise and t drawn,
+velocity loss, AdamW after global-norm clipping, EMA, loss buckets), the forward is ``family.net`` on the
+prepared variables, as the sampling pipeline calls it. The PyTorch side does the same work per step on
+``SD3Transformer2DModel``: draws logit-normal t (shift 3) and noise, the velocity loss on ``x_t``, backward,
+``clip_grad_norm_``, ``torch.optim.AdamW`` with the same hyper-parameters, and the EMA as one ``_foreach_lerp_``.
+Same config (default ``configs/mmdit.py:small``: D = 384, 6 layers, 6 heads, 32x32x4 latents, patch 2, 64 text
+tokens of width 512, pooled 256), same initial weights (through our converter), batch 8, fp32. Runs alternate
+A B A B and the ratio is reported per pair; the MFU column is the analytic FLOP count over each side's time and
+the measured matmul peak. PyTorch runs on CUDA when it sees a GPU.
+
+Run: ``python experiments/benchmarks/mmdit_step.py [--pairs 5]``; on a GPU at SD3-medium size: ``--preset
+sd3_medium --size 64 --tokens 333 --dtype bfloat16 --scan_blocks``.
 """
 
 from __future__ import annotations
@@ -21,14 +28,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs.mmdit import get_config  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
-    TorchSide, ab_pairs, adamw_train_step, append_results, matmul_peak, parse_args, speedups)
-from mmdit_jax.families import model_config
+    TorchSide, TrainStep, ab_pairs, append_results, benchmark_config, matmul_peak, parse_args, random_batch,
+    sd3_model, speedups)
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
-from mmdit_jax.models.flops import mmdit_forward_flops  # noqa: E402
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
 from mmdit_jax.models.mmdit_params import unstack_blocks  # noqa: E402
+from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
 
 
 def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False,
@@ -38,16 +43,12 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     from diffusers import SD3Transformer2DModel
 
     side = TorchSide(dtype)
-    cfg = model_config({**get_config(preset), "attention_impl": attention_impl, "dtype": dtype,
-                                 "scan_blocks": scan_blocks})
-    model = MMDiT(cfg)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, size, size, cfg.in_channels), np.float32)
-    t = rng.uniform(0, 1000, batch).astype(np.float32)
-    c = rng.standard_normal((batch, tokens, cfg.joint_attention_dim), np.float32)
-    y = rng.standard_normal((batch, cfg.pooled_projection_dim), np.float32)
-    target = rng.standard_normal(x.shape, np.float32)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x, t, c, y)  # one program, not op-by-op (2B on GPU)
+    config = benchmark_config(sd3_model(preset, attention_impl=attention_impl, dtype=dtype, scan_blocks=scan_blocks))
+    family = family_from_config(config)
+    cfg, schedule = family.config, family.schedule
+    data = random_batch(family, batch, size, tokens)
+    train_step = TrainStep(config, data, family)  # one program for the init, not op-by-op (2B on GPU)
+    variables = train_step.variables  # the initial weights, shared with the reference below
 
     with torch.device(side.device):  # random init on the GPU when there is one: seconds, not minutes, at 2B
         ref = SD3Transformer2DModel(
@@ -60,22 +61,25 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
     unrolled = unstack_blocks(variables, cfg) if scan_blocks else variables
     ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in to_diffusers(cfg, unrolled).items()})
     del unrolled
-    tx, tt, tc, ty = (torch.from_numpy(a).to(side.device) for a in (x.transpose(0, 3, 1, 2), t, c, y))
-    ttarget = torch.from_numpy(target.transpose(0, 3, 1, 2)).to(side.device)
-    topt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
+    x, c, y = (np.array(a) for a in (data["x"], data["cond"]["context"], data["cond"]["pooled"]))
+    tx, tc, ty = (torch.from_numpy(a).to(side.device) for a in (x.transpose(0, 3, 1, 2), c, y))
+    t = np.random.default_rng(0).uniform(0, 1, batch).astype(np.float32)
+    tt = torch.from_numpy(1000.0 * t).to(side.device)
+    optim, train = config.optim, config.train
+    tparams = [p for p in ref.parameters() if p.requires_grad]
+    tema = [p.detach().clone() for p in tparams]
 
-    params, buffers = variables["params"], {"buffers": variables["buffers"]}
-    forward = jax.jit(lambda p, *a: model.apply({"params": p, **buffers}, *a))
-    train_step, opt = adamw_train_step(model, buffers)
-    args = tuple(jnp.asarray(a) for a in (x, t, c, y))
-    state = {"p": params, "s": opt.init(params)}  # the train step donates (and replaces) these buffers
+    forward = jax.jit(lambda v, x, t, cond: family.net(family.prepare(v), cond)(x, t))
+    fwd_args = (data["x"], jnp.asarray(t), data["cond"])
     start = time.perf_counter()
-    jax.block_until_ready(forward(state["p"], *args))
+    jax.block_until_ready(forward(train_step.variables, *fwd_args))
     compile_fwd = time.perf_counter() - start
 
+    def jax_fwd():
+        jax.block_until_ready(forward(train_step.variables, *fwd_args))
+
     def jax_train():
-        state["p"], state["s"], loss = train_step(state["p"], state["s"], *args, jnp.asarray(target))
-        jax.block_until_ready(loss)
+        jax.block_until_ready(train_step())
 
     start = time.perf_counter()
     jax_train()
@@ -86,31 +90,42 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
             net(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt)
         side.sync()
 
-    def torch_train(net=ref, opt=topt):
+    def torch_opt():
+        return torch.optim.AdamW(tparams, lr=optim.learning_rate, betas=(optim.b1, optim.b2), eps=optim.eps,
+                                 weight_decay=optim.weight_decay)
+
+    def torch_train(net=ref, opt=torch_opt()):
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the real step's noising: logit-normal t, shifted; x_t = (1 - t) x + t eps
+            u = torch.sigmoid(torch.randn(batch, device=side.device))
+            s = schedule.shift * u / (1.0 + (schedule.shift - 1.0) * u)
+            eps = torch.randn_like(tx)
+            xt = (1.0 - s[:, None, None, None]) * tx + s[:, None, None, None] * eps
         with side.autocast():
-            out = net(hidden_states=tx, encoder_hidden_states=tc, pooled_projections=ty, timestep=tt).sample
-        torch.mean((out.float() - ttarget) ** 2).backward()
+            out = net(hidden_states=xt, encoder_hidden_states=tc, pooled_projections=ty, timestep=1000.0 * s).sample
+        torch.mean((out.float() - (eps - tx)) ** 2).backward()
+        torch.nn.utils.clip_grad_norm_(tparams, optim.grad_clip)
         opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(tema, tparams, 1.0 - train.ema_decay)
         side.sync()
 
     torch_fwd(), torch_train()  # warm-up
-    cases = [("forward", "eager", lambda: jax.block_until_ready(forward(state["p"], *args)), torch_fwd),
-             ("train step", "eager", jax_train, torch_train)]
+    cases = [("forward", "eager", jax_fwd, torch_fwd), ("train step", "eager", jax_train, torch_train)]
     compile_note = ""
     if torch_compile:
         try:
             compiled = torch.compile(ref)
             compiled_fwd = functools.partial(torch_fwd, compiled)
-            compiled_train = functools.partial(torch_train, compiled, torch.optim.AdamW(ref.parameters(), lr=1e-4))
+            compiled_train = functools.partial(torch_train, compiled, torch_opt())
             start = time.perf_counter()
             compiled_fwd(), compiled_train()
             compile_note = f" torch.compile (inductor) warm-up {time.perf_counter() - start:.1f} s."
-            cases += [("forward", "torch.compile", cases[0][2], compiled_fwd),
+            cases += [("forward", "torch.compile", jax_fwd, compiled_fwd),
                       ("train step", "torch.compile", jax_train, compiled_train)]
         except Exception as e:  # noqa: BLE001 - report why the comparison is missing
             compile_note = f" torch.compile failed on this machine: {type(e).__name__}: {str(e)[:200]}"
-    fwd_flops = mmdit_forward_flops(cfg, batch, size, size, tokens)
+    fwd_flops = family.forward_flops(batch, (size, size, cfg.in_channels), {"context": c.shape, "pooled": y.shape})
     peak = matmul_peak(jnp.dtype(dtype))
     rows = []
     for kind, mode, ours, theirs in cases:
@@ -120,7 +135,8 @@ def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool 
                     f"{flops / t_ours / peak:.1%} | {flops / t_theirs / peak:.1%} |")
     table = (f"Preset `{preset}`, attention_impl={attention_impl}, scan_blocks={scan_blocks} (D = {cfg.hidden}, "
              f"{cfg.num_layers} layers, {cfg.num_heads} heads), batch {batch}, {size}x{size}x{cfg.in_channels}, "
-             f"{tokens} text tokens, {dtype}; "
+             f"{tokens} text tokens, {dtype}; train step on both sides: rectified-flow velocity loss, AdamW after "
+             f"clipping, EMA (ours: make_train_step). "
              f"{pairs} A/B pairs of median-of-{repeats}. Reference: {side.describe()}. Compile: forward "
              f"{compile_fwd:.1f} s, train step {compile_train:.1f} s.{compile_note} MFU: analytic FLOPs (train = 3 x "
              f"forward) over the measured {dtype} matmul peak {peak / 1e12:.2f} TFLOP/s.\n\n"
@@ -145,8 +161,8 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="compute dtype (weights stay fp32; PyTorch uses autocast)")
     ap.add_argument("--scan_blocks", action="store_true",
-                    help="lax.scan over the blocks: compiles in seconds at SD3 sizes (the unrolled 24-block step "
-                         "took > 100 s on an H200)")
+                    help="lax.scan over the blocks: one block compiled instead of all of them, which keeps the "
+                         "compile short at SD3 sizes")
     a = parse_args(ap)
     main(a.pairs, a.repeats, a.batch, a.preset, a.torch_compile, a.attention_impl, a.size, a.tokens, a.dtype,
          a.scan_blocks)

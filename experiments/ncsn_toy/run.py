@@ -82,14 +82,15 @@ T = {config.annealed.n_steps_each} per level; step ε = 0.1 in the paper's conve
 |---|---|---|
 {rows}
 
-Reference (docs/score_matching.md §6, an independent 10-seed numpy reproduction): plain 0.508 ± 0.013, annealed 0.774–0.783.
+Reference (docs/score_matching.md §6, an independent 10-seed numpy reproduction): plain 0.508 ± 0.013,
+annealed 0.774–0.783.
 
 Reading: plain Langevin leaves the mass where the uniform initialisation put it (≈ half per basin: the
 modes are too far apart to cross in {config.plain.n_steps} steps), so it misses the 0.8/0.2 weights. Annealing
 from σ = {config.schedule.sigma_max:g} lets samples feel both modes while the perturbed density is still
 unimodal, and the relative weights come out right — with the exact scores and with the learned MLP. The
 learned model's final level is the score of data ∗ N(0, 1), so its samples are wider than the data (its MMD²
-is above the floor), as in the reference's "exact q_σ" row.
+is above the floor), as in the "exact perturbed scores" row of docs/score_matching.md §6.
 
 ![panels](ncsn_toy.png)
 """

@@ -1,4 +1,4 @@
-"""Isotropic Gaussian mixtures with exact perturbed scores: the NCSN 2D toy (reference §1.5, §7.1).
+"""Isotropic Gaussian mixtures with exact perturbed scores: the NCSN 2D toy (docs/score_matching.md §6).
 
 ``p = sum_k w_k N(mu_k, s^2 I)``. Under VE noise ``sigma`` the exact perturbed density is the same mixture with
 variance ``s^2 + sigma^2`` (``score(x, sigma)``). The NCSN repository instead *replaces* the component

@@ -1,4 +1,4 @@
-"""Two-sample metrics for low-dimensional samples (reference §7.2). Always compare with an iid floor."""
+"""Two-sample metrics for low-dimensional samples (docs/score_matching.md §7). Always compare with an iid floor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SD3 / SD3.5 checkpoints <-> Flax MMDiT variables (reference mmdit_spec.md §2). numpy only, no torch.
+"""SD3 / SD3.5 checkpoints <-> Flax MMDiT variables (names and mapping: docs/mmdit.md §2). numpy only, no torch.
 
 Formats:
 * diffusers ``SD3Transformer2DModel`` state dict (``transformer_blocks.{i}.attn.to_q.weight`` ...);

@@ -1,4 +1,4 @@
-"""The SD3 / SD3.5 multimodal diffusion transformer (reference mmdit_spec.md §1), as Flax Linen modules.
+"""The SD3 / SD3.5 multimodal diffusion transformer (maths: docs/mmdit.md §1), as Flax Linen modules.
 
     tokens  = PatchEmbed(x) + crop(pos_table)                         x: (B, H, W, C) -> (B, N, D)
     y       = e_t + h_y  (e_t = MLP(timestep features), h_y = MLP(pooled));  y = e_t without the pooled path
@@ -127,7 +127,7 @@ class MMDiTConfig:
 
 
 class JointBlock(nn.Module):
-    """One MMDiT block (spec §1.4): adaLN-Zero on both streams, joint attention, gated residuals, MLPs.
+    """One MMDiT block (docs/mmdit.md §1.4): adaLN-Zero on both streams, joint attention, gated residuals, MLPs.
 
     ``x: (B, N, D)``, ``c: (B, T, D)``, ``y: (B, D)`` -> ``(x, c)`` (``c`` unchanged if context-pre-only).
     """
@@ -193,7 +193,7 @@ class MMDiT(nn.Module):
     ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
     e.g. a clean reference image through the same patch embedding); the output is read from the first N.
 
-    The conditioning vector (the pooled-CLIP study, reference §3):
+    The conditioning vector (the pooled-CLIP study, docs/pooled_clip_study.md):
 
         y = e_t + h_y(pooled)                                        (default)
         y = e_t                                                      (``remove_pooled=True``; pooled may be None)

@@ -1,1 +1,3 @@
-"""The pooled-CLIP study (issue #7): a contrastively pretrained toy CLIP, pooled-embedding removal and steering."""
+"""The pooled-CLIP study (docs/pooled_clip_study.md): a contrastively pretrained toy CLIP, its cached stages
+(toy CLIP, attribute classifier, the two MMDiTs), scenes, figures and reports for the removal and steering
+experiments."""

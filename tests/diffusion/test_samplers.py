@@ -1,4 +1,5 @@
-"""Samplers against closed forms, the NCSN 2D result (reference §1.5) and diffusers' flow-matching scheduler."""
+"""Samplers against closed forms, the NCSN 2D result and diffusers' flow-matching scheduler (docs/score_matching.md
+§4-§6, §8)."""
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ def test_samplers_reproduce_gaussian_data_with_the_exact_model(schedule, kind, c
 
 
 def test_ve_probability_flow_matches_the_analytic_transport():
-    """VE ODE on N(0, s^2): x(t) = x(0) sqrt((s^2 + sigma(t)^2)/(s^2 + sigma(0)^2)) (reference §3.3)."""
+    """VE ODE on N(0, s^2): x(t) = x(0) sqrt((s^2 + sigma(t)^2)/(s^2 + sigma(0)^2)) (docs/score_matching.md §8)."""
     sched = VESchedule(sigma_min=0.01, sigma_max=10.0)
     x_T = 10.0 * jax.random.normal(jax.random.PRNGKey(3), (64, 3))
     net = lambda x, t: -x / (S**2 + bcast(sched.marginal(t)[1], x) ** 2)  # noqa: E731  score of N(0, s^2)

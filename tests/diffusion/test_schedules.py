@@ -1,4 +1,4 @@
-"""Schedules against published test values (reference score_matching.md §3.1, §5.1) and diffusers."""
+"""Schedules against published test values (docs/score_matching.md §1) and diffusers."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The SD3 text conditioning (mmdit_spec.md §3), assembled exactly as diffusers' ``encode_prompt``:
+"""The SD3 text conditioning (docs/mmdit.md §3), assembled exactly as diffusers' ``encode_prompt``:
 
     c        = [ pad_right([H_L ; H_G], d_T) ; E_T5 ]  in R^{B x (77 + L_T) x d_T}
     y_pooled = [ p_L ; p_G ]                            in R^{B x (d_L + d_G)}
@@ -6,7 +6,7 @@
 ``H`` = penultimate CLIP hidden states (no final norm), ``p`` = projected pooled output (``text_embeds``),
 ``E_T5`` = T5's last hidden state (zeros when T5 is absent). No attention masks. The negative prompt of
 classifier-free guidance is the encoded empty string. In training each encoder is dropped independently
-with its own probability; a dropped encoder contributes zeros (SD3 §5: 46.3% each).
+with its own probability; a dropped encoder contributes zeros (SD3 trained with about 46% per encoder).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ Array = jax.Array
 @dataclasses.dataclass
 class Encoder:
     """A frozen encoder: its config, variables (placed on the default device once) and tokenizer; encoding
-    runs as one compiled program (op-by-op dispatch with host-resident weights re-sent ~0.5 GB per call for
-    CLIP-L on a GPU)."""
+    runs as one compiled program (op-by-op dispatch with host-resident weights would send the encoder's weights
+    to the accelerator again on every call)."""
 
     config: CLIPTextConfig | T5Config
     variables: Any
