@@ -1,7 +1,11 @@
 """Overhead of the compiled MMDiT sampling loop per function evaluation (flow Euler + CFG, the SD3 sampler).
 
-Target (performance issue): compiled loop <= 1.05 x (NFE x one compiled guided forward). Also reported: the same
-guided forward called NFE times inside one compiled ``fori_loop`` (pure model cost, no sampler arithmetic).
+The loop is the sampling pipeline's own program (``SamplingPipeline.sample``: the configured sampler around
+classifier-free guidance of ``family.net``, parameters prepared once inside it), on random weights and random
+conditioning with the null (all-zero) negative. It is compared with the guided forward it repeats, built the same
+way (``classifier_free_guidance`` of ``family.net`` on the prepared variables): called once from Python, and NFE
+times inside one compiled ``fori_loop`` (pure model cost, no sampler arithmetic).
+Target: compiled loop <= 1.05 x (NFE x one compiled guided forward).
 
 Run: ``python experiments/benchmarks/mmdit_sampler_overhead.py [--preset small --batch 8 --steps 28]``.
 """
@@ -17,44 +21,47 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from configs.mmdit import get_config  # noqa: E402
-from experiments.benchmarks.common import append_results, parse_args, time_compiled  # noqa: E402
-from mmdit_jax.families import model_config
+from experiments.benchmarks.common import (  # noqa: E402
+    append_results, benchmark_config, parse_args, random_batch, sd3_model, time_compiled)
 from mmdit_jax.diffusion.guidance import classifier_free_guidance  # noqa: E402
-from mmdit_jax.diffusion.samplers import make_sampler  # noqa: E402
-from mmdit_jax.diffusion.schedules import get_schedule  # noqa: E402
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+from mmdit_jax.pipelines.sampling import SamplingPipeline  # noqa: E402
+from mmdit_jax.pipelines.trained_model import TrainedModel  # noqa: E402
+
+GUIDANCE = 5.0
 
 
 def main(preset: str, batch: int, steps: int, text_tokens: int, dtype: str) -> None:
-    cfg = model_config({**get_config(preset), "dtype": dtype})
-    model = MMDiT(cfg)
+    config = benchmark_config(sd3_model(preset, dtype=dtype))
+    family = family_from_config(config)
+    cfg = family.config
     s = cfg.sample_size
-    keys = jax.random.split(jax.random.PRNGKey(0), 4)
-    x = jax.random.normal(keys[0], (batch, s, s, cfg.in_channels))
-    c = jax.random.normal(keys[1], (batch, text_tokens, cfg.joint_attention_dim))
-    y = jax.random.normal(keys[2], (batch, cfg.pooled_projection_dim))
-    variables = model.init(keys[3], x, jnp.ones((batch,)), c, y)
-    schedule = get_schedule({"name": "rectified_flow", "shift": 3.0})
-    guided = classifier_free_guidance(lambda v, x, t, cond: model.apply(v, x, 1000.0 * t, *cond), 5.0)
-    conds = ((c, y), (jnp.zeros_like(c), jnp.zeros_like(y)))
+    data = random_batch(family, batch, s, text_tokens)
+    x, cond = data["x"], data["cond"]
+    null = jax.tree_util.tree_map(jnp.zeros_like, cond)
+    variables = jax.jit(family.init)(jax.random.PRNGKey(3), x, cond)
+    model = TrainedModel(config, family, variables, step=0, data=None, data_shape=tuple(x.shape[1:]), text=None)
+    pipe = SamplingPipeline(model, sampler={"name": "flow_euler", "n_steps": steps}, guidance_scale=GUIDANCE,
+                            negative="null")
 
-    one_call = jax.jit(lambda v, x, t: guided(v, x, t, conds))
-    t_call, _ = time_compiled(one_call, variables, x, jnp.full((batch,), 0.5), repeats=10)
+    prepared = jax.jit(family.prepare)(variables)  # the pipeline prepares once per program, outside its loop
+    guided = classifier_free_guidance(lambda v, x, t, c: family.net(v, c)(x, t), GUIDANCE)
+    one_call = jax.jit(lambda v, x, t: guided(v, x, t, (cond, null)))
+    t_call, _ = time_compiled(one_call, prepared, x, jnp.full((batch,), 0.5), repeats=10)
 
     @jax.jit
     def nfe_loop(v, x):
         # .astype: in bf16 the model returns bf16 while the loop carries fp32 latents (as the samplers do).
-        body = lambda i, x: guided(v, x, jnp.full((batch,), 0.5), conds).astype(x.dtype)  # noqa: E731
+        body = lambda i, x: guided(v, x, jnp.full((batch,), 0.5), (cond, null)).astype(x.dtype)  # noqa: E731
         return jax.lax.fori_loop(0, steps, body, x)
 
-    t_loop, _ = time_compiled(nfe_loop, variables, x, repeats=3)
-    sampler = make_sampler({"name": "flow_euler", "n_steps": steps}, schedule, "velocity")
-    sample = jax.jit(lambda v, key: sampler(lambda x, t: guided(v, x, t, conds), key, x.shape))
-    t_sample, compile_s = time_compiled(sample, variables, jax.random.PRNGKey(5), repeats=3)
+    t_loop, _ = time_compiled(nfe_loop, prepared, x, repeats=3)
+    sample = lambda key: pipe.sample(cond, key, variables=variables, negative=null)  # noqa: E731
+    t_sample, compile_s = time_compiled(sample, jax.random.PRNGKey(5), repeats=3)
     table = (
         f"Preset `{preset}` (D = {cfg.hidden}, {cfg.num_layers} layers), {dtype}, batch {batch} (x2 for CFG), "
-        f"{s}x{s}x{cfg.in_channels}, {text_tokens} text tokens; flow Euler, NFE = {steps}, shift 3, CFG 5.\n\n"
+        f"{s}x{s}x{cfg.in_channels}, {text_tokens} text tokens; SamplingPipeline, flow Euler, NFE = {steps}, "
+        f"shift {family.schedule.shift}, CFG {GUIDANCE}.\n\n"
         "| quantity | value |\n|---|---|\n"
         f"| one compiled guided forward (Python dispatch) | {t_call * 1e3:.1f} ms |\n"
         f"| NFE guided forwards in one compiled loop | {t_loop * 1e3:.1f} ms ({t_loop / steps * 1e3:.1f} ms / NFE) |\n"

@@ -1,14 +1,18 @@
-"""Overhead of the compiled annealed-Langevin loop per function evaluation (NFE) on a small MLP score.
+"""Overhead of the compiled annealed-Langevin loop per function evaluation (NFE) on the 2D toy's MLP score.
 
-Target (core issue): ALD time <= 1.05 x (NFE x one compiled score call). Two baselines are reported:
-one compiled score call dispatched from Python (what a Python loop would pay per step), and the same
-score evaluated NFE times inside one compiled ``fori_loop`` (the pure model cost, no Langevin arithmetic).
+The loop is the core's sampler as a config builds it (``make_sampler({"name": "annealed_langevin", ...})``) on
+the ``mlp`` family (``configs/ncsn_toy.py``'s model and geometric ladder, random weights), eps-parameterised as
+the toy trains it; the score it calls is ``ve_score_fn`` of ``family.net``, what the sampler wraps the net in.
+Target: ALD time <= 1.05 x (NFE x one compiled score call). Two baselines are reported: one compiled score call
+dispatched from Python (what a Python loop would pay per step), and the same score evaluated NFE times inside
+one compiled ``fori_loop`` (the pure model cost, no Langevin arithmetic).
 
-Run: ``python experiments/benchmarks/sampler_overhead.py`` (appends to experiments/benchmarks/RESULTS.md).
+Run: ``python experiments/benchmarks/sampler_overhead.py [--batch 1280 --steps_each 100]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -17,20 +21,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from experiments.benchmarks.common import append_results, time_compiled  # noqa: E402
-from mmdit_jax.models.mlp import NoiseConditionalMLP  # noqa: E402
-from mmdit_jax.diffusion.samplers import annealed_langevin  # noqa: E402
+from configs.ncsn_toy import get_config  # noqa: E402
+from experiments.benchmarks.common import append_results, parse_args, time_compiled  # noqa: E402
+from mmdit_jax.diffusion.parameterization import ve_score_fn  # noqa: E402
+from mmdit_jax.diffusion.samplers import make_sampler  # noqa: E402
+from mmdit_jax.diffusion.schedules import get_schedule  # noqa: E402
+from mmdit_jax.families import build_family, family_config  # noqa: E402
+
+PARAMETERIZATION = "eps"
 
 
 def main(batch: int = 1280, levels: int = 10, steps_each: int = 100, hidden: int = 128) -> None:
-    module = NoiseConditionalMLP(hidden=hidden, depth=3)
-    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))
-    sigmas = jnp.exp(jnp.linspace(jnp.log(20.0), 0.0, levels))
+    toy = get_config()
+    schedule = get_schedule({**toy.schedule, "num_levels": levels})
+    family = build_family(family_config("mlp", **{**toy.model, "hidden": hidden}), schedule)
+    params = jax.jit(family.init)(jax.random.PRNGKey(0), jnp.zeros((1, 2)), {})
+    sampler = make_sampler({"name": "annealed_langevin", "n_steps_each": steps_each,
+                            "step_size": toy.annealed.step_size, "denoise": False}, schedule, PARAMETERIZATION)
+    sigmas = schedule.sigmas
     nfe = levels * steps_each
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, 2))
 
     def score(params, x, sigma):
-        return module.apply(params, x, jnp.full(x.shape[:1], jnp.log(sigma))) / sigma
+        return ve_score_fn(family.net(params, {}), schedule, PARAMETERIZATION)(x, sigma)
 
     one_call = jax.jit(score)
     t_call, _ = time_compiled(one_call, params, x, jnp.float32(1.0), repeats=200)
@@ -40,14 +53,12 @@ def main(batch: int = 1280, levels: int = 10, steps_each: int = 100, hidden: int
         return jax.lax.fori_loop(0, nfe, lambda i, x: score(params, x, sigmas[i // steps_each]), x)
 
     t_loop, _ = time_compiled(nfe_loop, params, x)
-
-    @jax.jit
-    def ald(params, x, key):
-        return annealed_langevin(lambda y, s: score(params, y, s), x, sigmas, steps_each, 0.05, key)
-
-    t_ald, compile_s = time_compiled(ald, params, x, jax.random.PRNGKey(2))
+    ald = jax.jit(lambda params, key: sampler(family.net(params, {}), key, x.shape))
+    t_ald, compile_s = time_compiled(ald, params, jax.random.PRNGKey(2))
+    cfg = family.config
     table = (
-        f"Annealed Langevin, MLP 3x{hidden} softplus, batch {batch}, L = {levels}, T = {steps_each} (NFE = {nfe}).\n\n"
+        f"Annealed Langevin (make_sampler), `mlp` family {cfg.depth}x{cfg.hidden} softplus, batch {batch}, "
+        f"L = {levels}, T = {steps_each} (NFE = {nfe}).\n\n"
         "| quantity | value |\n|---|---|\n"
         f"| one compiled score call (Python dispatch) | {t_call * 1e6:.1f} µs |\n"
         f"| NFE score calls in one compiled loop | {t_loop * 1e3:.2f} ms ({t_loop / nfe * 1e6:.1f} µs / NFE) |\n"
@@ -60,4 +71,10 @@ def main(batch: int = 1280, levels: int = 10, steps_each: int = 100, hidden: int
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=1280)
+    ap.add_argument("--levels", type=int, default=10, help="noise levels L of the ladder")
+    ap.add_argument("--steps_each", type=int, default=100, help="Langevin steps T per level")
+    ap.add_argument("--hidden", type=int, default=128)
+    a = parse_args(ap)
+    main(a.batch, a.levels, a.steps_each, a.hidden)

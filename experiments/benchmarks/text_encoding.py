@@ -40,19 +40,19 @@ def main(batch: int, pairs: int, repeats: int, t5_size: str, dtype: str = "float
 
     side = TorchSide(dtype)
     torch.manual_seed(0)
-    folder = tempfile.mkdtemp()
     clip_ref = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")).eval()
     t5_ref = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=32128, feed_forward_proj="gated-gelu", **T5_SIZES[t5_size])).eval()
-    clip_ref.save_pretrained(os.path.join(folder, "clip"))
-    t5_ref.save_pretrained(os.path.join(folder, "t5"))
-    # The loaders return host (numpy) arrays; placed once here, or every call would re-send the weights
-    # (measured on an H200: 42 ms per CLIP-L call, almost all of it the ~0.5 GB copy).
-    clip_cfg, clip_vars = load_clip(os.path.join(folder, "clip"))
-    t5_cfg, t5_vars = load_t5(os.path.join(folder, "t5"))
-    clip_vars, t5_vars = jax.device_put((clip_vars, t5_vars))
+    with tempfile.TemporaryDirectory() as folder:
+        clip_ref.save_pretrained(os.path.join(folder, "clip"))
+        t5_ref.save_pretrained(os.path.join(folder, "t5"))
+        # The loaders return host (numpy) arrays; placed once here, or every call would re-send the weights
+        # (~0.5 GB for CLIP-L), which on a GPU costs more than the encoder itself.
+        clip_cfg, clip_vars = load_clip(os.path.join(folder, "clip"))
+        t5_cfg, t5_vars = load_t5(os.path.join(folder, "t5"))
+        clip_vars, t5_vars = jax.block_until_ready(jax.device_put((clip_vars, t5_vars)))
 
     rng = np.random.default_rng(0)
     rows, peak = [], matmul_peak(jnp.dtype(dtype))

@@ -1,10 +1,10 @@
 """Training-loop throughput against the bare train step: do the data pipeline, metrics and checkpoints starve it?
 
 The real loop (``mmdit_jax.train.loop.train``: grain pipeline, text-embedding gather, metrics every
-``train.log_every`` steps, async checkpoints) runs ``--steps`` steps of ``configs/default.py`` in a temporary
-workdir with sample grids off; its examples/s is the median over its logging intervals (the first, which holds
-the compile, is one of many). The bare step is the same compiled function on one device-resident batch, each
-call waited for (so it also pays the dispatch latency that the loop's asynchronous dispatch hides), timed before
+``train.log_every`` steps, async checkpoints) runs ``--steps`` steps of ``configs/default.py`` (``--tiny``: its
+smoke-test size) in a temporary workdir with sample grids off; its examples/s is the median over its logging
+intervals (the first, which holds the compile, is one of many). The bare step is the loop's own compiled step
+(``Experiment.train_step``) on one device-resident batch (``Experiment.device_batch``), each call waited for (so it also pays the dispatch latency that the loop's asynchronous dispatch hides), timed before
 and after the loop because this VM's speed drifts between minutes. A third run of the same loop reads one fixed
 batch instead of the data pipeline: real / fixed is what the pipeline's work costs the loop (on a CPU it shares the
 cores with the step), fixed / bare what metrics, checkpoints and dispatch cost.
@@ -55,8 +55,8 @@ def _train_on_a_fixed_batch(cfg, workdir: str) -> dict:
         experiment_module.Experiment.train_iterator = real
 
 
-def main(steps: int, repeats: int) -> None:
-    cfg = get_config()
+def main(steps: int, repeats: int, tiny: bool = False) -> None:
+    cfg = get_config("tiny" if tiny else "")
     # A checkpoint every 100 steps (the default config: 500) so their cost lands inside the measured intervals.
     cfg.train.update(num_steps=steps, sample_every=0, checkpoint_every=100)
     batch_size = cfg.data.batch_size
@@ -74,11 +74,11 @@ def main(steps: int, repeats: int) -> None:
         t_before = median_time(bare, repeats)
         summary = train(cfg, os.path.join(work, "loop"))
         fixed_rate = _train_on_a_fixed_batch(cfg, os.path.join(work, "fixed"))["examples_per_second"]
-        t_after = median_time(bare, repeats)  # this VM's speed drifts by ~15% over a minute: bracket the loop
+        t_after = median_time(bare, repeats)  # this VM's speed drifts within a minute: bracket the loop
     loop_rate = summary["examples_per_second"]
     t_bare = (t_before + t_after) / 2
     bare_rate = batch_size / t_bare
-    table = (f"`configs/default.py` (batch {batch_size}), {steps} steps of the real loop (sample grids off, "
+    table = (f"`configs/default.py{':tiny' if tiny else ''}` (batch {batch_size}), {steps} steps of the real loop (sample grids off, "
              f"metrics every {cfg.train.log_every}, checkpoints every {cfg.train.checkpoint_every}); bare step: "
              f"median of {repeats}, timed before and after the loop.\n\n| quantity | value |\n|---|---|\n"
              f"| bare compiled train step, before / after the loop | {t_before * 1e3:.1f} / {t_after * 1e3:.1f} ms |\n"
@@ -97,5 +97,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true", help="configs/default.py:tiny (smoke-test size)")
     a = parse_args(ap)
-    main(a.steps, a.repeats)
+    main(a.steps, a.repeats, a.tiny)

@@ -72,7 +72,9 @@ class SD3Family(Family):
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
         self._require(cond, *self.conditioning)
         pooled = cond["pooled"] if self.config.use_pooled else None
-        return self.module.init(key, x, jnp.zeros((x.shape[0],)), cond["context"], pooled)
+        variables = self.module.init(key, x, jnp.zeros((x.shape[0],)), cond["context"], pooled)
+        # init makes every collection mutable, so the attention maps (models/introspection.py) are sown too
+        return {"params": variables["params"], "buffers": variables["buffers"]}
 
     def prepare(self, variables: Mapping[str, Any]) -> dict[str, Any]:
         return {**variables, "params": cast_kernels(variables["params"], self.config.dtype)}
