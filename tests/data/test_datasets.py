@@ -130,8 +130,8 @@ def test_iterator_state_restores_the_exact_stream_and_processes_split_each_globa
 
 
 def test_iterator_reads_only_a_few_batches_ahead():
-    # grain's default read-ahead is 500 elements, here 500 *batches* (0.8 GB of 64 x 64 float images at batch 32,
-    # measured); the iterator must stay within a few batches of what was consumed.
+    # grain's default read-ahead is 500 elements, here 500 *batches* (hundreds of MB of float images); the
+    # iterator must stay within a few batches of what was consumed.
     import time
 
     class CountingSource:

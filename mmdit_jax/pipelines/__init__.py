@@ -1,0 +1,6 @@
+"""Inference: sampler-ready models without training state.
+
+``text`` turns prompts into conditioning bundles (the CFG negative, pooled steering); ``components`` builds a
+run's family and text path from its config, as training does; ``trained_model`` loads a training workdir's
+newest EMA weights; ``sampling.SamplingPipeline`` draws samples with any sampler and guidance.
+"""
