@@ -76,6 +76,10 @@ class Family:
     def check_data(self, data_shape: tuple[int, ...]) -> None:
         """Raise ConfigError if the model cannot take examples of ``data_shape`` (no batch axis)."""
 
+    def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise ConfigError if the conditioning the run provides (``{entry: shape}``, batch axis first) does not
+        fit the model, e.g. text encoders whose width differs from the model's."""
+
     # ---- the model ----------------------------------------------------------------------------------
 
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:

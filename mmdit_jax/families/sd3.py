@@ -69,6 +69,13 @@ class SD3Family(Family):
             raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both equal "
                               f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples")
 
+    def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        cfg = self.config
+        for name, field, width in (("context", "joint_attention_dim", cfg.joint_attention_dim),
+                                   ("pooled", "pooled_projection_dim", cfg.pooled_projection_dim)):
+            if name in self.conditioning and shapes[name][-1] != width:
+                raise ConfigError(f"the text encoders give {name} width {shapes[name][-1]}, but model.{field}={width}")
+
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
         self._require(cond, *self.conditioning)
         pooled = cond["pooled"] if self.config.use_pooled else None

@@ -62,17 +62,6 @@ def text_from_config(config: Any, family: Family) -> TextConditioner | None:
     return TextConditioner.from_config(config.text, run_keys(config.seed)[1])
 
 
-def check_text_widths(family: Family, cond: dict[str, Array]) -> None:
-    """The model's text widths must match what the encoders give (a common config mistake)."""
-    cfg = family.config
-    widths = {"context": getattr(cfg, "joint_attention_dim", None), "pooled": getattr(cfg, "pooled_projection_dim", None)}
-    fields = {"context": "model.joint_attention_dim", "pooled": "model.pooled_projection_dim"}
-    for name in family.conditioning:
-        if name in widths and widths[name] is not None and cond[name].shape[-1] != widths[name]:
-            raise ConfigError(f"the text encoders give {name} width {cond[name].shape[-1]}, but "
-                              f"{fields[name]}={widths[name]}")
-
-
 def example_inputs(shape: tuple[int, ...], cond_shapes: dict[str, tuple[int, ...]]) -> tuple[Array, dict[str, Array]]:
     """A batch of one zero example and zero conditioning: what ``Family.init`` needs (shapes only)."""
     return jnp.zeros((1, *shape)), {k: jnp.zeros((1, *s[1:])) for k, s in cond_shapes.items()}

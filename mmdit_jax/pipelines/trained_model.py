@@ -19,7 +19,7 @@ from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_par
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
-    check_text_widths, data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+    data_shape, example_inputs, family_from_config, run_keys, text_from_config,
 )
 from mmdit_jax.pipelines.text import TextConditioner
 
@@ -43,8 +43,7 @@ def fresh_variables(family: Family, config: Any, shape: tuple[int, ...], text: T
     ``params_only_shapes`` the params are abstract (``jax.ShapeDtypeStruct``) and only the other collections
     are computed."""
     cond_shapes = {k: v.shape for k, v in text.encode([""]).items()} if text is not None else {}
-    if text is not None:
-        check_text_widths(family, {k: jax.ShapeDtypeStruct(s, "float32") for k, s in cond_shapes.items()})
+    family.check_conditioning(cond_shapes)
     x, cond = example_inputs(shape, cond_shapes)
     key = run_keys(config.seed)[0]
     if not params_only_shapes:

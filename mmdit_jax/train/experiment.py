@@ -23,7 +23,7 @@ from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
-    check_text_widths, data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+    data_shape, example_inputs, family_from_config, run_keys, text_from_config,
 )
 from mmdit_jax.pipelines.text import TextConditioner
 from mmdit_jax.reporting import report
@@ -112,7 +112,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         unique = sorted(set(captions_of(sources["train"])))
         report(f"text-embedding cache: {len(unique)} distinct captions")
         cond_table = _encode_captions(text, unique, workdir)
-        check_text_widths(family, cond_table)
+        family.check_conditioning({k: v.shape for k, v in cond_table.items()})
         caption_index = {c: i for i, c in enumerate(unique)}
 
     x, _ = example_inputs(shape, {})

@@ -108,3 +108,13 @@ def test_sampling_a_workdir_without_a_checkpoint_fails_naming_it_and_creates_not
     with pytest.raises(CheckpointError, match=str(existing)):
         commands.evaluate(get_config("tiny"), str(existing))
     assert list(existing.iterdir()) == []
+
+
+def test_text_widths_that_do_not_fit_the_model_are_named(tmp_path):
+    from configs.default import get_config
+    from mmdit_jax.pipelines.trained_model import load_trained
+
+    cfg = get_config("tiny")
+    cfg.model.joint_attention_dim = 64
+    with pytest.raises(ConfigError, match="context width 96, but model.joint_attention_dim=64"):
+        load_trained(cfg, str(tmp_path), allow_untrained=True)
