@@ -79,8 +79,8 @@ def sd3_model(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
 
 def benchmark_config(model: ml_collections.ConfigDict, num_steps: int = 10_000) -> ml_collections.ConfigDict:
     """What the family, the optimizer and the train step read from a run's config: SD3's recipe (rectified flow
-    with shift 3, logit-normal t, velocity loss, the network sees ``1000 t``), AdamW with PyTorch's defaults (so
-    ``mmdit_step.py``'s PyTorch side runs the same update) after clipping at global norm 1, EMA.
+    with shift 3, logit-normal t, velocity loss, the network sees ``1000 t``), AdamW with PyTorch's betas, eps
+    and weight decay (``mmdit_step.py``'s PyTorch side runs the same update) after clipping at global norm 1, EMA.
     None of these values changes the amount of work, only what the numbers converge to."""
     return ml_collections.ConfigDict(dict(
         model=model,
