@@ -103,20 +103,16 @@ def restore_params(directory: str, abstract_params: Any, item: str = "ema_params
     steps = checkpoint_steps(directory)
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory}: train first, or pass the workdir of a trained run")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+    # A bare Checkpointer on the step folder: reads only, and (unlike a read-only manager) logs nothing.
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    target = {item: abstract_params}
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     errors = []
-    try:
-        for step in reversed(steps):
-            try:
-                target = {item: abstract_params}
-                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True)))
-                return step, restored["state"][item]
-            except Exception as e:  # an unreadable checkpoint: try the previous one, say so if none works
-                errors.append(f"checkpoint step {step} in {directory} could not be restored "
-                              f"({type(e).__name__}: {e})")
-                logging.error("%s; trying the previous checkpoint", errors[-1])
-    finally:
-        manager.close()
+    for step in reversed(steps):
+        try:
+            return step, checkpointer.restore(os.path.join(directory, str(step)), args=args)["state"][item]
+        except Exception as e:  # an unreadable checkpoint: try the previous one, say so if none works
+            errors.append(f"checkpoint step {step} in {directory} could not be restored ({type(e).__name__}: {e})")
+            logging.error("%s; trying the previous checkpoint", errors[-1])
     raise CheckpointError("no checkpoint could be restored:\n" + "\n".join(errors))

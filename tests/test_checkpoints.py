@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmdit_jax.checkpoints import CheckpointError, Checkpointer, check_workdir
+from mmdit_jax.checkpoints import CheckpointError, Checkpointer, check_workdir, restore_params
 from mmdit_jax.checks import ConfigError
 
 
@@ -54,3 +54,23 @@ def test_incomplete_save_is_ignored(tmp_path):
 def test_unwritable_workdir_is_named():
     with pytest.raises(ConfigError, match="/proc/nope"):
         check_workdir("/proc/nope/run")
+
+
+def test_inference_restores_one_subtree_of_the_newest_readable_checkpoint_and_writes_nothing(tmp_path):
+    import jax
+
+    ck = Checkpointer(str(tmp_path), keep=3, async_save=False)
+    for step in (1, 2, 3):
+        ck.save(step, {"ema_params": _state(step), "opt_state": _state(-step)}, {}, "{}")
+    ck.wait()
+    os.makedirs(tmp_path / "4.orbax-checkpoint-tmp" / "state")     # an interrupted save is not a checkpoint
+    _corrupt(tmp_path / "3")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0))
+    step, params = restore_params(str(tmp_path), abstract)
+    assert step == 2 and set(params) == {"w", "step"}
+    np.testing.assert_array_equal(params["w"], np.full((4, 3), 2.0))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    with pytest.raises(CheckpointError, match=str(tmp_path / "none")):
+        restore_params(str(tmp_path / "none"), abstract)
+    assert not (tmp_path / "none").exists()
