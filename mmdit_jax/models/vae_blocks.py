@@ -1,0 +1,127 @@
+"""The layers of the KL autoencoder (``models/vae.py``; maths and weight names: docs/vae.md), NHWC.
+
+Module and parameter names follow diffusers' ``AutoencoderKL`` (``resnets_0/conv1/kernel`` for
+``resnets.0.conv1.weight``) except where diffusers wraps a single layer in a list: ``downsample``, ``upsample``,
+``attention`` and ``to_out`` stand for ``downsamplers.0``, ``upsamplers.0``, ``attentions.0`` and ``to_out.0``.
+
+Every GroupNorm has ``eps = 1e-6``, affine parameters, statistics in float32 computed in two passes (the mean
+first, then the mean squared deviation, as torch does: the one-pass ``E[x^2] - E[x]^2`` loses digits when
+activations have a large mean).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+GROUP_NORM_EPS = 1e-6
+
+
+def group_norm(groups: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=GROUP_NORM_EPS, use_fast_variance=False, dtype=dtype,
+                        param_dtype=param_dtype, name=name)
+
+
+def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str, stride: int = 1,
+         padding: Any = None) -> nn.Conv:
+    """A ``kernel x kernel`` convolution with bias; "same" zero padding for stride 1 unless ``padding`` is given."""
+    pad = (kernel - 1) // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)) if padding is None else padding,
+                   dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class ResnetBlock(nn.Module):
+    """diffusers' ``ResnetBlock2D`` without a time embedding: ``(B, H, W, C_in) -> (B, H, W, C_out)``.
+
+        h   = conv2(silu(norm2(conv1(silu(norm1(x))))))          3x3 convolutions, GroupNorm(groups, eps 1e-6)
+        out = shortcut(x) + h                                     shortcut = 1x1 conv if C_in != C_out, else x
+    """
+
+    out_channels: int
+    groups: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(self.groups, name="norm1", **kw)(x))
+        h = conv(self.out_channels, 3, name="conv1", **kw)(h)
+        h = nn.silu(group_norm(self.groups, name="norm2", **kw)(h))
+        h = conv(self.out_channels, 3, name="conv2", **kw)(h)
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, name="conv_shortcut", **kw)(x)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """``(B, H, W, C) -> (B, floor(H/2), floor(W/2), C)``: zero padding of one row at the bottom and one column at the
+    right (asymmetric, as the original LDM autoencoder), then a 3x3 convolution with stride 2 and no padding."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return conv(x.shape[-1], 3, self.dtype, self.param_dtype, "conv", stride=2, padding="VALID")(x)
+
+
+class Upsample(nn.Module):
+    """``(B, H, W, C) -> (B, 2H, 2W, C)``: nearest-neighbour 2x (each pixel repeated 2x2), then a 3x3 convolution."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return conv(x.shape[-1], 3, self.dtype, self.param_dtype, "conv")(x)
+
+
+class SpatialAttention(nn.Module):
+    """Single-head self-attention over the ``H W`` positions, with a residual: ``(B, H, W, C) -> (B, H, W, C)``.
+
+        u   = GroupNorm(x)  viewed as (B, HW, C)
+        out = x + to_out(softmax(q k^T / sqrt(C)) v),   q, k, v = to_q(u), to_k(u), to_v(u)   (dense C -> C)
+
+    The logits and the softmax are in float32 whatever the compute dtype (diffusers' ``upcast_softmax``). They are
+    ``(B, HW, HW)``: 1 GiB per image at the mid block of a 1024x1024 decode, which is what batched decoding bounds.
+    """
+
+    groups: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        u = group_norm(self.groups, self.dtype, self.param_dtype, "group_norm")(x).reshape(b, h * w, 1, c)
+        dense = lambda name: nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name)  # noqa: E731
+        q, k, v = dense("to_q")(u), dense("to_k")(u), dense("to_v")(u)
+        a = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+        return x + dense("to_out")(a).reshape(b, h, w, c)
+
+
+class MidBlock(nn.Module):
+    """diffusers' ``UNetMidBlock2D`` as the autoencoder uses it: resnet, attention (optional), resnet; C -> C."""
+
+    groups: int
+    add_attention: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kw = dict(groups=self.groups, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ResnetBlock(x.shape[-1], name="resnets_0", **kw)(x)
+        if self.add_attention:
+            x = SpatialAttention(name="attention", **kw)(x)
+        return ResnetBlock(x.shape[-1], name="resnets_1", **kw)(x)
