@@ -11,6 +11,9 @@ pc                 reverse-diffusion predictor + Langevin corrector             
                                                                                  denoise
 ode                probability-flow ODE, Euler or Heun                           n_steps, method
 flow_euler         SD3 flow-matching Euler (rectified-flow schedule only)        n_steps
+flow_match_euler   Euler on diffusers' FlowMatchEulerDiscreteScheduler grid      n_steps, shift, mu,
+                   exactly (SD3 / SD3.5 static shift, FLUX dynamic shift;        use_dynamic_shifting,
+                   rectified-flow schedule only; ``diffusion/flow_match.py``)   sigmas, ... (see there)
 =================  ============================================================  =====================
 
 Each name is one entry of the ``SAMPLERS`` registry, a ``SamplerSpec`` holding the config fields with their
@@ -30,6 +33,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from mmdit_jax.diffusion.flow_match import (
+    FLOW_MATCH_EULER_DEFAULTS, build_flow_match_euler, validate_flow_match_euler)
 from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS, Net, as_parameterization, ve_score_fn
 from mmdit_jax.diffusion.samplers.langevin import annealed_langevin, langevin
 from mmdit_jax.diffusion.samplers.ode import probability_flow
@@ -188,6 +193,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "pc": SamplerSpec({"n_steps": 1000, "snr": 0.16, "n_corrector": 1, "denoise": True}, _build_pc, _validate_pc),
     "ode": SamplerSpec({"n_steps": 100, "method": "heun"}, _build_ode, _validate_ode),
     "flow_euler": SamplerSpec({"n_steps": 28}, _build_flow_euler, _validate_flow_euler),
+    "flow_match_euler": SamplerSpec(dict(FLOW_MATCH_EULER_DEFAULTS), build_flow_match_euler, validate_flow_match_euler),
 }
 
 
