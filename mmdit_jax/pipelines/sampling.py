@@ -80,7 +80,7 @@ class SamplingPipeline:
             if n is None:
                 raise ConfigError("an unconditional sample needs the number of samples n")
             return self._sample(variables, None, None, key, (n, *self.model.data_shape), remove_pooled)
-        b = cond["context"].shape[0]
+        b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         if negative is None:
             negative = self.model.text.negative(self.negative, cond)
         if "pooled_steering" in cond:   # the CFG batch is [negative; cond]: steer both halves alike
