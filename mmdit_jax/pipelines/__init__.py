@@ -2,5 +2,6 @@
 
 ``text`` turns prompts into conditioning bundles (the CFG negative, pooled steering); ``components`` builds a
 run's family and text path from its config, as training does; ``trained_model`` loads a training workdir's
-newest EMA weights; ``sampling.SamplingPipeline`` draws samples with any sampler and guidance.
+newest EMA weights; ``sampling.SamplingPipeline`` draws samples with any sampler and guidance;
+``text_to_image.SD3Pipeline`` runs a diffusers SD3 pipeline folder end to end.
 """
