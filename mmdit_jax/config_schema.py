@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive, check_positive_int
+from mmdit_jax.checks import (
+    ConfigError,
+    check_choice,
+    check_keys,
+    check_positive,
+    check_positive_int,
+)
 
 SCHEMA: dict[str, set[str] | None] = {
     "seed": None, "model_parameterization": None, "timestep_scale": None,

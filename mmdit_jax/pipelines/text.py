@@ -18,7 +18,12 @@ import jax.numpy as jnp
 
 from mmdit_jax.checks import ConfigError, check_choice
 from mmdit_jax.models.text.clip import CLIPTextModel
-from mmdit_jax.models.text.conditioning import Encoder, SD3TextEncoders, drop_encoders, text_presets
+from mmdit_jax.models.text.conditioning import (
+    Encoder,
+    SD3TextEncoders,
+    drop_encoders,
+    text_presets,
+)
 from mmdit_jax.models.text.t5 import T5Encoder
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
 

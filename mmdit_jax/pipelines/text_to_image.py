@@ -34,7 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_positive_int
-from mmdit_jax.diffusion.flow_match import dynamic_mu, flow_match_euler, flow_match_schedule, scheduler_config
+from mmdit_jax.diffusion.flow_match import (
+    dynamic_mu,
+    flow_match_euler,
+    flow_match_schedule,
+    scheduler_config,
+)
 from mmdit_jax.diffusion.guidance import classifier_free_guidance
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
 from mmdit_jax.families.sd3 import SD3Family

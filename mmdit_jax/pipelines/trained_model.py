@@ -19,7 +19,11 @@ from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_par
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
-    data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+    data_shape,
+    example_inputs,
+    family_from_config,
+    run_keys,
+    text_from_config,
 )
 from mmdit_jax.pipelines.text import TextConditioner
 

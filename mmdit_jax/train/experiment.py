@@ -18,17 +18,31 @@ import numpy as np
 
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.data.pipeline import build_sources, captions_of, example_transform, train_iterator
+from mmdit_jax.data.pipeline import (
+    build_sources,
+    captions_of,
+    example_transform,
+    train_iterator,
+)
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
-    data_shape, example_inputs, family_from_config, run_keys, text_from_config,
+    data_shape,
+    example_inputs,
+    family_from_config,
+    run_keys,
+    text_from_config,
 )
 from mmdit_jax.pipelines.text import TextConditioner
 from mmdit_jax.reporting import report
 from mmdit_jax.train import sharding
-from mmdit_jax.train.state import TrainState, init_state, learning_rate_schedule, make_optimizer
+from mmdit_jax.train.state import (
+    TrainState,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 from mmdit_jax.train.step import make_train_step
 
 Array = jax.Array

@@ -11,7 +11,14 @@ import pytest
 from configs.mmdit import get_config as mmdit_preset
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule, get_schedule
-from mmdit_jax.families import FAMILIES, build_family, family_config, get_family, model_config, register_family
+from mmdit_jax.families import (
+    FAMILIES,
+    build_family,
+    family_config,
+    get_family,
+    model_config,
+    register_family,
+)
 from mmdit_jax.families.mlp import MLPFamily
 from mmdit_jax.families.sd3 import SD3Family
 from mmdit_jax.models.flops import mmdit_forward_flops

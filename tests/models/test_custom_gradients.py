@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 
 from configs.mmdit import get_config
-from mmdit_jax.families import model_config
-from mmdit_jax.models.custom_gradients import bias_gelu_tanh, custom_gradients_on, linear
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.families import model_config
+from mmdit_jax.models.custom_gradients import (
+    bias_gelu_tanh,
+    custom_gradients_on,
+    linear,
+)
+from mmdit_jax.models.mmdit import MMDiT
 
 
 def _assert_close(a, b, rel=1e-5):

@@ -6,8 +6,12 @@ import pytest
 
 from configs.mmdit import get_config
 from mmdit_jax.families import model_config
-from mmdit_jax.models.flops import clip_forward_flops, mmdit_forward_flops, t5_forward_flops
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.flops import (
+    clip_forward_flops,
+    mmdit_forward_flops,
+    t5_forward_flops,
+)
+from mmdit_jax.models.mmdit import MMDiT
 from mmdit_jax.models.text.clip import CLIP_TINY, CLIPTextModel
 from mmdit_jax.models.text.t5 import T5_TINY, T5Encoder
 

@@ -6,8 +6,12 @@ import numpy as np
 
 from configs.mmdit import get_config
 from mmdit_jax.families import model_config
-from mmdit_jax.models.introspection import attention_maps, intermediate_shapes, text_to_image
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.introspection import (
+    attention_maps,
+    intermediate_shapes,
+    text_to_image,
+)
+from mmdit_jax.models.mmdit import MMDiT
 
 
 def _setup():

@@ -7,7 +7,7 @@ import numpy as np
 
 from configs.mmdit import get_config
 from mmdit_jax.families import model_config
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.mmdit import MMDiT
 from mmdit_jax.models.mmdit_params import cast_kernels
 
 

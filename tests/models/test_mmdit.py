@@ -7,12 +7,12 @@ import optax
 import pytest
 
 from configs.mmdit import get_config
+from mmdit_jax.checks import ConfigError
 from mmdit_jax.families import model_config
 from mmdit_jax.interop.sd3 import from_diffusers, load_sd3, to_diffusers
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.models.mmdit import MMDiT
 from mmdit_jax.models.mmdit_params import abstract_variables, count_params
 from mmdit_jax.train.sharding import bytes_per_device
-from mmdit_jax.checks import ConfigError
 
 
 @pytest.mark.parametrize("name, billions", [("sd3_medium", 2.028), ("sd35_medium", 2.243), ("sd35_large", 8.057)])

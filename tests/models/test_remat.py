@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs.mmdit import get_config
-from mmdit_jax.families import model_config
-from mmdit_jax.models.mmdit import REMAT_POLICIES, MMDiT, MMDiTConfig
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.families import model_config
+from mmdit_jax.models.mmdit import REMAT_POLICIES, MMDiT
 
 
 def test_remat_policies_keep_the_gradient_and_order_the_backward_memory():

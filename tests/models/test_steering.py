@@ -7,14 +7,14 @@ import pytest
 
 from configs.default import get_config as default_config
 from configs.mmdit import get_config
-from mmdit_jax.families import model_config
-from mmdit_jax.diffusion.schedules import get_schedule
-from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
+from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.registry import dataset_spec
+from mmdit_jax.diffusion.schedules import get_schedule
+from mmdit_jax.families import model_config
 from mmdit_jax.families.sd3 import SD3Family
+from mmdit_jax.models.mmdit import MMDiT
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import TrainedModel
-from mmdit_jax.checks import ConfigError
 
 
 def _setup(seed=0, b=3):

@@ -15,9 +15,18 @@ import jax.numpy as jnp  # noqa: E402
 from configs.vae import get_config  # noqa: E402
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.interop.safetensors_io import save_state_dict  # noqa: E402
-from mmdit_jax.interop.vae import diffusers_to_ldm, ldm_to_diffusers, load_vae, to_diffusers  # noqa: E402
+from mmdit_jax.interop.vae import (  # noqa: E402
+    diffusers_to_ldm,
+    ldm_to_diffusers,
+    load_vae,
+    to_diffusers,
+)
 from mmdit_jax.models.vae import (  # noqa: E402
-    AutoencoderKL, VAEConfig, count_params, denormalize_latents, normalize_latents,
+    AutoencoderKL,
+    VAEConfig,
+    count_params,
+    denormalize_latents,
+    normalize_latents,
 )
 
 # Two tiny layouts: SD3/FLUX-like (16 latent channels, no quant convs, GroupNorm 32) and SDXL-like (4 latent

@@ -13,11 +13,11 @@ import pytest
 
 from configs.default import get_config
 from mmdit_jax import commands
+from mmdit_jax.checks import ConfigError
 from mmdit_jax.config_schema import model_config, validate_config
 from mmdit_jax.reporting import read_metrics
 from mmdit_jax.train import experiment as experiment_module
 from mmdit_jax.train import loop
-from mmdit_jax.checks import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

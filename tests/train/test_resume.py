@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-import orbax.checkpoint as ocp
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 
 from mmdit_jax.reporting import read_metrics
 

@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
 from mmdit_jax.models.text.t5 import T5Encoder  # noqa: E402
-from mmdit_jax.checks import ConfigError  # noqa: E402
 
 
 def rel(a, ref):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import transformers
 
+from mmdit_jax.checks import ConfigError
 from mmdit_jax.models.text.tokenizer_assets import ASSETS, CLIP_DIR, T5_DIR, build_all
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
-from mmdit_jax.checks import ConfigError
 
 PROMPTS = ["", "a red circle", "A Large BLUE square, in the top-left corner!!!", "café déjà vu — naïve façade",
            "a green star 🌟 and a 🐱 cat", "  spaces\tand\nnewlines  ", "it's the cat's toy; isn't it?",
