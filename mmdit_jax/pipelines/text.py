@@ -31,9 +31,23 @@ Array = jax.Array
 NEGATIVES = ("null", "empty_prompt")
 
 
-def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
+def encoder_from_folder(model_folder: str, tokenizer: PromptTokenizer, kind: str, field: str) -> Encoder:
+    """A frozen encoder from a local Hugging Face folder (``kind`` "clip" | "t5") with its tokenizer; ``field``
+    names the setting in errors (a vocabulary smaller than the tokenizer's would index out of range)."""
     from mmdit_jax.interop.hf_text import load_clip, load_t5
 
+    model_cfg, variables = (load_clip if kind == "clip" else load_t5)(model_folder)
+    return _checked_encoder(model_cfg, variables, tokenizer, field)
+
+
+def _checked_encoder(model_cfg: Any, variables: Any, tokenizer: PromptTokenizer, field: str) -> Encoder:
+    if model_cfg.vocab_size < len(tokenizer.tokenizer):
+        raise ConfigError(f"{field}: tokenizer has {len(tokenizer.tokenizer)} tokens but the encoder's "
+                          f"vocab_size is {model_cfg.vocab_size}")
+    return Encoder(model_cfg, variables, tokenizer)
+
+
+def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
     tok_folder = cfg.get("tokenizer_path") or None
     if cfg.get("path") and not tok_folder:
         raise ConfigError(f"text.{kind}: path={cfg.path!r} is set, so tokenizer_path must point to that encoder's "
@@ -41,17 +55,13 @@ def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
     tokenizer = (PromptTokenizer(tok_folder, kind, cfg.max_length) if tok_folder
                  else PromptTokenizer.default(kind, cfg.max_length))
     if cfg.get("path"):
-        model_cfg, variables = (load_clip if kind == "clip" else load_t5)(cfg.path)
-    else:
-        presets = text_presets()
-        check_choice(f"text.{kind}.preset", cfg.preset, presets)
-        model_cfg = presets[cfg.preset]
-        module = CLIPTextModel(model_cfg) if kind == "clip" else T5Encoder(model_cfg)
-        variables = module.init(key, jnp.zeros((1, cfg.max_length), jnp.int32))
-    if model_cfg.vocab_size < len(tokenizer.tokenizer):
-        raise ConfigError(f"text.{kind}: tokenizer has {len(tokenizer.tokenizer)} tokens but the encoder's "
-                          f"vocab_size is {model_cfg.vocab_size}")
-    return Encoder(model_cfg, variables, tokenizer)
+        return encoder_from_folder(cfg.path, tokenizer, kind, f"text.{kind}")
+    presets = text_presets()
+    check_choice(f"text.{kind}.preset", cfg.preset, presets)
+    model_cfg = presets[cfg.preset]
+    module = CLIPTextModel(model_cfg) if kind == "clip" else T5Encoder(model_cfg)
+    variables = module.init(key, jnp.zeros((1, cfg.max_length), jnp.int32))
+    return _checked_encoder(model_cfg, variables, tokenizer, f"text.{kind}")
 
 
 def sd3_text_encoders_from_config(config: Any, key: Array) -> SD3TextEncoders:

@@ -43,11 +43,11 @@ from mmdit_jax.diffusion.flow_match import (
 from mmdit_jax.diffusion.guidance import classifier_free_guidance
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
 from mmdit_jax.families.sd3 import SD3Family
-from mmdit_jax.interop.hf_text import load_clip, load_t5
 from mmdit_jax.interop.vae import load_vae
 from mmdit_jax.models.text.conditioning import Encoder, SD3TextEncoders
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
 from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents
+from mmdit_jax.pipelines.text import encoder_from_folder
 
 Array = jax.Array
 Steering = tuple[Sequence[str], Sequence[str], float]
@@ -144,12 +144,7 @@ class SD3Pipeline:
                               f"in_channels={mmdit_cfg.in_channels}")
 
         def encoder(enc: str, tok: str, kind: str, max_length: int) -> Encoder:
-            model_cfg, enc_variables = (load_clip if kind == "clip" else load_t5)(parts[enc])
-            tokenizer = PromptTokenizer(parts[tok], kind, max_length)
-            if model_cfg.vocab_size < len(tokenizer.tokenizer):
-                raise ConfigError(f"{tok}/ has {len(tokenizer.tokenizer)} tokens but {enc}/ has vocab_size "
-                                  f"{model_cfg.vocab_size}")
-            return Encoder(model_cfg, enc_variables, tokenizer)
+            return encoder_from_folder(parts[enc], PromptTokenizer(parts[tok], kind, max_length), kind, f"{enc}/")
 
         t5 = (encoder("text_encoder_3", "tokenizer_3", "t5", max_sequence_length) if "text_encoder_3" in parts
               else None)
