@@ -5,6 +5,7 @@ Images are NHWC ``(B, H, W, C)``; tokens are row-major over the ``(h, w) = (H/p,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -18,13 +19,25 @@ Array = jax.Array
 Dtype = Any
 
 
+def timestep_frequencies(dim: int = 256, max_period: float = 10000.0) -> np.ndarray:
+    """``f_k = exp(e_k)``, ``e_k = fl32(fl32(-ln(max_period)) k) / (dim/2)``, ``k < dim/2``; ``(dim/2,)`` float32.
+
+    The exponent is formed in float32 in diffusers' order (``get_timestep_embedding``); the exponential is taken in
+    float64 and rounded once, so every frequency is the correctly rounded float32 of that exponent, on every backend.
+    A float32 ``exp`` (XLA's, torch's) is not correctly rounded: XLA's differs from it in about one frequency in
+    eight, and at ``t`` near 1000 one ulp of a frequency moves ``t f_k`` by ~1e-4 rad.
+    """
+    half = dim // 2
+    exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)
+    return np.exp(exponent.astype(np.float64)).astype(np.float32)
+
+
 def timestep_features(timestep: Array, dim: int = 256, max_period: float = 10000.0) -> Array:
-    """Sinusoidal features ``[cos(t f_k), sin(t f_k)]``, ``f_k = exp(-ln(max_period) k / (dim/2))``; ``(B,) -> (B, dim)``.
+    """Sinusoidal features ``[cos(t f_k), sin(t f_k)]`` (``timestep_frequencies``); ``(B,) -> (B, dim)``.
 
     Cos first (diffusers ``flip_sin_to_cos=True``, ``downscale_freq_shift=0``); computed in float32.
     """
-    half = dim // 2
-    freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = jnp.asarray(timestep_frequencies(dim, max_period))
     args = timestep.astype(jnp.float32)[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 

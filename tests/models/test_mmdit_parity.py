@@ -82,6 +82,44 @@ def test_output_equals_diffusers_to_1e5(config):
         assert rel_err(run_ours(cfg, variables, x, t, c, y), ref) <= 1e-5
 
 
+def test_timestep_frequencies_are_torch_float32_exponent_correctly_rounded():
+    """diffusers forms the exponent in float32, then takes a float32 exp; ours rounds the exact exp of that exponent.
+
+    torch's float32 exp is not correctly rounded either, but it misses far less often than XLA's did (17 of 128).
+    """
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    from mmdit_jax.models.embeddings import timestep_features, timestep_frequencies
+
+    half = 128
+    exponent = -np.log(10000.0) * torch.arange(half, dtype=torch.float32) / half
+    ref = torch.exp(exponent).numpy()
+    ours = timestep_frequencies(256)
+    ulps = np.abs(ours.view(np.int32) - ref.view(np.int32))
+    assert ulps.max() <= 1 and (ulps > 0).sum() <= 2, (ulps > 0).sum()
+    # features at the frequencies both agree on: within one float32 ulp of sin/cos
+    t = np.linspace(0, 1000, 57).astype(np.float32)
+    feats = np.asarray(timestep_features(jnp.asarray(t)))
+    ref_feats = get_timestep_embedding(torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=0).numpy()
+    same = np.concatenate([ulps == 0, ulps == 0])
+    assert np.max(np.abs(feats - ref_feats)[:, same]) <= 6e-8
+
+
+@pytest.mark.parametrize("config", [TINY_SD3, TINY_SD35], ids=["sd3", "sd3.5"])
+def test_output_equals_diffusers_at_every_timestep_of_a_28_step_schedule(config):
+    """Large t is where a frequency's rounding matters most (t f_k up to 1000 rad)."""
+    from mmdit_jax.diffusion.flow_match import flow_match_schedule
+
+    timesteps = np.asarray(flow_match_schedule(28, {"shift": 3.0})[1], np.float32)
+    model = reference_model(config, seed=4)
+    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    x, _, c, y = inputs(5, batch=len(timesteps), height=16, width=24)
+    ref = run_reference(model, x, timesteps, c, y)
+    ours = run_ours(cfg, variables, x, timesteps, c, y)
+    errors = [rel_err(ours[i], ref[i]) for i in range(len(timesteps))]
+    assert max(errors) <= 1e-5, np.round(np.array(errors) * 1e6, 2)
+
+
 @pytest.mark.parametrize("config", [TINY_SD3, TINY_SD35], ids=["sd3", "sd3.5"])
 def test_skip_layers_equal_diffusers(config):
     model = reference_model(config, seed=1)
