@@ -50,6 +50,9 @@ def evaluate(config: Any, workdir: str, allow_untrained: bool = False) -> dict[s
     n = min(len(source), cfg.eval.num_examples)
     records = [source[i] for i in range(n)]
     x0 = jnp.asarray(np.stack([model.data.to_example(r) for r in records]))
+    if model.latent is not None:   # the loss is measured where the model works: on the test images' latents
+        x0 = jnp.concatenate([model.latent.encode(x0[i:i + cfg.latent.batch_size])
+                              for i in range(0, n, cfg.latent.batch_size)])
     cond = model.text.encode([caption_text(r) for r in records]) if model.text is not None else {}
 
     @jax.jit

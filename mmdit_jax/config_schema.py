@@ -3,7 +3,8 @@ rejected with the field name and the valid choices, before any data is generated
 
 Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.families``), ``data``
 (``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
-``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text).
+``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
+``latent`` only for latent training (``mmdit_jax.pipelines.latent``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ SCHEMA: dict[str, set[str] | None] = {
     "mesh": {"data", "fsdp"},
     "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed", "remove_pooled", "steering"},
     "eval": {"num_examples"},
+    "latent": {"vae", "batch_size"},
 }
-OPTIONAL = {"text"}
+OPTIONAL = {"text", "latent"}
 
 
 def model_config(config: Any) -> Any:
@@ -51,6 +53,7 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
     from mmdit_jax.pipelines.components import data_shape, family_from_config, uses_text
+    from mmdit_jax.pipelines.latent import validate_latent_config
     from mmdit_jax.train.state import learning_rate_schedule
 
     check_keys("config", config.keys(), SCHEMA)
@@ -61,6 +64,7 @@ def validate_config(config: Any) -> None:
         if keys is not None and section in config:
             check_keys(section, config[section].keys(), keys)
     spec = validate_data_config(config.data)
+    validate_latent_config(config)
     check_choice("model_parameterization", config.model_parameterization, PARAMETERIZATIONS)
     check_choice("loss.name", config.loss.name, LOSSES)
     check_positive("timestep_scale", config.timestep_scale)

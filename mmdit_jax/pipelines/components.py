@@ -17,6 +17,7 @@ from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.diffusion.losses import LOSSES
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.families import Family, build_family
+from mmdit_jax.pipelines.latent import LatentSpace
 from mmdit_jax.pipelines.text import TextConditioner
 
 Array = jax.Array
@@ -42,8 +43,11 @@ def family_from_config(config: Any) -> Family:
 
 
 def data_shape(config: Any) -> tuple[int, ...]:
-    """Shape of one example of the configured data set (no batch axis); nothing is built."""
-    return tuple(dataset_spec(config.data.name).example_shape(config.data))
+    """Shape of one example the model sees (no batch axis): the data set's, or its VAE latent's for a latent run
+    (``latent.vae``; the VAE is loaded, nothing else is built)."""
+    shape = tuple(dataset_spec(config.data.name).example_shape(config.data))
+    space = LatentSpace.from_config(config)
+    return shape if space is None else space.example_shape(shape)
 
 
 def uses_text(family: Family, spec: DatasetSpec) -> bool:

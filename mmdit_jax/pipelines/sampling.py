@@ -101,7 +101,7 @@ class SamplingPipeline:
 
     def __call__(self, prompts: Sequence[str], seed: int, remove_pooled: bool = False,
                  steering: Steering | None = None) -> np.ndarray:
-        """``(N, *data_shape)`` uint8 images for N prompts, ``chunk`` at a time (module docstring)."""
+        """``(N, H, W, C)`` uint8 images for N prompts (decoded for a latent run), ``chunk`` at a time."""
         out = []
         many = len(prompts) > self.chunk
         for k, start in enumerate(range(0, len(prompts), self.chunk)):
@@ -115,7 +115,7 @@ class SamplingPipeline:
                 steer = (plus + plus[-1:] * extra, minus + minus[-1:] * extra, w)
             cond = self.conditioning(part + part[-1:] * extra, steer)
             key = jax.random.fold_in(jax.random.PRNGKey(seed), k)
-            out.append(np.asarray(self.sample(cond, key, remove_pooled=remove_pooled))[:n])
+            out.append(np.asarray(self.model.to_images(self.sample(cond, key, remove_pooled=remove_pooled)))[:n])
         return to_uint8(np.concatenate(out))
 
     def grid(self, prompts: Sequence[str], per_prompt: int, seed: int, variables: Any = None) -> np.ndarray:
@@ -126,7 +126,8 @@ class SamplingPipeline:
         key = jax.random.PRNGKey(seed)
         remove_pooled = bool(cfg.sample.get("remove_pooled", False))
         if not self.conditional:
-            return self.model.data.render(np.asarray(self.sample(None, key, per_prompt, variables=variables)), 1)
+            x = self.sample(None, key, per_prompt, variables=variables)
+            return self.model.data.render(np.asarray(self.model.to_images(x)), 1)
         full = [p for p in prompts for _ in range(per_prompt)]
         steer = cfg.sample.steering
         steering = None
@@ -134,4 +135,4 @@ class SamplingPipeline:
             steering = ([steer.positive] * len(full), [steer.negative] * len(full), float(steer.weight))
         cond = self.conditioning(full, steering)
         x = self.sample(cond, key, remove_pooled=remove_pooled, variables=variables)
-        return self.model.data.render(np.asarray(x), len(prompts))
+        return self.model.data.render(np.asarray(self.model.to_images(x)), len(prompts))

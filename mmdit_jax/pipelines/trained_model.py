@@ -25,6 +25,7 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
+from mmdit_jax.pipelines.latent import LatentSpace
 from mmdit_jax.pipelines.text import TextConditioner
 
 
@@ -39,6 +40,11 @@ class TrainedModel:
     data: DatasetSpec               # how examples look and how samples are drawn as a picture
     data_shape: tuple[int, ...]     # one example, no batch axis
     text: TextConditioner | None    # None: unconditional
+    latent: LatentSpace | None = None   # None: samples are pixels; else decoded by this VAE before drawing
+
+    def to_images(self, samples: Any) -> Any:
+        """Samples in the model's space -> the data's examples (decoded images for a latent run)."""
+        return samples if self.latent is None else self.latent.decode(samples)
 
 
 def fresh_variables(family: Family, config: Any, shape: tuple[int, ...], text: TextConditioner | None,
@@ -80,4 +86,5 @@ def load_trained(config: Any, workdir: str, allow_untrained: bool = False) -> Tr
                                         abstract["params"])
         step, params = restore_params(directory, target)
         variables = {**abstract, "params": params}
-    return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text)
+    return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text,
+                        LatentSpace.from_config(config))

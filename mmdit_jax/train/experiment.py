@@ -1,7 +1,8 @@
 """Everything a training run needs, built once from a validated config: mesh, data, the family, the cached text
 conditioning, train state and checkpointer. Inference builds none of this (``mmdit_jax.pipelines``).
 
-Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
+A latent run (``latent.vae``) trains on the VAE latents of the training images, encoded once and cached
+(``mmdit_jax.pipelines.latent``). Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
 gathers ``cond`` from the embeddings of every distinct training caption, encoded once and cached on disk.
 """
 
@@ -34,6 +35,7 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
+from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
 from mmdit_jax.reporting import report
 from mmdit_jax.train import sharding
@@ -58,6 +60,7 @@ class Experiment:
     data_shape: tuple[int, ...]
     non_trainable: dict[str, Any]       # the family's collections other than params (e.g. buffers)
     text: TextConditioner | None        # None: unconditional
+    latent: LatentSpace | None          # None: pixel space; else examples are this VAE's cached latents
     sources: dict[str, Any]
     caption_index: dict[str, int] | None
     cond_table: dict[str, np.ndarray]   # {entry: (U, ...) float16}: conditioning of every distinct caption
@@ -120,6 +123,12 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     key_model, _ = run_keys(cfg.seed)
 
     sources = build_sources(cfg.data, cfg.data.data_dir or os.path.join(workdir, "tfds"))
+    latent = LatentSpace.from_config(cfg)
+    if latent is not None:
+        latents = encode_split(latent, sources["train"], spec, cfg.data, "train",
+                               os.path.join(workdir, "latent_cache"), cfg.latent.batch_size)
+        sources = {**sources, "train": LatentRecords(sources["train"], latents)}
+        spec = latent_spec(spec, latent)
     text = text_from_config(cfg, family)
     caption_index, cond_table = None, {}
     if text is not None:
@@ -146,7 +155,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
             report(f"resumed from checkpoint step {start}")
         else:
             report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
-    exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, sources,
+    exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent, sources,
                      caption_index, cond_table, state, state_sh, checkpointer, optimizer)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -47,7 +47,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     progress = Progress(total, start, cfg.data.batch_size)
     pipeline = None
     if cfg.train.sample_every:
-        model = TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text)
+        model = TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text, exp.latent)
         pipeline = SamplingPipeline(model)
     state, pending = exp.state, []
     t_start, last_good, rates = time.time(), start, []
