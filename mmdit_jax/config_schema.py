@@ -9,6 +9,7 @@ Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mmdit_jax.checks import (
@@ -98,3 +99,18 @@ def validate_config(config: Any) -> None:
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
+
+
+def workdir_config(workdir: str) -> Any:
+    """The config a training run saved as ``<workdir>/config.json``, validated."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{workdir} has no config.json: it is not a training workdir of `python -m mmdit_jax`")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    validate_config(config)
+    return config

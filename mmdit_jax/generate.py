@@ -1,0 +1,128 @@
+"""``python -m mmdit_jax.generate --source=DIR --prompt="..." [--prompt_file=F] --out=DIR``: prompts -> PNG files.
+
+``--source`` is a diffusers SD3 / SD3.5 pipeline folder (``model_index.json``, weights on local disk) or a training
+workdir of ``python -m mmdit_jax`` (its ``config.json`` and newest checkpoint). Each image ``k`` (prompt-major,
+``--num_images_per_prompt`` per prompt) uses seed ``--seed + k`` and is reproducible from its prompt and seed alone;
+the PNG's text chunks hold ``prompt``, ``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``source`` and
+``dtype``. ``--bf16`` computes the transformer and VAE in bfloat16. Bad input is one line ``error: ...``, exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Sequence
+
+from absl import app, flags
+
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.reporting import quiet_library_logs, report
+from mmdit_jax.runtime import configure_runtime
+
+_SOURCE = flags.DEFINE_string("source", None, "SD3 pipeline folder or training workdir.")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A text file, one prompt per line ('#' lines skipped).")
+_NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt (default: the source's).")
+_OUT = flags.DEFINE_string("out", "generated", "Output folder for the PNGs.")
+_PER_PROMPT = flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image k uses seed + k.")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: 28, or the workdir's sampler).")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: 7.0, or the workdir's).")
+_HEIGHT = flags.DEFINE_integer("height", None, "Image height (SD3 folder; default: the model's size).")
+_WIDTH = flags.DEFINE_integer("width", None, "Image width (SD3 folder; default: the model's size).")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Images per compiled call (SD3 folder).")
+_BF16 = flags.DEFINE_bool("bf16", False, "Compute the transformer and the VAE in bfloat16.")
+flags.mark_flags_as_required(["source"])
+
+
+def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
+    """The ``--prompt`` flags, then the lines of ``--prompt_file`` (blank lines and ``#`` comments skipped)."""
+    out = [p for p in prompts]
+    if prompt_file is not None:
+        if not os.path.isfile(prompt_file):
+            raise ConfigError(f"prompt_file={prompt_file!r} does not exist")
+        with open(prompt_file, encoding="utf-8") as f:
+            out += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not out:
+        raise ConfigError("no prompts: pass --prompt=... (repeatable) or --prompt_file=FILE")
+    return out
+
+
+def file_name(index: int, prompt: str, seed: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48] or "image"
+    return f"{index:04d}_{slug}_seed{seed}.png"
+
+
+def write_png(path: str, image, metadata: dict[str, str]) -> None:
+    """Atomically (temporary file, then rename), with ``metadata`` as PNG text chunks."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, value)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1, seed: int = 0,
+             batch_size: int = 1, dtype: str = "float32", **options) -> list[str]:
+    """Write one PNG per (prompt, seed) into ``out``; returns the paths."""
+    from tqdm import tqdm
+
+    from mmdit_jax.checks import check_positive_int
+    from mmdit_jax.config_schema import workdir_config
+    from mmdit_jax.pipelines.generator import Options, is_pipeline_folder, open_source, seeds_for
+
+    check_positive_int("batch_size", batch_size)
+    opts = Options(**options)
+    seeds = seeds_for(len(prompts), per_prompt, seed)
+    jobs = [(k, prompts[k // per_prompt], s) for k, s in enumerate(seeds)]
+    if not os.path.isdir(source):
+        raise ConfigError(f"source {source!r} is not a folder (give an SD3 pipeline folder or a training workdir)")
+    config = None
+    if not is_pipeline_folder(source) and os.path.isfile(os.path.join(source, "config.json")):
+        config = workdir_config(source)
+    gen = open_source(source, dtype, config)
+    report(f"generating {len(jobs)} images from {gen.description} into {out}")
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    with tqdm(total=len(jobs), unit="image") as bar:
+        for start in range(0, len(jobs), batch_size):
+            part = jobs[start:start + batch_size]
+            images = gen.images([p for _, p, _ in part], [s for _, _, s in part], opts)
+            for (k, prompt, s), image in zip(part, images):
+                meta = {"prompt": prompt, "seed": str(s), "source": os.path.abspath(source), "dtype": dtype,
+                        "negative_prompt": "" if opts.negative_prompt is None else opts.negative_prompt,
+                        "steps": "default" if opts.steps is None else str(opts.steps),
+                        "guidance_scale": "default" if opts.guidance_scale is None else str(opts.guidance_scale)}
+                path = os.path.join(out, file_name(k, prompt, s))
+                write_png(path, image, meta)
+                paths.append(path)
+            bar.update(len(part))
+    report(f"wrote {len(paths)} images to {out}")
+    return paths
+
+
+def main(argv) -> None:
+    del argv
+    configure_runtime()
+    quiet_library_logs()
+    from mmdit_jax.checkpoints import CheckpointError
+
+    try:
+        generate(_SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value,
+                 _SEED.value, _BATCH.value, "bfloat16" if _BF16.value else "float32",
+                 negative_prompt=_NEGATIVE.value, steps=_STEPS.value, guidance_scale=_GUIDANCE.value,
+                 height=_HEIGHT.value, width=_WIDTH.value)
+    except (ConfigError, CheckpointError) as e:
+        if flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

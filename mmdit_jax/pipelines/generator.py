@@ -1,0 +1,144 @@
+"""One interface over the two things images come from: a diffusers SD3 pipeline folder and a training workdir.
+
+    gen = open_source("/path/to/stable-diffusion-3.5-medium")     # or a workdir of `python -m mmdit_jax`
+    images = gen.images(["a red circle"], seeds=[0])              # (N, H, W, 3) uint8, one image per (prompt, seed)
+
+Each image is a function of its prompt and seed alone (not of its batch): an SD3 folder draws the image's starting
+latents ``N(0, I)`` from ``PRNGKey(seed)`` (what ``SD3Pipeline.generate(prompt, seed=seed)`` does for one prompt);
+a workdir samples each prompt from ``fold_in(PRNGKey(seed), 0)`` (what ``SamplingPipeline([prompt], seed)`` does).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmdit_jax.checks import ConfigError, check_positive_int
+from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.pipelines.sampling import to_uint8 as model_to_uint8
+from mmdit_jax.pipelines.text_to_image import SD3Pipeline
+from mmdit_jax.pipelines.text_to_image import to_uint8 as decoder_to_uint8
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Sampling settings; ``None`` takes the source's default (SD3 folder: 28 steps, guidance 7.0, the
+    transformer's ``sample_size``; workdir: its config's ``sample`` section and training size)."""
+
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+class ImageSource(Protocol):
+    description: str
+
+    def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray: ...
+
+
+class FolderSource:
+    """A diffusers ``StableDiffusion3Pipeline`` folder, run by ``SD3Pipeline``."""
+
+    def __init__(self, path: str, dtype: str):
+        self.pipe = SD3Pipeline.from_folder(path, dtype=dtype)
+        self.description = f"SD3 pipeline folder {path} ({dtype})"
+
+    def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
+        pipe = self.pipe
+        height = options.height or pipe.default_size
+        width = options.width or pipe.default_size
+        f, c = pipe.vae_scale_factor, pipe.family.config.in_channels
+        latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), (1, height // f, width // f, c))
+                                   for s in seeds]) if height % f == 0 and width % f == 0 else None
+        negatives = None if options.negative_prompt is None else [options.negative_prompt] * len(prompts)
+        steps = 28 if options.steps is None else options.steps
+        guidance = 7.0 if options.guidance_scale is None else options.guidance_scale
+        return decoder_to_uint8(pipe.generate(list(prompts), negatives, height=height, width=width,
+                                              num_inference_steps=steps, guidance_scale=guidance, latents=latents))
+
+
+class WorkdirSource:
+    """The newest checkpoint's EMA weights of a training workdir, run by ``SamplingPipeline``."""
+
+    def __init__(self, workdir: str, dtype: str, config: Any):
+        config = copy.deepcopy(config)
+        if dtype != "float32":
+            if "dtype" not in config.model:
+                raise ConfigError(f"dtype={dtype!r}: model.name={config.model.name!r} has no compute dtype option")
+            config.model.dtype = dtype
+        self.config = config
+        self.workdir = workdir
+        self.dtype = dtype
+        self._pipes: dict[tuple, SamplingPipeline] = {}
+        self._base = self._pipe(None, None)
+        self.description = f"workdir {workdir} (step {self._base.model.step}, {dtype})"
+
+    def _pipe(self, steps: int | None, guidance: float | None) -> SamplingPipeline:
+        key = (steps, guidance)
+        if key not in self._pipes:
+            sampler = None
+            if steps is not None:
+                sampler = copy.deepcopy(self.config.sample.sampler)
+                if "n_steps" not in sampler:
+                    raise ConfigError(f"steps: sampler {sampler.name!r} of this run has no n_steps option")
+                sampler.n_steps = steps
+            base = self._pipes.get((None, None))
+            model = base.model if base is not None else None
+            self._pipes[key] = (SamplingPipeline(model, sampler=sampler, guidance_scale=guidance) if model
+                                else SamplingPipeline.from_workdir(self.config, self.workdir, sampler=sampler,
+                                                                   guidance_scale=guidance))
+        return self._pipes[key]
+
+    def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
+        pipe = self._pipe(options.steps, options.guidance_scale)
+        model = pipe.model
+        if not pipe.conditional:
+            raise ConfigError(f"{self.workdir}: the model is unconditional (no prompts); use "
+                              "`python -m mmdit_jax --mode=sample` for its samples")
+        trained = model.to_images(jnp.zeros((1, *model.data_shape))).shape[1:3]
+        for name, value, size in (("height", options.height, trained[0]), ("width", options.width, trained[1])):
+            if value is not None and value != size:
+                raise ConfigError(f"{name}={value}: a workdir's model samples at its training size "
+                                  f"{trained[0]}x{trained[1]}")
+        negative = None if options.negative_prompt is None else model.text.encode([options.negative_prompt])
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            x = pipe.sample(pipe.conditioning([prompt]), jax.random.fold_in(jax.random.PRNGKey(int(seed)), 0),
+                            negative=negative)
+            out.append(model_to_uint8(model.to_images(x)))
+        return np.concatenate(out)
+
+
+def is_pipeline_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "model_index.json"))
+
+
+def open_source(path: str, dtype: str = "float32", config: Any = None) -> ImageSource:
+    """An SD3 pipeline folder (has ``model_index.json``) or a training workdir with its validated ``config``
+    (``mmdit_jax.config_schema.workdir_config``)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}; valid: {list(DTYPES)}")
+    if not os.path.isdir(path):
+        raise ConfigError(f"source {path!r} is not a folder (give an SD3 pipeline folder or a training workdir)")
+    if is_pipeline_folder(path):
+        return FolderSource(path, dtype)
+    if config is not None:
+        return WorkdirSource(path, dtype, config)
+    raise ConfigError(f"source {path!r} is neither an SD3 pipeline folder (model_index.json) nor a training workdir "
+                      "(config.json and checkpoints/)")
+
+
+def seeds_for(num_prompts: int, per_prompt: int, seed: int) -> list[int]:
+    """Image k of the run (prompt-major) gets seed ``seed + k``."""
+    check_positive_int("num_images_per_prompt", per_prompt)
+    return [seed + k for k in range(num_prompts * per_prompt)]
