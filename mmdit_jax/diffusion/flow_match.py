@@ -208,23 +208,36 @@ def flow_match_schedule(
     return np.concatenate([s, [end]]).astype(np.float32), timesteps
 
 
-def flow_match_euler(net: Net, x: Array, sigmas: np.ndarray | Array) -> Array:
+def euler_levels(sigmas: np.ndarray | Array) -> tuple[Array, Array]:
+    """``(levels (n,), dts (n,))`` of a grid ``sigmas (n + 1,)``: ``sigma_i`` and ``sigma_{i+1} - sigma_i``, the
+    differences formed in float32 from the float32 levels, as diffusers' step forms them."""
+    sig = np.asarray(sigmas, np.float32)
+    return jnp.asarray(sig[:-1]), jnp.asarray(sig[1:] - sig[:-1])
+
+
+def euler_step(net: Callable[..., Array], x: Array, t: Array, dt: Array, in_dtype: Any, *extra: Any) -> Array:
+    """One Euler step ``x + dt net(x, t)`` with the state ``x (B, ...)`` kept in its (float32 or wider) dtype, the
+    network's input cast to ``in_dtype`` and ``t`` a scalar level broadcast to ``(B,)``; ``extra`` (a per-step
+    input of the loop, e.g. a guidance window flag) is passed on as ``net(x, t, *extra)``."""
+    v = net(x.astype(in_dtype), jnp.full((x.shape[0],), t), *extra).astype(x.dtype)
+    return x + dt * v
+
+
+def flow_match_euler(net: Net, x: Array, sigmas: np.ndarray | Array, per_step: Any = None) -> Array:
     """Euler on a flow-matching grid: ``x <- x + (sigma_{i+1} - sigma_i) net(x, sigma_i)``, one ``lax.scan``.
 
     ``net(x, t)`` is a velocity model with ``t: (B,)``; ``x: (B, ...)`` at ``sigmas[0]``; ``sigmas: (n + 1,)``.
-    Returns ``(B, ...)`` in float32 (or x's dtype if wider).
+    ``per_step``: optional pytree of arrays with leading axis ``n``; step ``i`` then calls
+    ``net(x, t, per_step[i])``. Returns ``(B, ...)`` in float32 (or x's dtype if wider).
     """
-    sig = np.asarray(sigmas, np.float32)
-    batch, in_dtype, acc = x.shape[0], x.dtype, jnp.promote_types(x.dtype, jnp.float32)
-    # dt formed in float32 from the float32 levels, as diffusers' step does.
-    levels, dts = jnp.asarray(sig[:-1]), jnp.asarray(sig[1:] - sig[:-1])
+    in_dtype, acc = x.dtype, jnp.promote_types(x.dtype, jnp.float32)
+    levels, dts = euler_levels(sigmas)
 
-    def step(x: Array, level_dt: tuple[Array, Array]) -> tuple[Array, None]:
-        t, dt = level_dt
-        v = net(x.astype(in_dtype), jnp.full((batch,), t)).astype(acc)
-        return x + dt * v, None
+    def step(x: Array, inputs: tuple[Array, Array, Any]) -> tuple[Array, None]:
+        t, dt, extra = inputs
+        return euler_step(net, x, t, dt, in_dtype, *(() if per_step is None else (extra,))), None
 
-    x, _ = jax.lax.scan(step, x.astype(acc), (levels, dts))
+    x, _ = jax.lax.scan(step, x.astype(acc), (levels, dts, per_step))
     return x
 
 

@@ -14,12 +14,16 @@ The steps, each as diffusers does them (no torch at run time):
   count when the config has ``use_dynamic_shifting``);
 * Euler ``z <- z + (sigma_{i+1} - sigma_i) v`` with ``v = MMDiT(z, 1000 sigma_i, c, y)``; with guidance scale
   ``s > 1`` one batched call on ``[uncond; cond]`` and ``v = v_u + s (v_c - v_u)``, else the conditional branch alone;
+* skip-layer guidance (``skip_guidance_layers``, SD3.5 medium's ``[7, 8, 9]``; only with CFG): at the steps ``i``
+  with ``n start < i < n stop`` (a boolean per step, fixed on the host) one more conditional call with those
+  blocks skipped, ``v <- v + w_slg (v_c - v_c^skip)``; outside the window that call is not made (``lax.cond``);
 * ``z / scaling_factor + shift_factor`` -> VAE decoder -> ``VaeImageProcessor.postprocess``:
   ``clip(x / 2 + 0.5, 0, 1)``, then ``round(255 u)`` for uint8.
 
-The loop and the decoder run as one compiled program per (batch, size, steps, options).
-Diffusers' skip-layer *guidance* (``skip_guidance_layers``) is not reproduced; ``skip_layers`` here drops the
-given blocks from every model call (the ablation of ``MMDiT``).
+The loop and the decoder run as one compiled program per (batch, size, steps, options). ``skip_layers`` drops
+the given blocks from every model call (the ablation of ``MMDiT``), unlike skip-layer guidance. Prompt encoding,
+size checks, the noise argument, the guided velocity and the decoder are shared with ``image_to_image.SD3Img2Img``
+and ``inpainting.SD3Inpaint``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,11 +50,12 @@ from mmdit_jax.families.sd3 import SD3Family
 from mmdit_jax.interop.vae import load_vae
 from mmdit_jax.models.text.conditioning import Encoder, SD3TextEncoders
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
-from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents
+from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents, normalize_latents
 from mmdit_jax.pipelines.text import encoder_from_folder
 
 Array = jax.Array
 Steering = tuple[Sequence[str], Sequence[str], float]
+Conditioning = tuple[dict[str, Any], dict[str, Any] | None, bool]     # (cond, negative or None, guided)
 
 CLIP_MAX_LENGTH = 77          # diffusers' tokenizer_max_length for SD3's CLIP tokenizers
 REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -65,6 +70,13 @@ def to_unit(images: Any) -> np.ndarray:
 def to_uint8(images: Any) -> np.ndarray:
     """Decoder output in [-1, 1] -> uint8 as diffusers' ``numpy_to_pil``: ``round(255 clip(x / 2 + 0.5))``."""
     return (to_unit(images) * np.float32(255)).round().astype(np.uint8)
+
+
+def slg_window(num_inference_steps: int, start: float, stop: float) -> np.ndarray:
+    """``(n,)`` bool: the steps diffusers' ``StableDiffusion3Pipeline`` runs skip-layer guidance at,
+    ``i > n start and i < n stop`` with its Python float products."""
+    n = num_inference_steps
+    return np.asarray([n * start < i < n * stop for i in range(n)], bool)
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
@@ -113,7 +125,7 @@ class SD3Pipeline:
         self.scheduler = scheduler
         self.vae = AutoencoderKL(vae_config)
         self._run = jax.jit(self._denoise_and_decode,
-                            static_argnames=("sigmas", "guided", "skip_layers", "remove_pooled"))
+                            static_argnames=("sigmas", "guided", "skip_layers", "remove_pooled", "slg_layers"))
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, dtype: str = "float32",
@@ -164,7 +176,8 @@ class SD3Pipeline:
         """diffusers' default height and width: the transformer's ``sample_size`` latents, in pixels."""
         return self.family.config.sample_size * self.vae_scale_factor
 
-    def _check_size(self, height: int, width: int) -> None:
+    def check_size(self, height: int, width: int) -> None:
+        """Errors name ``height`` / ``width`` unless both are multiples of the VAE factor x patch size."""
         multiple = self.vae_scale_factor * self.family.config.patch_size
         for name, value in (("height", height), ("width", width)):
             check_positive_int(name, value)
@@ -181,23 +194,108 @@ class SD3Pipeline:
             mu = dynamic_mu(self.scheduler, (latent_height // p) * (latent_width // p))
         return flow_match_schedule(num_inference_steps, self.scheduler, mu=mu)[0]
 
+    # ---- pieces shared by the text-to-image, image-to-image and inpainting programs -----------------------------
+
+    def velocity(self, variables: Any, cond: dict[str, Any], negative: dict[str, Any] | None,
+                 guidance_scale: Array, *, guided: bool, skip_layers: tuple[int, ...], remove_pooled: bool,
+                 slg_layers: tuple[int, ...] = (), slg_scale: Array | None = None) -> Callable[..., Array]:
+        """The (guided) velocity ``net(x, t)`` of prepared ``variables``; with ``slg_layers``, ``net(x, t, in_window)``
+        adds skip-layer guidance ``w_slg (v_c - v_c^skip)`` where ``in_window`` (a traced bool) is set."""
+        family = self.family
+        options = {"remove_pooled": remove_pooled, "skip_layers": skip_layers}
+        if not guided:
+            return family.net(variables, cond, **options)
+        if not slg_layers:
+            cfg = classifier_free_guidance(lambda v, x, t, c: family.net(v, c, **options)(x, t), guidance_scale)
+            return lambda x, t: cfg(variables, x, t, (cond, negative))
+        both = family.net(variables, jax.tree_util.tree_map(lambda u, c: jnp.concatenate([u, c]), negative, cond),
+                          **options)
+        # the ablation's blocks stay dropped in the skip-layer call too
+        skipped = family.net(variables, cond, remove_pooled=remove_pooled,
+                             skip_layers=tuple(sorted(set(skip_layers) | set(slg_layers))))
+
+        def net(x: Array, t: Array, in_window: Array) -> Array:
+            v_u, v_c = jnp.split(both(jnp.concatenate([x, x]), jnp.concatenate([t, t])), 2)
+            v = v_u + guidance_scale * (v_c - v_u)
+            return jax.lax.cond(in_window, lambda: v + (v_c - skipped(x, t)) * slg_scale, lambda: v)
+
+        return net
+
+    def decode(self, vae_variables: Any, z: Array, shift: bool = True) -> Array:
+        """Model latents ``(B, h, w, C)`` -> decoder output ``(B, f h, f w, 3)``: ``z / scaling_factor (+ shift)``."""
+        z = denormalize_latents(z, self.vae_config) if shift else z / self.vae_config.scaling_factor
+        return self.vae.apply(vae_variables, z, method="decode")
+
+    def encode_images(self, vae_variables: Any, images: Array, eps: Array | None) -> Array:
+        """Images ``(B, H, W, 3)`` in [-1, 1] -> model latents ``(mean + exp(logvar / 2) eps - shift) * scale``
+        (diffusers' ``retrieve_latents`` posterior sample; ``eps=None``: the mean, its ``sample_mode="argmax"``)."""
+        mean, logvar = self.vae.apply(vae_variables, images, method="encode")
+        z = mean if eps is None else mean + jnp.exp(0.5 * logvar) * eps
+        return normalize_latents(z, self.vae_config)
+
+    def conditioning(self, prompts: Sequence[str] | str, negative_prompts: Sequence[str] | None,
+                     guidance_scale: float, steering: Steering | None = None,
+                     remove_pooled: bool = False) -> Conditioning:
+        """``(cond, negative, guided)`` for N prompts; ``negative`` (``""`` by default) is encoded only when
+        ``guided`` (``guidance_scale > 1``, diffusers' ``do_classifier_free_guidance``)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ConfigError("prompts must hold at least one prompt")
+        negatives = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
+        if len(negatives) != len(prompts):
+            raise ConfigError(f"negative_prompts has {len(negatives)} entries for {len(prompts)} prompts")
+        if steering is not None and remove_pooled:
+            raise ConfigError("steering moves the pooled vector, which remove_pooled=True removes: use one of them")
+        guided = guidance_scale > 1.0
+        cond = self.encode(prompts, steering)
+        negative = None
+        if guided:
+            negative = self.encode(negatives)
+            if "pooled_steering" in cond:       # the batch is [negative; cond]: steer both halves alike
+                negative["pooled_steering"] = cond["pooled_steering"]
+        return cond, negative, guided
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        f = self.vae_scale_factor
+        return batch, height // f, width // f, self.family.config.in_channels
+
+    def noise(self, name: str, value: Any, shape: tuple[int, ...], key: Array) -> Array:
+        """``value`` as float32 of exactly ``shape`` (NHWC latents), or ``N(0, I)`` from ``key`` when None."""
+        if value is None:
+            return jax.random.normal(key, shape, jnp.float32)
+        value = jnp.asarray(value, jnp.float32)
+        if value.shape != shape:
+            f = self.vae_scale_factor
+            raise ConfigError(f"{name} must have shape (N, H / {f}, W / {f}, C) = {shape} NHWC (diffusers' NCHW "
+                              f"latents transposed), got {tuple(value.shape)}")
+        return value
+
+    def _skip_layer_guidance(self, layers: Sequence[int], num_inference_steps: int, start: float, stop: float,
+                             guided: bool) -> tuple[tuple[int, ...], np.ndarray]:
+        layers = tuple(int(i) for i in layers)
+        depth = self.family.config.num_layers
+        if any(not 0 <= i < depth for i in layers):
+            raise ConfigError(f"skip_guidance_layers={list(layers)} must index blocks in [0, {depth}) of this "
+                              f"transformer (SD3.5 medium: [7, 8, 9])")
+        if layers and not guided:
+            raise ConfigError("skip_guidance_layers needs classifier-free guidance (guidance_scale > 1); diffusers "
+                              "ignores it otherwise")
+        window = slg_window(num_inference_steps, start, stop)
+        # a window without steps compiles the plain CFG program
+        return (layers if window.any() else ()), window
+
     # ---- the compiled program ---------------------------------------------------------------------------------
 
     def _denoise_and_decode(self, variables: Any, vae_variables: Any, latents: Array, cond: dict[str, Any],
-                            negative: dict[str, Any], guidance_scale: Array, *, sigmas: tuple[float, ...],
-                            guided: bool, skip_layers: tuple[int, ...], remove_pooled: bool) -> Array:
+                            negative: dict[str, Any], guidance_scale: Array, window: Array, slg_scale: Array, *,
+                            sigmas: tuple[float, ...], guided: bool, skip_layers: tuple[int, ...],
+                            remove_pooled: bool, slg_layers: tuple[int, ...]) -> Array:
         """latents ``(B, h, w, C)`` -> decoded images ``(B, f h, f w, 3)`` float32."""
-        family = self.family
-        variables = family.prepare(variables)
-        options = {"remove_pooled": remove_pooled, "skip_layers": skip_layers}
-        if guided:
-            cfg = classifier_free_guidance(lambda v, x, t, c: family.net(v, c, **options)(x, t), guidance_scale)
-            net = lambda x, t: cfg(variables, x, t, (cond, negative))  # noqa: E731
-        else:
-            net = family.net(variables, cond, **options)
-        z = flow_match_euler(net, latents, np.asarray(sigmas, np.float32))
-        z = denormalize_latents(z, self.vae_config)
-        return self.vae.apply(vae_variables, z, method="decode")
+        net = self.velocity(self.family.prepare(variables), cond, negative, guidance_scale, guided=guided,
+                            skip_layers=skip_layers, remove_pooled=remove_pooled, slg_layers=slg_layers,
+                            slg_scale=slg_scale)
+        z = flow_match_euler(net, latents, np.asarray(sigmas, np.float32), window if slg_layers else None)
+        return self.decode(vae_variables, z)
 
     # ---- prompts -> images ------------------------------------------------------------------------------------
 
@@ -217,51 +315,40 @@ class SD3Pipeline:
     def generate(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 28,
                  guidance_scale: float = 7.0, seed: int = 0, latents: Any = None, skip_layers: Sequence[int] = (),
-                 remove_pooled: bool = False, steering: Steering | None = None) -> Array:
+                 remove_pooled: bool = False, steering: Steering | None = None,
+                 skip_guidance_layers: Sequence[int] = (), skip_layer_guidance_scale: float = 2.8,
+                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2) -> Array:
         """Decoded images ``(N, H, W, 3)`` float32 (about [-1, 1], unclipped) for N prompts.
 
         ``latents``: the starting noise ``(N, H / f, W / f, C)`` NHWC (diffusers' NCHW latents transposed); else
         ``jax.random.normal(PRNGKey(seed))`` of that shape. ``steering = (positive prompts, negative prompts, w)``
-        moves the pooled vector of both CFG branches.
+        moves the pooled vector of both CFG branches. ``skip_guidance_layers`` and the ``skip_layer_guidance_*``
+        arguments are diffusers' skip-layer guidance (module docstring).
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ConfigError("prompts must hold at least one prompt")
-        negatives = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
-        if len(negatives) != len(prompts):
-            raise ConfigError(f"negative_prompts has {len(negatives)} entries for {len(prompts)} prompts")
+        cond, negative, guided = self.conditioning(prompts, negative_prompts, guidance_scale, steering, remove_pooled)
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
-        self._check_size(height, width)
+        self.check_size(height, width)
         check_positive_int("num_inference_steps", num_inference_steps)
-        f = self.vae_scale_factor
-        shape = (len(prompts), height // f, width // f, self.family.config.in_channels)
-        if latents is None:
-            latents = jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
-        else:
-            latents = jnp.asarray(latents, jnp.float32)
-            if latents.shape != shape:
-                raise ConfigError(f"latents must have shape (N, H / {f}, W / {f}, C) = {shape} NHWC for "
-                                  f"{len(prompts)} prompts at {height}x{width}, got {tuple(latents.shape)}")
-
-        if steering is not None and remove_pooled:
-            raise ConfigError("steering moves the pooled vector, which remove_pooled=True removes: use one of them")
-        guided = guidance_scale > 1.0          # diffusers' do_classifier_free_guidance
-        cond = self.encode(prompts, steering)
-        negative = None
-        if guided:
-            negative = self.encode(negatives)
-            if "pooled_steering" in cond:       # the batch is [negative; cond]: steer both halves alike
-                negative["pooled_steering"] = cond["pooled_steering"]
+        shape = self.latent_shape(cond["context"].shape[0], height, width)
+        latents = self.noise("latents", latents, shape, jax.random.PRNGKey(seed))
+        slg_layers, window = self._skip_layer_guidance(skip_guidance_layers, num_inference_steps,
+                                                       skip_layer_guidance_start, skip_layer_guidance_stop, guided)
         sigmas = tuple(float(s) for s in self.grid(num_inference_steps, shape[1], shape[2]))
         return self._run(self.variables, self.vae_variables, latents, cond, negative,
-                         jnp.float32(guidance_scale), sigmas=sigmas, guided=guided,
-                         skip_layers=tuple(int(i) for i in skip_layers), remove_pooled=bool(remove_pooled))
+                         jnp.float32(guidance_scale), jnp.asarray(window), jnp.float32(skip_layer_guidance_scale),
+                         sigmas=sigmas, guided=guided, skip_layers=tuple(int(i) for i in skip_layers),
+                         remove_pooled=bool(remove_pooled), slg_layers=slg_layers)
 
     def __call__(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 28,
                  guidance_scale: float = 7.0, seed: int = 0, latents: Any = None, skip_layers: Sequence[int] = (),
-                 remove_pooled: bool = False, steering: Steering | None = None) -> np.ndarray:
+                 remove_pooled: bool = False, steering: Steering | None = None,
+                 skip_guidance_layers: Sequence[int] = (), skip_layer_guidance_scale: float = 2.8,
+                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 images (``generate``, then diffusers' postprocessing)."""
-        return to_uint8(self.generate(prompts, negative_prompts, height, width, num_inference_steps, guidance_scale,
-                                      seed, latents, skip_layers, remove_pooled, steering))
+        return to_uint8(self.generate(
+            prompts, negative_prompts, height, width, num_inference_steps, guidance_scale, seed, latents,
+            skip_layers, remove_pooled, steering, skip_guidance_layers=skip_guidance_layers,
+            skip_layer_guidance_scale=skip_layer_guidance_scale, skip_layer_guidance_start=skip_layer_guidance_start,
+            skip_layer_guidance_stop=skip_layer_guidance_stop))

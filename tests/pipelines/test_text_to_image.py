@@ -14,43 +14,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.diffusion.flow_match import flow_match_schedule  # noqa: E402
-from mmdit_jax.models.text.tokenizer_assets import CLIP_DIR, T5_DIR  # noqa: E402
-from mmdit_jax.pipelines.text_to_image import SD3Pipeline, to_uint8, to_unit  # noqa: E402
+from mmdit_jax.pipelines.text_to_image import SD3Pipeline, slg_window, to_uint8, to_unit  # noqa: E402
+from tests.pipelines.tiny_sd3 import components as _components  # noqa: E402
 
 T5_LEN, STEPS = 16, 3
 PROMPTS = ["a red circle in the top left", "a large blue square"]
-
-
-def _clip(seed: int, act: str):
-    # hidden 16 per tower: [H_L; H_G] is 32 wide, the joint width (diffusers would silently cut a wider one)
-    torch.manual_seed(seed)
-    cfg = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=16, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                                      hidden_act=act, eos_token_id=2, bos_token_id=0, pad_token_id=1)
-    return transformers.CLIPTextModelWithProjection(cfg).eval()
-
-
-def _components(with_t5: bool, shift: float) -> dict:
-    torch.manual_seed(0)
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
-    torch.manual_seed(1)
-    # two stages: a downscale of 2, so the size checks and the latent shape see a real VAE factor
-    vae = diffusers.AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
-        latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-        scaling_factor=1.5035).eval()
-    torch.manual_seed(2)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, use_cache=False)).eval()
-    clip_tok = transformers.CLIPTokenizer.from_pretrained(CLIP_DIR)
-    return dict(transformer=transformer, vae=vae, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
-                text_encoder=_clip(3, "quick_gelu"), tokenizer=clip_tok, text_encoder_2=_clip(4, "gelu"),
-                tokenizer_2=clip_tok, text_encoder_3=t5 if with_t5 else None,
-                tokenizer_3=transformers.T5Tokenizer.from_pretrained(T5_DIR) if with_t5 else None)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +135,37 @@ def test_unknown_scheduler_class_is_named(folders, tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="_class_name='DDIMScheduler'"):
         SD3Pipeline.from_folder(path)
+
+
+def test_skip_layer_guidance_window_is_diffusers():
+    for n in (1, 3, 5, 10, 28, 50):
+        for start, stop in ((0.01, 0.2), (0.2, 0.7), (0.0, 1.0), (0.5, 0.5)):
+            expected = [bool(i > n * start and i < n * stop) for i in range(n)]     # diffusers' condition
+            assert slg_window(n, start, stop).tolist() == expected
+
+
+def test_skip_layer_guidance_equals_diffusers(folders, ours):
+    """5 steps, window (0.2, 0.7): the skip-layer call runs at steps 2 and 3 only."""
+    ref_pipe, pipe = folders["no_t5"][0], ours["no_t5"]
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((len(PROMPTS), 16, 16, 4)).astype(np.float32)
+    slg = dict(skip_guidance_layers=[0], skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.2,
+               skip_layer_guidance_stop=0.7)
+    with torch.no_grad():
+        ref = ref_pipe(PROMPTS, height=32, width=32, num_inference_steps=5, guidance_scale=5.0,
+                       latents=torch.from_numpy(z.transpose(0, 3, 1, 2).copy()), max_sequence_length=T5_LEN,
+                       output_type="np", **slg).images
+    x = pipe.generate(PROMPTS, height=32, width=32, num_inference_steps=5, guidance_scale=5.0, latents=z, **slg)
+    plain = pipe.generate(PROMPTS, height=32, width=32, num_inference_steps=5, guidance_scale=5.0, latents=z)
+    err = float(np.max(np.abs(to_unit(x) - ref)))
+    print(f"skip-layer guidance: max |diff| = {err:.2e}")
+    assert float(np.max(np.abs(to_unit(plain) - ref))) > 1e-3      # the guidance changes the images
+    assert err <= 1e-4
+
+
+def test_skip_layer_guidance_errors_are_named(ours):
+    pipe = ours["no_t5"]
+    with pytest.raises(ConfigError, match="skip_guidance_layers"):
+        pipe(PROMPTS, height=16, width=16, guidance_scale=5.0, skip_guidance_layers=[1])
+    with pytest.raises(ConfigError, match="guidance_scale > 1"):
+        pipe(PROMPTS, height=16, width=16, guidance_scale=1.0, skip_guidance_layers=[0])
