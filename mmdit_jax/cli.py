@@ -10,13 +10,12 @@ Multi-host: pass ``--multihost`` (SLURM / TPU pods auto-detect; otherwise set ``
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import quiet_library_logs, report
+from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
 from mmdit_jax.runtime import configure_runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
@@ -33,9 +32,6 @@ _RUNTIME = flags.DEFINE_bool(
     "tuned_runtime", True, "Apply mmdit_jax.runtime's per-platform process settings (CPU: host malloc and XLA:CPU "
     "multi-output fusion; NVIDIA GPU: cuBLAS for every GEMM).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-# Errors of the user's input: printed as one line, not a traceback.
-EXIT_USAGE = 2
 
 
 def _run() -> None:
@@ -68,13 +64,7 @@ def main(argv) -> None:
     quiet_library_logs()
     from mmdit_jax.checkpoints import CheckpointError
 
-    try:
-        _run()
-    except (ConfigError, CheckpointError) as e:
-        if flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    exit_on_input_error(_run, (ConfigError, CheckpointError))
 
 
 def run() -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from typing import Sequence
 
 from absl import app, flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import quiet_library_logs, report
+from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
 from mmdit_jax.runtime import configure_runtime
 
 _SOURCE = flags.DEFINE_string("source", None, "SD3 pipeline folder or training workdir.")
@@ -74,7 +73,12 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
 
     from mmdit_jax.checks import check_positive_int
     from mmdit_jax.config_schema import workdir_config
-    from mmdit_jax.pipelines.generator import Options, is_pipeline_folder, open_source, seeds_for
+    from mmdit_jax.pipelines.generator import (
+        Options,
+        is_pipeline_folder,
+        open_source,
+        seeds_for,
+    )
 
     check_positive_int("batch_size", batch_size)
     opts = Options(**options)
@@ -112,16 +116,10 @@ def main(argv) -> None:
     quiet_library_logs()
     from mmdit_jax.checkpoints import CheckpointError
 
-    try:
-        generate(_SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value,
-                 _SEED.value, _BATCH.value, "bfloat16" if _BF16.value else "float32",
-                 negative_prompt=_NEGATIVE.value, steps=_STEPS.value, guidance_scale=_GUIDANCE.value,
-                 height=_HEIGHT.value, width=_WIDTH.value)
-    except (ConfigError, CheckpointError) as e:
-        if flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_input_error(lambda: generate(
+        _SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value, _SEED.value,
+        _BATCH.value, "bfloat16" if _BF16.value else "float32", negative_prompt=_NEGATIVE.value, steps=_STEPS.value,
+        guidance_scale=_GUIDANCE.value, height=_HEIGHT.value, width=_WIDTH.value), (ConfigError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -96,3 +97,20 @@ def machine(extra: str = "") -> str:
     line = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, JAX {jax.__version__}, "
             f"device {dev.platform} ({getattr(dev, 'device_kind', '?')})")
     return f"{line}; {extra}" if extra else line
+
+
+EXIT_USAGE = 2      # the exit status of an input error (a bad flag, config value or missing checkpoint)
+
+
+def exit_on_input_error(run: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> Any:
+    """Run a command; an error of ``errors`` (the user's input) becomes one line ``error: ...`` on stderr and exit
+    status 2 instead of a traceback (which ``--verbosity=1`` shows)."""
+    from absl import flags
+
+    try:
+        return run()
+    except errors as e:
+        if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

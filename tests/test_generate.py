@@ -78,9 +78,8 @@ def test_command_line_error_is_one_line(tmp_path):
 def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_the_batch(tmp_path):
     pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
-    from tests.pipelines.tiny_sd3 import components
-
     from mmdit_jax.pipelines.text_to_image import SD3Pipeline, to_uint8
+    from tests.pipelines.tiny_sd3 import components
 
     folder = tmp_path / "sd3"
     pipe = diffusers.StableDiffusion3Pipeline(**components(with_t5=False, shift=3.0))

@@ -31,7 +31,12 @@ from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
 from mmdit_jax.data.registry import DatasetSpec
 from mmdit_jax.data.text_cache import fingerprint
 from mmdit_jax.interop.vae import load_vae
-from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents, normalize_latents
+from mmdit_jax.models.vae import (
+    AutoencoderKL,
+    VAEConfig,
+    denormalize_latents,
+    normalize_latents,
+)
 from mmdit_jax.reporting import report
 
 Array = jax.Array
