@@ -30,6 +30,7 @@ __all__ = ["FAMILIES", "Conditioning", "Family", "build_family", "family_config"
 FAMILIES: dict[str, Any] = {
     "sd3": "mmdit_jax.families.sd3:SD3Family",
     "mlp": "mmdit_jax.families.mlp:MLPFamily",
+    "flux": "mmdit_jax.families.flux:FluxFamily",
 }
 
 

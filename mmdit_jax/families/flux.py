@@ -1,0 +1,127 @@
+"""``model.name="flux"``: FLUX.1 (``mmdit_jax.models.flux``, diffusers' ``FluxTransformer2DModel``) as a model family.
+
+    net(x, t) = unpack(Flux(pack(x), t, cond["context"], cond["pooled"], img_ids(H, W), txt_ids(T), guidance))
+
+``x: (B, H, W, C)`` NHWC latents (H, W even) are packed 2x2 into ``(B, H/2 * W/2, 4C)`` tokens and the output
+unpacked, so trainers and samplers see an ``(H, W, C) -> (H, W, C)`` network like every family's. The network
+embeds ``timestep_scale * t`` (default 1000: FLUX's ``1000 t`` for flow time ``t`` in [0, 1]) and
+``1000 * guidance`` (guidance-distilled models: the guidance scale, e.g. 3.5).
+
+Conditioning: ``context (B, T, 4096)`` (T5-XXL states), ``pooled (B, 768)`` (CLIP-L pooler output); optional
+``guidance (B,)`` for guidance-distilled models (``guidance_embeds``; absent: the ``guidance`` option of ``net``,
+default 3.5 as in diffusers' ``FluxPipeline``); ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y.
+Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``.
+Checkpoints: diffusers folders / files and the original BFL layout (``mmdit_jax.interop.flux``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.families.base import Conditioning, Family, Net
+from mmdit_jax.models.flux import FluxConfig, FluxTransformer, latent_image_ids, pack_latents, text_ids, \
+    unpack_latents
+from mmdit_jax.models.flux_params import flux_forward_flops
+from mmdit_jax.models.mmdit_params import cast_kernels
+
+Array = jax.Array
+
+
+def forward_mode_config(cfg: FluxConfig) -> FluxConfig:
+    """``cfg`` usable under ``jax.jvp``: cuDNN's fused attention is a ``custom_vjp`` function, which forward-mode
+    autodiff cannot go through, so ``attention_impl=None`` becomes 'xla' and an explicit 'cudnn' is rejected."""
+    if cfg.attention_impl == "cudnn":
+        raise ConfigError("this loss differentiates the model forward (jax.jvp), which cuDNN attention does not "
+                          "support: set model.attention_impl to None or 'xla' (got 'cudnn')")
+    return dataclasses.replace(cfg, attention_impl="xla")
+
+
+class FluxFamily(Family):
+    name = "flux"
+    Config = FluxConfig
+    conditioning = ("context", "pooled")
+
+    def __init__(self, config: FluxConfig, schedule: Any, timestep_scale: float = 1000.0,
+                 forward_mode: bool = False):
+        if forward_mode:
+            config = forward_mode_config(config)
+        super().__init__(config, schedule, timestep_scale, forward_mode)
+        self.module = FluxTransformer(config)
+
+    @classmethod
+    def config_from_dict(cls, fields: Mapping[str, Any]) -> FluxConfig:
+        return FluxConfig.from_dict(fields)
+
+    def check_data(self, data_shape: tuple[int, ...]) -> None:
+        cfg = self.config
+        if len(data_shape) != 3 or 4 * data_shape[-1] != cfg.in_channels or cfg.out_channels != cfg.in_channels:
+            raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both be 4x "
+                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (2x2 packing)")
+        if data_shape[0] % 2 or data_shape[1] % 2:
+            raise ConfigError(f"the FLUX family packs 2x2 patches: the data's height and width must be even, got "
+                              f"{tuple(data_shape[:2])}")
+
+    def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        cfg = self.config
+        for name, field, width in (("context", "joint_attention_dim", cfg.joint_attention_dim),
+                                   ("pooled", "pooled_projection_dim", cfg.pooled_projection_dim)):
+            if name in shapes and shapes[name][-1] != width:
+                raise ConfigError(f"the text encoders give {name} width {shapes[name][-1]}, but model.{field}={width}")
+
+    def _guidance(self, cond: Conditioning, batch: int, guidance: float) -> Array | None:
+        if not self.config.guidance_embeds:
+            return None
+        g = cond.get("guidance")
+        return jnp.full((batch,), guidance, jnp.float32) if g is None else g
+
+    def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
+        self._require(cond, *self.conditioning)
+        self.check_data(tuple(x.shape[1:]))
+        b, height, width, _ = x.shape
+        context = cond["context"]
+        variables = self.module.init(key, pack_latents(x), jnp.zeros((b,)), context, cond["pooled"],
+                                     latent_image_ids(height, width), text_ids(context.shape[1]),
+                                     self._guidance(cond, b, 1.0))
+        return {"params": variables["params"]}
+
+    def prepare(self, variables: Mapping[str, Any]) -> dict[str, Any]:
+        return {**variables, "params": cast_kernels(variables["params"], self.config.dtype)}
+
+    def net(self, variables: Mapping[str, Any], cond: Conditioning, remove_pooled: bool = False,
+            guidance: float = 3.5) -> Net:
+        self._require(cond, "context")
+        context = cond["context"]
+        steering = cond.get("pooled_steering")
+
+        def net(x: Array, t: Array) -> Array:
+            b, height, width, _ = x.shape
+            out = self.module.apply(variables, pack_latents(x), t, context, cond.get("pooled"),
+                                    latent_image_ids(height, width), text_ids(context.shape[1]),
+                                    self._guidance(cond, b, guidance), remove_pooled=remove_pooled,
+                                    pooled_steering=steering, time_scale=self.timestep_scale)
+            return unpack_latents(out, height, width)
+
+        return net
+
+    def forward_flops(self, batch: int, data_shape: tuple[int, ...], cond_shapes: Mapping[str, tuple]) -> int:
+        height, width, _ = data_shape
+        return flux_forward_flops(self.config, batch, height, width, cond_shapes["context"][-2])
+
+    @classmethod
+    def load_pretrained(cls, source: Any, **overrides: Any) -> tuple[FluxConfig, dict[str, Any]]:
+        from mmdit_jax.interop.flux import load_flux
+
+        return load_flux(source, **overrides)
+
+    def export(self, variables: Mapping[str, Any], layout: str = "diffusers") -> dict[str, Any]:
+        from mmdit_jax.interop.flux import diffusers_to_original, to_diffusers
+
+        if layout not in ("diffusers", "original"):
+            raise ConfigError(f"layout={layout!r} is not valid; choose one of ['diffusers', 'original']")
+        sd = to_diffusers(self.config, variables)
+        return sd if layout == "diffusers" else diffusers_to_original(sd)

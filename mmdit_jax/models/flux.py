@@ -1,0 +1,277 @@
+"""FLUX.1 (Black Forest Labs), diffusers' ``FluxTransformer2DModel``, as Flax Linen modules (maths: docs/flux.md).
+
+    img     = x_embedder(packed latents)                                (B, N, 4C) -> (B, N, D)
+    txt     = context_embedder(context)                                 (B, T, d_ctx) -> (B, T, D)
+    y       = e_t(1000 t) [+ e_g(1000 g)] + h_y(pooled)                 (B, D)
+    cos,sin = RoPE tables of ids = [txt_ids; img_ids]                   (T + N, head_dim)
+    (img, txt) = DoubleStreamBlock_i(img, txt, y), i < num_layers
+    x       = SingleStreamBlock_j([txt; img], y), j < num_single_layers
+    out     = proj_out(LN(x_img) (1 + scale) + shift),  (scale, shift) = norm_out(silu(y))   -> (B, N, C_out)
+
+The model works on packed tokens like diffusers; ``pack_latents`` / ``unpack_latents`` / ``latent_image_ids``
+convert NHWC latents ``(B, H, W, C)`` (H, W even) to the ``(B, H/2 * W/2, 4C)`` tokens (per token ``(c, ph, pw)``,
+diffusers' ``_pack_latents``) and their ``(index=0, row, col)`` ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
+from mmdit_jax.models.embeddings import MLPEmbedder, timestep_features
+from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
+from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
+from mmdit_jax.models.mmdit import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.rope import rope_tables
+
+Array = jax.Array
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxConfig:
+    """Architecture and numerics; the defaults are FLUX.1-dev. ``hidden = num_heads * head_dim``.
+
+    ``in_channels`` is the packed token width, 4x the latent channels (2x2 packing), as in diffusers' config.
+    """
+
+    in_channels: int = 64
+    out_channels: int = 64
+    num_layers: int = 19                         # double-stream blocks
+    num_single_layers: int = 38                  # single-stream blocks
+    num_heads: int = 24
+    head_dim: int = 128
+    joint_attention_dim: int = 4096              # width of the text tokens (T5-XXL)
+    pooled_projection_dim: int = 768             # width of the pooled text vector (CLIP-L pooler output)
+    guidance_embeds: bool = True                 # guidance-distilled (dev): y also embeds the guidance scale
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)   # RoPE dims per id axis; sums to head_dim
+    rope_theta: float = 10000.0
+    mlp_ratio: int = 4
+    dtype: str = "float32"                       # compute dtype
+    param_dtype: str = "float32"
+    remat: bool = False                          # rematerialise each block in the backward pass
+    remat_policy: str = "full"                   # with remat: what each block keeps (mmdit.REMAT_POLICIES)
+    scan_blocks: bool = False                    # nn.scan over the double and over the single blocks
+    scan_unroll: int = 1
+    attention_impl: str | None = None            # None: cuDNN on a GPU in bf16/fp16, else XLA | 'xla' | 'cudnn'
+
+    @property
+    def hidden(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def latent_channels(self) -> int:
+        return self.in_channels // 4
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "FluxConfig":
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"model (flux) has unknown keys {unknown}; valid keys are "
+                              f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        if "axes_dims_rope" in d:
+            d["axes_dims_rope"] = tuple(int(a) for a in d["axes_dims_rope"])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for f in ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "joint_attention_dim",
+                  "pooled_projection_dim", "mlp_ratio", "scan_unroll"):
+            check_positive_int(f"model.{f}", getattr(self, f))
+        if not isinstance(self.num_single_layers, int) or self.num_single_layers < 0:
+            raise ConfigError(f"model.num_single_layers must be a non-negative int, got {self.num_single_layers!r}")
+        if self.in_channels % 4:
+            raise ConfigError(f"model.in_channels={self.in_channels} must be 4x the latent channels (2x2 packing)")
+        dims = tuple(self.axes_dims_rope)
+        if any(int(a) <= 0 or int(a) % 2 for a in dims) or sum(dims) != self.head_dim:
+            raise ConfigError(f"model.axes_dims_rope={dims} must be positive even dims summing to model.head_dim="
+                              f"{self.head_dim}")
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.param_dtype", self.param_dtype, DTYPES)
+        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
+        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
+                              f"platform) or one of {list(ATTENTION_IMPLS)}")
+
+    def attention_backend(self) -> str:
+        """'cudnn' where ``attention_impl=None`` finds an NVIDIA GPU and a bf16/fp16 dtype, else 'xla'."""
+        if self.attention_impl is not None:
+            return self.attention_impl
+        return "cudnn" if attention_backend(None, DTYPES[self.dtype], self.head_dim) == "cudnn" else "xla"
+
+    def block_kwargs(self) -> dict[str, Any]:
+        return dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,
+                    attention_impl=self.attention_backend(), dtype=DTYPES[self.dtype],
+                    param_dtype=DTYPES[self.param_dtype])
+
+    def block_module(self, block: type[nn.Module]) -> type[nn.Module]:
+        """``block``, rematerialised under ``remat_policy`` when ``remat`` is on."""
+        return nn.remat(block, policy=REMAT_POLICIES[self.remat_policy]) if self.remat else block
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing and ids
+
+
+def pack_latents(x: Array) -> Array:
+    """``(B, H, W, C) -> (B, H/2 * W/2, 4C)``: 2x2 patches, row-major over the ``(H/2, W/2)`` grid, each token's
+    features in ``(c, ph, pw)`` order (diffusers' ``_pack_latents`` on NCHW, BFL's
+    ``b c (h ph) (w pw) -> b (h w) (c ph pw)``)."""
+    b, height, width, c = x.shape
+    x = x.reshape(b, height // 2, 2, width // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, (height // 2) * (width // 2), 4 * c)
+
+
+def unpack_latents(tokens: Array, height: int, width: int) -> Array:
+    """The inverse of ``pack_latents``: ``(B, H/2 * W/2, 4C) -> (B, H, W, C)``."""
+    b, _, f = tokens.shape
+    c = f // 4
+    x = tokens.reshape(b, height // 2, width // 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, height, width, c)
+
+
+def latent_image_ids(height: int, width: int, index: int = 0) -> np.ndarray:
+    """``(H/2 * W/2, 3)`` float32 ids ``(index, row, col)`` of the packed tokens of an ``(H, W)`` latent (diffusers'
+    ``_prepare_latent_image_ids``; ``index`` 0 for the generated image, e.g. 1 for a Kontext reference)."""
+    h, w = height // 2, width // 2
+    ids = np.zeros((h, w, 3), np.float32)
+    ids[..., 0] = index
+    ids[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    ids[..., 2] = np.arange(w, dtype=np.float32)[None, :]
+    return ids.reshape(h * w, 3)
+
+
+def text_ids(tokens: int) -> np.ndarray:
+    """``(T, 3)`` zero ids of the text tokens (RoPE is the identity on them)."""
+    return np.zeros((tokens, 3), np.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+
+
+class _DoubleScanBody(nn.Module):
+    config: FluxConfig
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], y: Array, cos: Array, sin: Array) -> tuple[tuple[Array, Array], None]:
+        block = self.config.block_module(DoubleStreamBlock)(**self.config.block_kwargs(), name="block")
+        return block(*carry, y, cos, sin), None
+
+
+class _SingleScanBody(nn.Module):
+    config: FluxConfig
+
+    @nn.compact
+    def __call__(self, x: Array, y: Array, cos: Array, sin: Array) -> tuple[Array, None]:
+        return self.config.block_module(SingleStreamBlock)(**self.config.block_kwargs(), name="block")(x, y, cos, sin), None
+
+
+class FluxTransformer(nn.Module):
+    """``(tokens: (B, N, in_channels), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool), img_ids: (N, 3),
+    txt_ids: (T, 3), guidance: (B,) | None) -> (B, N, out_channels)``; diffusers' ``FluxTransformer2DModel.forward``.
+
+    ``timestep`` and ``guidance`` are in diffusers' units (flow time in [0, 1]; guidance scale, e.g. 3.5); the
+    network embeds ``time_scale * timestep`` (float32 product; diffusers and BFL: 1000) and ``1000 guidance``.
+    ``img_ids`` / ``txt_ids``: numpy ids give host float64 RoPE tables (diffusers' to the bit), traced ids float32
+    ones (``models/rope.py``). ``guidance`` is required exactly when ``guidance_embeds``.
+
+    The conditioning vector (as the SD3 MMDiT, docs/pooled_clip_study.md):
+
+        y = e_t [+ e_g] + h_y(pooled)                                    (default)
+        y = e_t [+ e_g]                                                  (``remove_pooled=True``; pooled may be None)
+        y = e_t [+ e_g] + h_y(pooled) + w (h_y(pooled_plus) - h_y(pooled_minus))   (``pooled_steering``)
+    """
+
+    config: FluxConfig
+
+    def _check_inputs(self, tokens: Array, context: Array, pooled: Array | None, guidance: Array | None,
+                      remove_pooled: bool, pooled_steering: Any) -> None:
+        cfg = self.config
+        if tokens.ndim != 3 or tokens.shape[-1] != cfg.in_channels:
+            raise ConfigError(f"tokens must be packed (B, N, {cfg.in_channels}) for model.in_channels="
+                              f"{cfg.in_channels}, got shape {tokens.shape}")
+        if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
+            raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
+                              f"{cfg.joint_attention_dim}, got shape {context.shape}")
+        b = tokens.shape[0]
+        if not remove_pooled and (pooled is None or pooled.shape != (b, cfg.pooled_projection_dim)):
+            raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="
+                              f"{cfg.pooled_projection_dim}, got {None if pooled is None else pooled.shape}")
+        if cfg.guidance_embeds and guidance is None:
+            raise ConfigError("model.guidance_embeds=True (a guidance-distilled model) needs a guidance scale per "
+                              "example (conditioning entry 'guidance', shape (B,))")
+        if pooled_steering is not None:
+            if remove_pooled:
+                raise ConfigError("pooled_steering needs the pooled path: remove_pooled=False")
+            if len(pooled_steering) != 3:
+                raise ConfigError("pooled_steering must be (pooled_plus, pooled_minus, w)")
+            for name, v in zip(("pooled_plus", "pooled_minus"), pooled_steering[:2]):
+                if v.shape != (b, cfg.pooled_projection_dim):
+                    raise ConfigError(f"pooled_steering {name} must be (B, {cfg.pooled_projection_dim}), got {v.shape}")
+
+    @nn.compact
+    def __call__(self, tokens: Array, timestep: Array, context: Array, pooled: Array | None,
+                 img_ids: np.ndarray | Array, txt_ids: np.ndarray | Array, guidance: Array | None = None,
+                 remove_pooled: bool = False, pooled_steering: tuple[Array, Array, Array] | None = None,
+                 time_scale: float = 1000.0) -> Array:
+        cfg = self.config
+        self._check_inputs(tokens, context, pooled, guidance, remove_pooled, pooled_steering)
+        dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        d, b, n = cfg.hidden, tokens.shape[0], tokens.shape[1]
+        dense = lambda f, name: Dense(f, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
+        if img_ids.shape != (n, len(cfg.axes_dims_rope)) or txt_ids.shape != (context.shape[1], len(cfg.axes_dims_rope)):
+            raise ConfigError(f"img_ids / txt_ids must be (N={n}, {len(cfg.axes_dims_rope)}) / (T={context.shape[1]}, "
+                              f"{len(cfg.axes_dims_rope)}), got {img_ids.shape} / {txt_ids.shape}")
+
+        img = dense(d, "x_embedder")(tokens.astype(dtype))
+        per_example = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (b,))  # noqa: E731
+        y = MLPEmbedder(d, dtype, pdtype, name="timestep_embedder")(
+            timestep_features(per_example(timestep) * jnp.float32(time_scale)).astype(dtype))
+        if cfg.guidance_embeds:
+            y = y + MLPEmbedder(d, dtype, pdtype, name="guidance_embedder")(
+                timestep_features(per_example(guidance) * jnp.float32(1000.0)).astype(dtype))
+        h_y = MLPEmbedder(d, dtype, pdtype, name="text_embedder")
+        if not remove_pooled:
+            y = y + h_y(pooled.astype(dtype))
+            if pooled_steering is not None:
+                plus, minus, weight = pooled_steering
+                weight = jnp.broadcast_to(jnp.asarray(weight, dtype), (b,))
+                y = y + weight[:, None] * (h_y(plus.astype(dtype)) - h_y(minus.astype(dtype)))
+        elif self.is_initializing():  # the parameters exist whether or not this call reads them
+            h_y(jnp.zeros((b, cfg.pooled_projection_dim), dtype))
+        txt = dense(d, "context_embedder")(context.astype(dtype))
+
+        ids = np.concatenate([np.asarray(txt_ids), np.asarray(img_ids)]) if all(
+            isinstance(i, np.ndarray) for i in (txt_ids, img_ids)) else jnp.concatenate([txt_ids, img_ids])
+        cos, sin = rope_tables(ids, cfg.axes_dims_rope, cfg.rope_theta)
+
+        if cfg.scan_blocks:
+            def scan(body: type[nn.Module], length: int, name: str) -> nn.Module:
+                return nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                               in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=length,
+                               unroll=min(cfg.scan_unroll, length))(cfg, name=name)
+            (img, txt), _ = scan(_DoubleScanBody, cfg.num_layers, "transformer_blocks")((img, txt), y, cos, sin)
+            x = jnp.concatenate([txt, img], axis=1)
+            if cfg.num_single_layers:
+                x, _ = scan(_SingleScanBody, cfg.num_single_layers, "single_transformer_blocks")(x, y, cos, sin)
+        else:
+            double = cfg.block_module(DoubleStreamBlock)
+            for i in range(cfg.num_layers):
+                img, txt = double(**cfg.block_kwargs(), name=f"transformer_blocks_{i}")(img, txt, y, cos, sin)
+            x = jnp.concatenate([txt, img], axis=1)
+            single = cfg.block_module(SingleStreamBlock)
+            for i in range(cfg.num_single_layers):
+                x = single(**cfg.block_kwargs(), name=f"single_transformer_blocks_{i}")(x, y, cos, sin)
+
+        scale, shift = jnp.split(dense(2 * d, "norm_out")(nn.silu(y)), 2, axis=-1)  # diffusers: scale first
+        return dense(cfg.out_channels, "proj_out")(modulate(layer_norm(x[:, context.shape[1]:]), shift, scale))
