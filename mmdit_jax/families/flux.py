@@ -24,8 +24,9 @@ import jax.numpy as jnp
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families.base import Conditioning, Family, Net
-from mmdit_jax.models.flux import FluxConfig, FluxTransformer, latent_image_ids, pack_latents, text_ids, \
-    unpack_latents
+from mmdit_jax.models.flux import (
+    FluxConfig, FluxTransformer, latent_image_ids, pack_latents, text_ids, unpack_latents,
+)
 from mmdit_jax.models.flux_params import flux_forward_flops
 from mmdit_jax.models.mmdit_params import cast_kernels
 

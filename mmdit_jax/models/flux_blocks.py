@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.models.layers import Dense, DenseParams, FeedForward, RMSNorm, layer_norm, modulate, \
-    padded_dot_product_attention
+from mmdit_jax.models.layers import (
+    Dense, DenseParams, FeedForward, RMSNorm, layer_norm, modulate, padded_dot_product_attention,
+)
 from mmdit_jax.models.rope import apply_rope
 
 Array = jax.Array

@@ -36,7 +36,7 @@ def unstack_blocks(variables: dict[str, Any], cfg: FluxConfig) -> dict[str, Any]
             continue
         stacked = params.pop(group)["block"]
         for i in range(getattr(cfg, count)):
-            params[f"{group}_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
+            params[f"{group}_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
     return {**variables, "params": params}
 
 

@@ -81,7 +81,7 @@ def test_remove_pooled_drops_h_y_and_zero_steering_is_no_steering():
 
 def test_export_round_trips_and_flops_and_checks():
     family = _family(guidance_embeds=False)
-    x, cond, variables, _, t = _setup(family)
+    _, _, variables, _, _ = _setup(family)
     for layout in ("diffusers", "original"):
         cfg, loaded = FluxFamily.load_pretrained(family.export(variables, layout), axes_dims_rope=(4, 6, 6))
         assert cfg == family.config
