@@ -4,6 +4,8 @@
 name       model                                           conditioning
 =========  ==============================================  ===================================
 ``sd3``    the SD3 / SD3.5 MMDiT (``models/mmdit.py``)     ``context``, ``pooled``
+``flux``   FLUX.1 double/single-stream + RoPE              ``context``, ``pooled``, ``guidance``
+           (``models/flux.py``)
 ``mlp``    noise-conditional MLP for vector data (2D toy)  none
 =========  ==============================================  ===================================
 
