@@ -7,13 +7,11 @@ line naming the field (exit status 2; the traceback too with ``--verbosity=1``),
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import quiet_library_logs, report
+from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
 from mmdit_jax.runtime import configure_runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Autoencoder config file (configs/vae_shapes.py[:tiny]).")
@@ -21,7 +19,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, rec
 _RUNTIME = flags.DEFINE_bool("tuned_runtime", True, "Apply mmdit_jax.runtime's per-platform process settings.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_USAGE = 2   # errors of the user's input: one line, not a traceback
+
+def _run() -> None:
+    import jax
+
+    from mmdit_jax.train.autoencoder import train_autoencoder
+
+    report(f"{jax.device_count()} devices ({jax.devices()[0].platform}), workdir={_WORKDIR.value}")
+    train_autoencoder(_CONFIG.value, _WORKDIR.value)
 
 
 def main(argv) -> None:
@@ -30,19 +35,9 @@ def main(argv) -> None:
     if _RUNTIME.value:  # before the first JAX computation
         configure_runtime()
     quiet_library_logs()
-    import jax
-
     from mmdit_jax.checkpoints import CheckpointError
-    from mmdit_jax.train.autoencoder import train_autoencoder
 
-    try:
-        report(f"{jax.device_count()} devices ({jax.devices()[0].platform}), workdir={_WORKDIR.value}")
-        train_autoencoder(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointError) as e:
-        if flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+    exit_on_input_error(_run, (ConfigError, CheckpointError))
 
 
 def run() -> None:
