@@ -10,6 +10,9 @@ embeds ``timestep_scale * t`` (default 1000: FLUX's ``1000 t`` for flow time ``t
 Conditioning: ``context (B, T, 4096)`` (T5-XXL states), ``pooled (B, 768)`` (CLIP-L pooler output); optional
 ``guidance (B,)`` for guidance-distilled models (``guidance_embeds``; absent: the ``guidance`` option of ``net``,
 default 3.5 as in diffusers' ``FluxPipeline``); ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y.
+Optional ``reference (B, h, w, C)`` (FLUX.1 Kontext): clean latents of a reference image, packed and appended after
+the target's tokens with ids ``(1, row, col)`` (the target keeps index 0); the output is sliced back to the target
+tokens, so ``net`` stays ``(H, W, C) -> (H, W, C)``. The reference is never noised and shares ``t`` and ``y``.
 Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``.
 Checkpoints: diffusers folders / files and the original BFL layout (``mmdit_jax.interop.flux``).
 """
@@ -21,6 +24,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families.base import Conditioning, Family, Net
@@ -40,6 +44,16 @@ def forward_mode_config(cfg: FluxConfig) -> FluxConfig:
         raise ConfigError("this loss differentiates the model forward (jax.jvp), which cuDNN attention does not "
                           "support: set model.attention_impl to None or 'xla' (got 'cudnn')")
     return dataclasses.replace(cfg, attention_impl="xla")
+
+
+def image_ids(height: int, width: int, reference: tuple[int, int] | None = None) -> np.ndarray:
+    """``(N [+ N_ref], 3)`` float32 ids of the image tokens ``net`` hands the model for ``(H, W)`` latents: the
+    target's ``(0, row, col)``, then, with a Kontext ``reference = (h, w)``, the reference's ``(1, row, col)`` on
+    its own grid from 0 (diffusers' ``FluxKontextPipeline.prepare_latents``, BFL's ``prepare_kontext``)."""
+    ids = latent_image_ids(height, width)
+    if reference is None:
+        return ids
+    return np.concatenate([ids, latent_image_ids(*reference, index=1)])
 
 
 class FluxFamily(Family):
@@ -98,14 +112,23 @@ class FluxFamily(Family):
         self._require(cond, "context")
         context = cond["context"]
         steering = cond.get("pooled_steering")
+        reference = cond.get("reference")
+        if reference is not None and (reference.ndim != 4 or 4 * reference.shape[-1] != self.config.in_channels
+                                      or reference.shape[1] % 2 or reference.shape[2] % 2):
+            raise ConfigError(f"cond['reference'] must be (B, h, w, {self.config.latent_channels}) latents with h, w "
+                              f"even, got shape {tuple(reference.shape)}")
 
         def net(x: Array, t: Array) -> Array:
             b, height, width, _ = x.shape
-            out = self.module.apply(variables, pack_latents(x), t, context, cond.get("pooled"),
-                                    latent_image_ids(height, width), text_ids(context.shape[1]),
-                                    self._guidance(cond, b, guidance), remove_pooled=remove_pooled,
-                                    pooled_steering=steering, time_scale=self.timestep_scale)
-            return unpack_latents(out, height, width)
+            tokens = pack_latents(x)
+            if reference is not None:
+                tokens = jnp.concatenate([tokens, pack_latents(reference.astype(tokens.dtype))], axis=1)
+            ids = image_ids(height, width, None if reference is None else tuple(reference.shape[1:3]))
+            out = self.module.apply(variables, tokens, t, context, cond.get("pooled"), ids,
+                                    text_ids(context.shape[1]), self._guidance(cond, b, guidance),
+                                    remove_pooled=remove_pooled, pooled_steering=steering,
+                                    time_scale=self.timestep_scale)
+            return unpack_latents(out[:, :(height // 2) * (width // 2)], height, width)
 
         return net
 

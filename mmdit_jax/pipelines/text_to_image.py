@@ -86,17 +86,19 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _components(folder: str) -> dict[str, str]:
-    """``{component: sub-folder}`` of the present components of ``model_index.json``; missing ones raise."""
-    index = _read_json(os.path.join(folder, "model_index.json"), "SD3 pipeline folder")
+def _components(folder: str, required: tuple[str, ...] = REQUIRED, optional: tuple[str, ...] = OPTIONAL,
+                pipeline: str = "SD3") -> dict[str, str]:
+    """``{component: sub-folder}`` of the present components of ``model_index.json``; missing ones raise.
+    ``required`` / ``optional`` / ``pipeline`` (its name in errors) default to SD3's."""
+    index = _read_json(os.path.join(folder, "model_index.json"), f"{pipeline} pipeline folder")
     present = {}
-    for name in REQUIRED + OPTIONAL:
+    for name in required + optional:
         entry = index.get(name)
         # diffusers writes [null, null] for a component saved as None
         if entry is None or (isinstance(entry, (list, tuple)) and entry[0] is None):
-            if name in REQUIRED:
-                raise ConfigError(f"{folder}/model_index.json: component {name!r} is missing (the SD3 pipeline needs "
-                                  f"{list(REQUIRED)}; {list(OPTIONAL)} are optional)")
+            if name in required:
+                raise ConfigError(f"{folder}/model_index.json: component {name!r} is missing (the {pipeline} pipeline "
+                                  f"needs {list(required)}; {list(optional) or 'none'} are optional)")
             continue
         path = os.path.join(folder, name)
         if not os.path.isdir(path):

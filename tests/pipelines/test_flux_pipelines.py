@@ -1,0 +1,262 @@
+"""FluxPipeline / FluxKontextPipeline.from_folder on tiny random diffusers FluxPipeline / FluxKontextPipeline folders
+(save_pretrained, built offline; a dev-like transformer with the guidance embedding and dynamic shifting, a
+schnell-like one without) give diffusers' images to 1e-4 from the same latents at a square and a non-square size,
+the scheduler grid and mu to 1e-6; Kontext's reference ids, latents and sizes are diffusers'; errors name what is
+wrong."""
+
+import functools
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+diffusers = pytest.importorskip("diffusers")
+PIL = pytest.importorskip("PIL.Image")
+
+from mmdit_jax.checks import ConfigError  # noqa: E402
+from mmdit_jax.models.flux import pack_latents  # noqa: E402
+from mmdit_jax.pipelines.flux import FluxPipeline  # noqa: E402
+from mmdit_jax.pipelines.image_to_image import preprocess_images  # noqa: E402
+from mmdit_jax.pipelines.kontext import (  # noqa: E402
+    FluxKontextPipeline,
+    kontext_target_size,
+    preferred_kontext_size,
+)
+from mmdit_jax.pipelines.text_to_image import to_uint8, to_unit  # noqa: E402
+from tests.pipelines.tiny_flux import LATENT_CHANNELS, components, pack, smooth_image  # noqa: E402
+
+T5_LEN, STEPS = 16, 3
+PROMPTS = ["a red circle in the top left", "a large blue square"]
+EDITS = ["make the circle green", "add a small yellow square"]
+SIZES = [(32, 32), (24, 40)]          # (height, width) pixels; the tiny VAE's downscale is 2
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """``{variant: (diffusers FluxPipeline, diffusers FluxKontextPipeline, saved folder)}``."""
+    out = {}
+    for variant in ("dev", "schnell"):
+        parts = components(variant)
+        t2i = diffusers.FluxPipeline(**parts)
+        kontext = diffusers.FluxKontextPipeline(**parts)
+        for p in (t2i, kontext):
+            p.set_progress_bar_config(disable=True)
+        path = tmp_path_factory.mktemp(variant)
+        t2i.save_pretrained(path)
+        out[variant] = (t2i, kontext, path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ours(folders):
+    pipes = {v: FluxPipeline.from_folder(path, max_sequence_length=T5_LEN) for v, (_, _, path) in folders.items()}
+    return {v: (p, FluxKontextPipeline(p)) for v, p in pipes.items()}
+
+
+def _latents(height, width, seed=0):
+    rng = np.random.default_rng(seed + 7 * height + width)
+    return rng.standard_normal((len(PROMPTS), height // 2, width // 2, LATENT_CHANNELS)).astype(np.float32)
+
+
+def _recording(scheduler):
+    """Record the ``set_timesteps`` keyword arguments (``mu``) the diffusers pipeline passes."""
+    calls = []
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)      # diffusers inspects the signature for the sigmas argument
+    def set_timesteps(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    scheduler.set_timesteps = set_timesteps
+    return calls
+
+
+@pytest.mark.parametrize("variant", ["dev", "schnell"])
+@pytest.mark.parametrize("height,width", SIZES)
+def test_flux_equals_diffusers_and_so_does_the_grid(folders, ours, variant, height, width):
+    ref_pipe, pipe = folders[variant][0], ours[variant][0]
+    z = _latents(height, width)
+    calls = _recording(ref_pipe.scheduler)
+    with torch.no_grad():
+        ref = ref_pipe(PROMPTS, height=height, width=width, num_inference_steps=STEPS, guidance_scale=3.5,
+                       latents=pack(z), max_sequence_length=T5_LEN, output_type="np").images
+    x = pipe.generate(PROMPTS, height, width, STEPS, guidance_scale=3.5, latents=z)
+    assert x.shape == ref.shape == (len(PROMPTS), height, width, 3)
+    err = float(np.max(np.abs(to_unit(x) - ref)))
+    print(f"flux {variant} {height}x{width}: max |diff| = {err:.2e}")
+    assert float(np.std(ref)) > 1e-3     # not flat: the comparison means something
+    assert err <= 1e-4
+
+    sigmas, mu = pipe.schedule(STEPS, height // 2, width // 2)
+    assert abs(mu - calls[-1]["mu"]) <= 1e-6
+    assert float(np.max(np.abs(sigmas - ref_pipe.scheduler.sigmas.numpy()))) <= 1e-6
+    if variant == "dev":
+        assert abs(float(sigmas[1]) - (1 - 1 / STEPS)) > 1e-3      # mu, not the identity, shifted the grid
+
+
+def test_flux_uint8_and_guidance_embedding(folders, ours):
+    """``__call__`` is ``to_uint8(generate)``, within 1 of diffusers' uint8; the dev transformer reads the traced
+    guidance scale (no recompilation), the schnell one ignores it."""
+    ref_pipe, pipe = folders["dev"][0], ours["dev"][0]
+    z = _latents(32, 32)
+    with torch.no_grad():
+        ref = ref_pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS, guidance_scale=3.5,
+                       latents=pack(z), max_sequence_length=T5_LEN, output_type="np").images
+    images = pipe(PROMPTS, 32, 32, STEPS, 3.5, latents=z)
+    assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(images, to_uint8(pipe.generate(PROMPTS, 32, 32, STEPS, 3.5, latents=z)))
+    assert int(np.max(np.abs(images.astype(int) - (ref * 255).round().astype(int)))) <= 1
+    dev_1 = np.asarray(pipe.generate(PROMPTS, 32, 32, STEPS, 1.0, latents=z))
+    assert float(np.max(np.abs(dev_1 - 2 * ref + 1))) > 1e-3
+    schnell = ours["schnell"][0]
+    np.testing.assert_array_equal(np.asarray(schnell.generate(PROMPTS, 32, 32, STEPS, 1.0, latents=z)),
+                                  np.asarray(schnell.generate(PROMPTS, 32, 32, STEPS, 3.5, latents=z)))
+
+
+def test_true_cfg_equals_diffusers(folders, ours):
+    ref_pipe, pipe = folders["schnell"][0], ours["schnell"][0]
+    z, negatives = _latents(24, 40, seed=1), ["blurry", "a green ring"]
+    with torch.no_grad():
+        ref = ref_pipe(PROMPTS, negative_prompt=negatives, true_cfg_scale=2.5, height=24, width=40,
+                       num_inference_steps=STEPS, latents=pack(z), max_sequence_length=T5_LEN,
+                       output_type="np").images
+    x = pipe.generate(PROMPTS, 24, 40, STEPS, latents=z, negative_prompts=negatives, true_cfg_scale=2.5)
+    plain = pipe.generate(PROMPTS, 24, 40, STEPS, latents=z)
+    err = float(np.max(np.abs(to_unit(x) - ref)))
+    print(f"true CFG: max |diff| = {err:.2e}")
+    assert float(np.max(np.abs(to_unit(plain) - ref))) > 1e-3     # the guidance changes the images
+    assert err <= 1e-4
+    with pytest.raises(ConfigError, match="negative_prompts"):
+        pipe.generate(PROMPTS, 24, 40, STEPS, latents=z, true_cfg_scale=2.5)
+
+
+def test_seeded_latents_and_pooled_options_run(ours):
+    """Seeded noise reuses the compiled program of the same shapes; ``remove_pooled`` runs; errors are named."""
+    pipe = ours["dev"][0]
+    a = pipe(PROMPTS, 32, 32, STEPS, seed=1)
+    np.testing.assert_array_equal(a, pipe(PROMPTS, 32, 32, STEPS, seed=1))
+    assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
+    no_pooled = pipe(PROMPTS[:1], 8, 8, 1, seed=1, remove_pooled=True)
+    assert no_pooled.shape == (1, 8, 8, 3)
+    with pytest.raises(ConfigError, match="remove_pooled"):
+        pipe(PROMPTS[:1], 8, 8, 1, remove_pooled=True, steering=(["a"], ["b"], 1.0))
+    with pytest.raises(ConfigError, match="steering needs one positive"):
+        pipe(PROMPTS[:1], 8, 8, 1, steering=(["a", "c"], ["b"], 1.0))
+    with pytest.raises(ConfigError, match="latents must have shape"):
+        pipe(PROMPTS[:1], 8, 8, 1, latents=np.zeros((1, 8, 8, LATENT_CHANNELS), np.float32))
+
+
+# ---- Kontext ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["dev", "schnell"])
+@pytest.mark.parametrize("size,ref_size", [((32, 32), (24, 40)), ((24, 40), (32, 32))])
+def test_kontext_equals_diffusers(folders, ours, variant, size, ref_size):
+    """``_auto_resize=False`` and ``max_area = H W`` keep diffusers' sizes; the reference has another size than the
+    target, and another reference changes the images by far more than the error."""
+    ref_pipe, kontext = folders[variant][1], ours[variant][1]
+    (height, width), image = size, smooth_image(*ref_size)
+    z = _latents(height, width, seed=2)
+    calls = _recording(ref_pipe.scheduler)
+    with torch.no_grad():
+        ref = ref_pipe(image=PIL.fromarray(image), prompt=EDITS, height=height, width=width, max_area=height * width,
+                       _auto_resize=False, num_inference_steps=STEPS, guidance_scale=2.5, latents=pack(z),
+                       max_sequence_length=T5_LEN, output_type="np").images
+    x = kontext.generate(EDITS, image, height, width, STEPS, 2.5, latents=z, max_area=height * width)
+    err = float(np.max(np.abs(to_unit(x) - ref)))
+    print(f"kontext {variant} {height}x{width} (reference {ref_size}): max |diff| = {err:.2e}")
+    assert x.shape == ref.shape == (len(EDITS), height, width, 3)
+    assert err <= 1e-4
+    # mu from the target's tokens only
+    sigmas, mu = kontext.pipe.schedule(STEPS, height // 2, width // 2)
+    assert abs(mu - calls[-1]["mu"]) <= 1e-6
+    assert float(np.max(np.abs(sigmas - ref_pipe.scheduler.sigmas.numpy()))) <= 1e-6
+    other = kontext.generate(EDITS, 255 - image, height, width, STEPS, 2.5, latents=z, max_area=height * width)
+    assert float(np.max(np.abs(to_unit(other) - ref))) > max(2e-4, 100 * err)     # the reference is used
+
+
+def test_kontext_reference_ids_and_latents_are_diffusers(folders, ours):
+    """Ids: the target's rows, then the reference's with first component 1 on its own grid; reference latents:
+    the packed posterior mode (``sample_mode="argmax"``), tiled to the prompts."""
+    ref_pipe, kontext = folders["dev"][1], ours["dev"][1]
+    (height, width), (rh, rw) = (24, 40), (32, 48)
+    image = smooth_image(rh, rw)
+    ids = kontext.token_ids(height, width, (rh, rw))
+    n_target = (height // 4) * (width // 4)
+    assert ids.shape == (n_target + (rh // 4) * (rw // 4), 3)
+    assert np.all(ids[:n_target, 0] == 0) and np.all(ids[n_target:, 0] == 1)
+    assert ids[n_target:, 1:].max(axis=0).tolist() == [rh // 4 - 1, rw // 4 - 1]
+    tensor = ref_pipe.image_processor.preprocess(PIL.fromarray(image), rh, rw)
+    with torch.no_grad():
+        _, image_latents, latent_ids, image_ids = ref_pipe.prepare_latents(
+            tensor, 2, LATENT_CHANNELS, height, width, torch.float32, torch.device("cpu"),
+            torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(ids, torch.cat([latent_ids, image_ids]).numpy())
+    pipe = kontext.pipe
+    ours_latents = pack_latents(pipe.encode_images(pipe.vae_variables, preprocess_images(image)))
+    assert float(np.max(np.abs(np.asarray(ours_latents)[0] - image_latents[1].numpy()))) <= 1e-5
+
+
+def test_kontext_sizes_are_diffusers():
+    for (h, w), area in (((1024, 1024), 1024 ** 2), ((512, 768), 1024 ** 2), ((24, 40), 960), ((100, 30), 5000)):
+        aspect = w / h
+        expected = (round((area / aspect) ** 0.5) // 16 * 16, round((area * aspect) ** 0.5) // 16 * 16)
+        assert kontext_target_size(h, w, area, 16) == expected
+    assert kontext_target_size(24, 40, None, 4) == (24, 40)
+    assert preferred_kontext_size(1024, 1024) == (1024, 1024)
+    assert preferred_kontext_size(512, 1024) == (720, 1456)        # aspect 2: (1456, 720) is nearest
+    assert preferred_kontext_size(1000, 600) == (1328, 800)
+    assert preferred_kontext_size(1000, 600, multiple=64) == (1280, 768)
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+
+
+def _copy(folders, tmp_path, variant="schnell"):
+    path = tmp_path / "pipe"
+    shutil.copytree(folders[variant][2], path)
+    return path
+
+
+def test_missing_components_are_named(folders, tmp_path):
+    path = _copy(folders, tmp_path)
+    index_file = path / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({k: v for k, v in index.items() if k != "tokenizer_2"}))
+    with pytest.raises(ConfigError, match="'tokenizer_2' is missing"):
+        FluxPipeline.from_folder(path)
+    index_file.write_text(json.dumps(index))
+    shutil.rmtree(path / "vae")
+    with pytest.raises(ConfigError, match="vae/"):
+        FluxKontextPipeline.from_folder(path)
+    with pytest.raises(ConfigError, match="max_sequence_length"):
+        FluxPipeline.from_folder(folders["dev"][2], max_sequence_length=513)
+
+
+def test_unknown_scheduler_class_is_named(folders, tmp_path):
+    path = _copy(folders, tmp_path)
+    cfg_file = path / "scheduler" / "scheduler_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "_class_name": "DDIMScheduler"}))
+    with pytest.raises(ConfigError, match="_class_name='DDIMScheduler'"):
+        FluxPipeline.from_folder(path)
+
+
+def test_sizes_not_divisible_are_named(folders, ours):
+    pipe, kontext = ours["dev"]
+    vae = json.loads((folders["dev"][2] / "vae" / "config.json").read_text())
+    multiple = 2 * 2 ** (len(vae["block_out_channels"]) - 1)     # the VAE's downscale x FLUX's 2x2 packing
+    assert pipe.size_multiple == multiple == 4
+    with pytest.raises(ConfigError, match=f"width=34 must be divisible by {multiple}"):
+        pipe(PROMPTS, 32, 34)
+    with pytest.raises(ConfigError, match="height=30"):
+        pipe(PROMPTS, 30, 32)
+    with pytest.raises(ConfigError, match="image width=30"):
+        kontext(PROMPTS, smooth_image(32, 30), 32, 32, max_area=None)
+    with pytest.raises(ConfigError, match="width=34"):
+        kontext(PROMPTS, smooth_image(32, 32), 32, 34, max_area=None)
+    with pytest.raises(ConfigError, match="3 images for 2 prompts"):
+        kontext(PROMPTS, np.stack([smooth_image(32, 32)] * 3), 32, 32, max_area=None)
