@@ -98,6 +98,20 @@ def test_flux_equals_diffusers_and_so_does_the_grid(folders, ours, variant, heig
         assert abs(float(sigmas[1]) - (1 - 1 / STEPS)) > 1e-3      # mu, not the identity, shifted the grid
 
 
+def test_custom_sigmas_grid_equals_diffusers(folders, ours):
+    """A caller's grid ``(n,)`` is shifted with the same ``mu`` as diffusers' ``set_timesteps(sigmas=, mu=)``."""
+    custom = [1.0, 0.7, 0.45, 0.2]
+    for variant in ("dev", "schnell"):
+        sched = diffusers.FlowMatchEulerDiscreteScheduler.from_config(folders[variant][0].scheduler.config)
+        sigmas, mu = ours[variant][0].schedule(len(custom), 16, 24, sigmas=custom)
+        c = sched.config
+        expected_mu = diffusers.pipelines.flux.pipeline_flux.calculate_shift(
+            8 * 12, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+        sched.set_timesteps(sigmas=custom, mu=expected_mu)
+        assert abs(mu - expected_mu) <= 1e-6
+        assert float(np.max(np.abs(sigmas - sched.sigmas.numpy()))) <= 1e-6
+
+
 def test_flux_uint8_and_guidance_embedding(folders, ours):
     """``__call__`` is ``to_uint8(generate)``, within 1 of diffusers' uint8; the dev transformer reads the traced
     guidance scale (no recompilation), the schnell one ignores it."""
@@ -153,8 +167,7 @@ def test_seeded_latents_and_pooled_options_run(ours):
 # ---- Kontext ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["dev", "schnell"])
-@pytest.mark.parametrize("size,ref_size", [((32, 32), (24, 40)), ((24, 40), (32, 32))])
+@pytest.mark.parametrize("variant,size,ref_size", [("dev", (32, 32), (24, 40)), ("schnell", (24, 40), (32, 32))])
 def test_kontext_equals_diffusers(folders, ours, variant, size, ref_size):
     """``_auto_resize=False`` and ``max_area = H W`` keep diffusers' sizes; the reference has another size than the
     target, and another reference changes the images by far more than the error."""
@@ -199,6 +212,14 @@ def test_kontext_reference_ids_and_latents_are_diffusers(folders, ours):
     pipe = kontext.pipe
     ours_latents = pack_latents(pipe.encode_images(pipe.vae_variables, preprocess_images(image)))
     assert float(np.max(np.abs(np.asarray(ours_latents)[0] - image_latents[1].numpy()))) <= 1e-5
+
+
+def test_family_rejects_a_malformed_reference(ours):
+    family = ours["dev"][0].family
+    cond = {"context": np.zeros((1, 4, 32), np.float32), "pooled": np.zeros((1, 32), np.float32),
+            "reference": np.zeros((1, 3, 4, LATENT_CHANNELS), np.float32)}
+    with pytest.raises(ConfigError, match="reference"):
+        family.net(ours["dev"][0].variables, cond)
 
 
 def test_kontext_sizes_are_diffusers():
