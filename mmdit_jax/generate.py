@@ -1,7 +1,7 @@
 """``python -m mmdit_jax.generate --source=DIR --prompt="..." [--prompt_file=F] --out=DIR``: prompts -> PNG files.
 
-``--source`` is a diffusers SD3 / SD3.5 pipeline folder (``model_index.json``, weights on local disk) or a training
-workdir of ``python -m mmdit_jax`` (its ``config.json`` and newest checkpoint). Each image ``k`` (prompt-major,
+``--source`` is a diffusers SD3 / SD3.5 or FLUX.1 pipeline folder (``model_index.json``, weights on local disk) or a
+training workdir of ``python -m mmdit_jax`` (its ``config.json`` and newest checkpoint). Each image ``k`` (prompt-major,
 ``--num_images_per_prompt`` per prompt) uses seed ``--seed + k`` and is reproducible from its prompt and seed alone;
 the PNG's text chunks hold ``prompt``, ``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``source`` and
 ``dtype``. ``--bf16`` computes the transformer and VAE in bfloat16. Bad input is one line ``error: ...``, exit 2.
@@ -19,7 +19,7 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
 from mmdit_jax.runtime import configure_runtime
 
-_SOURCE = flags.DEFINE_string("source", None, "SD3 pipeline folder or training workdir.")
+_SOURCE = flags.DEFINE_string("source", None, "Diffusers pipeline folder (SD3, SD3.5, FLUX.1) or training workdir.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A text file, one prompt per line ('#' lines skipped).")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt (default: the source's).")
@@ -85,7 +85,7 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
     seeds = seeds_for(len(prompts), per_prompt, seed)
     jobs = [(k, prompts[k // per_prompt], s) for k, s in enumerate(seeds)]
     if not os.path.isdir(source):
-        raise ConfigError(f"source {source!r} is not a folder (give an SD3 pipeline folder or a training workdir)")
+        raise ConfigError(f"source {source!r} is not a folder (give a diffusers pipeline folder or a training workdir)")
     config = None
     if not is_pipeline_folder(source) and os.path.isfile(os.path.join(source, "config.json")):
         config = workdir_config(source)

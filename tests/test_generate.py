@@ -62,7 +62,7 @@ def test_prompt_file_and_bad_input(workdir, tmp_path):
         gen_cli.read_prompts([], str(tmp_path / "missing.txt"))
     with pytest.raises(ConfigError, match="height=64: a workdir's model samples at its training size 32x32"):
         gen_cli.generate(workdir, ["a red circle"], str(tmp_path / "o"), height=64)
-    with pytest.raises(ConfigError, match="neither an SD3 pipeline folder"):
+    with pytest.raises(ConfigError, match="neither a diffusers pipeline folder"):
         gen_cli.generate(str(tmp_path), ["a red circle"], str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="num_images_per_prompt"):
         gen_cli.generate(workdir, ["a red circle"], str(tmp_path / "o"), per_prompt=0)
@@ -97,4 +97,25 @@ def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_t
         expected = to_uint8(ours.generate([prompt], height=32, width=48, num_inference_steps=2, guidance_scale=4.0,
                                           seed=seed))[0]
         # one compiled batch of 2 vs batch 1: XLA may round differently; at most one grey level
+        assert np.max(np.abs(image.astype(int) - expected.astype(int))) <= 1
+
+
+def test_flux_folder_images_equal_fluxpipeline_per_prompt_and_seed(tmp_path):
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from tests.pipelines.tiny_flux import components
+
+    from mmdit_jax.pipelines.flux import FluxPipeline
+    from mmdit_jax.pipelines.text_to_image import to_uint8
+
+    folder = tmp_path / "flux"
+    diffusers.FluxPipeline(**components("dev")).save_pretrained(folder)
+    prompts = ["a red circle", "a blue square"]
+    paths = gen_cli.generate(str(folder), prompts, str(tmp_path / "o"), seed=7, batch_size=2, steps=2,
+                             guidance_scale=2.0)
+    ours = FluxPipeline.from_folder(folder)
+    for path, prompt, seed in zip(paths, prompts, (7, 8)):
+        expected = to_uint8(ours.generate([prompt], num_inference_steps=2, guidance_scale=2.0, seed=seed))[0]
+        image = np.asarray(Image.open(path))
+        assert image.shape == expected.shape and Image.open(path).text["seed"] == str(seed)
         assert np.max(np.abs(image.astype(int) - expected.astype(int))) <= 1

@@ -1,10 +1,12 @@
-"""One interface over the two things images come from: a diffusers SD3 pipeline folder and a training workdir.
+"""One interface over the two things images come from: a diffusers pipeline folder (SD3 / SD3.5, FLUX.1) and a
+training workdir.
 
     gen = open_source("/path/to/stable-diffusion-3.5-medium")     # or a workdir of `python -m mmdit_jax`
     images = gen.images(["a red circle"], seeds=[0])              # (N, H, W, 3) uint8, one image per (prompt, seed)
 
-Each image is a function of its prompt and seed alone (not of its batch): an SD3 folder draws the image's starting
-latents ``N(0, I)`` from ``PRNGKey(seed)`` (what ``SD3Pipeline.generate(prompt, seed=seed)`` does for one prompt);
+Each image is a function of its prompt and seed alone (not of its batch): a pipeline folder draws the image's
+starting latents ``N(0, I)`` from ``PRNGKey(seed)`` (what ``SD3Pipeline.generate(prompt, seed=seed)`` and
+``FluxPipeline.generate`` do for one prompt);
 a workdir samples each prompt from ``fold_in(PRNGKey(seed), 0)`` (what ``SamplingPipeline([prompt], seed)`` does).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from typing import Any, Protocol, Sequence
 
@@ -22,6 +25,7 @@ import numpy as np
 from mmdit_jax.checks import ConfigError, check_positive_int
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.sampling import to_uint8 as model_to_uint8
+from mmdit_jax.pipelines.flux import FluxPipeline
 from mmdit_jax.pipelines.text_to_image import SD3Pipeline
 from mmdit_jax.pipelines.text_to_image import to_uint8 as decoder_to_uint8
 
@@ -46,25 +50,49 @@ class ImageSource(Protocol):
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray: ...
 
 
+# model_index.json's _class_name -> (pipeline, default guidance scale): diffusers' defaults. A Kontext folder holds
+# a FLUX text-to-image model (Kontext with no reference image is plain text-to-image).
+PIPELINES: dict[str, tuple[Any, float]] = {
+    "StableDiffusion3Pipeline": (SD3Pipeline, 7.0),
+    "FluxPipeline": (FluxPipeline, 3.5),
+    "FluxKontextPipeline": (FluxPipeline, 3.5),
+}
+
+
 class FolderSource:
-    """A diffusers ``StableDiffusion3Pipeline`` folder, run by ``SD3Pipeline``."""
+    """A diffusers SD3 / SD3.5 or FLUX.1 pipeline folder, run by ``SD3Pipeline`` or ``FluxPipeline``.
+
+    For SD3 ``guidance_scale`` is the CFG scale and ``negative_prompt`` its negative branch; for FLUX it is the
+    embedded guidance (dev) and a negative prompt turns on true CFG at scale 4 (diffusers' default is none)."""
 
     def __init__(self, path: str, dtype: str):
-        self.pipe = SD3Pipeline.from_folder(path, dtype=dtype)
-        self.description = f"SD3 pipeline folder {path} ({dtype})"
+        with open(os.path.join(path, "model_index.json")) as f:
+            kind = json.load(f).get("_class_name")
+        if kind not in PIPELINES:
+            raise ConfigError(f"{path}/model_index.json: _class_name={kind!r} is not supported; valid: "
+                              f"{sorted(PIPELINES)}")
+        cls, self.default_guidance = PIPELINES[kind]
+        self.pipe = cls.from_folder(path, dtype=dtype)
+        self.flux = cls is FluxPipeline
+        self.description = f"{kind} folder {path} ({dtype})"
 
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
         pipe = self.pipe
         height = options.height or pipe.default_size
         width = options.width or pipe.default_size
-        f, c = pipe.vae_scale_factor, pipe.family.config.in_channels
-        latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), (1, height // f, width // f, c))
-                                   for s in seeds]) if height % f == 0 and width % f == 0 else None
+        pipe.check_size(height, width)
+        shape = pipe.latent_shape(1, height, width)
+        latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), shape) for s in seeds])
         negatives = None if options.negative_prompt is None else [options.negative_prompt] * len(prompts)
         steps = 28 if options.steps is None else options.steps
-        guidance = 7.0 if options.guidance_scale is None else options.guidance_scale
-        return decoder_to_uint8(pipe.generate(list(prompts), negatives, height=height, width=width,
-                                              num_inference_steps=steps, guidance_scale=guidance, latents=latents))
+        guidance = self.default_guidance if options.guidance_scale is None else options.guidance_scale
+        if self.flux:
+            extra = {} if negatives is None else {"negative_prompts": negatives, "true_cfg_scale": 4.0}
+            out = pipe.generate(list(prompts), height, width, steps, guidance, latents=latents, **extra)
+        else:
+            out = pipe.generate(list(prompts), negatives, height=height, width=width, num_inference_steps=steps,
+                                guidance_scale=guidance, latents=latents)
+        return decoder_to_uint8(out)
 
 
 class WorkdirSource:
@@ -124,17 +152,17 @@ def is_pipeline_folder(path: str) -> bool:
 
 
 def open_source(path: str, dtype: str = "float32", config: Any = None) -> ImageSource:
-    """An SD3 pipeline folder (has ``model_index.json``) or a training workdir with its validated ``config``
+    """A pipeline folder (has ``model_index.json``) or a training workdir with its validated ``config``
     (``mmdit_jax.config_schema.workdir_config``)."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r}; valid: {list(DTYPES)}")
     if not os.path.isdir(path):
-        raise ConfigError(f"source {path!r} is not a folder (give an SD3 pipeline folder or a training workdir)")
+        raise ConfigError(f"source {path!r} is not a folder (give a diffusers pipeline folder or a training workdir)")
     if is_pipeline_folder(path):
         return FolderSource(path, dtype)
     if config is not None:
         return WorkdirSource(path, dtype, config)
-    raise ConfigError(f"source {path!r} is neither an SD3 pipeline folder (model_index.json) nor a training workdir "
+    raise ConfigError(f"source {path!r} is neither a diffusers pipeline folder (model_index.json) nor a training workdir "
                       "(config.json and checkpoints/)")
 
 
