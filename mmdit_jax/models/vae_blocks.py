@@ -6,7 +6,10 @@ Module and parameter names follow diffusers' ``AutoencoderKL`` (``resnets_0/conv
 
 Every GroupNorm has ``eps = 1e-6``, affine parameters, statistics in float32 computed in two passes (the mean
 first, then the mean squared deviation, as torch does: the one-pass ``E[x^2] - E[x]^2`` loses digits when
-activations have a large mean).
+activations have a large mean). Each pass reduces over the positions first, channel by channel, then over the
+channels of a group: on a CPU that column reduction runs vectorised over the contiguous channel axis, and the
+GroupNorm + SiLU of a decoder activation takes about a third of the time of ``flax.linen.GroupNorm``'s reduction
+over ``(positions, channels of the group)`` at once.
 """
 
 from __future__ import annotations
@@ -23,9 +26,35 @@ Dtype = Any
 GROUP_NORM_EPS = 1e-6
 
 
-def group_norm(groups: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=GROUP_NORM_EPS, use_fast_variance=False, dtype=dtype,
-                        param_dtype=param_dtype, name=name)
+class GroupNorm(nn.Module):
+    """``(B, H, W, C) -> (B, H, W, C)``: ``(x - mu_g) / sqrt(var_g + eps) * scale + bias`` with ``mu_g``, ``var_g`` the
+    mean and variance of group ``g`` (``C / groups`` consecutive channels) over all positions; parameters ``scale``
+    and ``bias`` ``(C,)`` (the names of ``flax.linen.GroupNorm``)."""
+
+    groups: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, c = x.shape[0], x.shape[-1]
+        per_group = c // self.groups
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xf = x.astype(jnp.float32).reshape(b, -1, c)                          # (B, HW, C)
+
+        def group_mean(per_channel: Array) -> Array:                          # (B, C) -> (B, 1, C), by group
+            g = jnp.mean(per_channel.reshape(b, self.groups, per_group), axis=-1)
+            return jnp.repeat(g, per_group, axis=-1)[:, None, :]
+
+        mean = group_mean(jnp.mean(xf, axis=1))
+        var = group_mean(jnp.mean(jnp.square(xf - mean), axis=1))
+        y = (xf - mean) * (jax.lax.rsqrt(var + GROUP_NORM_EPS) * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+        return y.reshape(x.shape).astype(self.dtype)
+
+
+def group_norm(groups: int, dtype: Dtype, param_dtype: Dtype, name: str) -> GroupNorm:
+    return GroupNorm(groups, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str, stride: int = 1,
