@@ -103,16 +103,56 @@ class Downsample(nn.Module):
         return conv(x.shape[-1], 3, self.dtype, self.param_dtype, "conv", stride=2, padding="VALID")(x)
 
 
+def _phase_kernels(w: Array, axis: int) -> tuple[Array, Array]:
+    """Along ``axis`` of a 3-tap kernel ``(w_0, w_1, w_2)``: the 2-tap kernels of the even and odd output phases of
+    "repeat each input twice, then convolve": even outputs see inputs ``(i - 1, i, i)``, odd ones ``(i, i, i + 1)``."""
+    t0, t1, t2 = (jnp.take(w, k, axis) for k in range(3))
+    return jnp.stack([t0, t1 + t2], axis), jnp.stack([t0 + t1, t2], axis)
+
+
+class UpsampleConv(nn.Module):
+    """Nearest-neighbour 2x then a 3x3 convolution (zero padding 1), ``(B, H, W, C) -> (B, 2H, 2W, F)``, computed as
+    four 2x2 convolutions of the input, one per output phase ``(a, b)``, interleaved (depth to space):
+
+        y[2i + a, 2j + b] = sum_{r, s in {0, 1}} K_ab[r, s] x[i + r - 1 + a, j + s - 1 + b],
+        K_ab = the 3x3 kernel's taps summed as ``_phase_kernels`` says, rows by ``a``, columns by ``b``
+
+    the same sums as convolving the upsampled image (16 instead of 36 multiply-adds per input pixel and channel
+    pair, and no 4x upsampled copy); parameters ``kernel (3, 3, C, F)`` and ``bias (F,)`` as ``nn.Conv``'s.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        rows = _phase_kernels(kernel, 0)
+        phases = []
+        for a in (0, 1):
+            cols = _phase_kernels(rows[a], 1)
+            phases.append(jnp.stack([
+                jax.lax.conv_general_dilated(x, cols[p], (1, 1), ((1 - a, a), (1 - p, p)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                for p in (0, 1)], axis=3))                                    # (B, H, W, 2, F)
+        y = jnp.stack(phases, axis=2)                                          # (B, H, 2, W, 2, F)
+        return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+
+
 class Upsample(nn.Module):
-    """``(B, H, W, C) -> (B, 2H, 2W, C)``: nearest-neighbour 2x (each pixel repeated 2x2), then a 3x3 convolution."""
+    """``(B, H, W, C) -> (B, 2H, 2W, C)``: nearest-neighbour 2x (each pixel repeated 2x2), then a 3x3 convolution
+    (``UpsampleConv``)."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return conv(x.shape[-1], 3, self.dtype, self.param_dtype, "conv")(x)
+        return UpsampleConv(x.shape[-1], self.dtype, self.param_dtype, name="conv")(x)
 
 
 class SpatialAttention(nn.Module):
