@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,7 @@ from mmdit_jax.diffusion.flow_match import (
     scheduler_config,
 )
 from mmdit_jax.diffusion.guidance import classifier_free_guidance
+from mmdit_jax.diffusion.samplers import make_sampler
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
 from mmdit_jax.families.sd3 import SD3Family
 from mmdit_jax.interop.vae import load_vae
@@ -128,6 +129,8 @@ class SD3Pipeline:
         self.vae = AutoencoderKL(vae_config)
         self._run = jax.jit(self._denoise_and_decode,
                             static_argnames=("sigmas", "guided", "skip_layers", "remove_pooled", "slg_layers"))
+        self._run_sampler = jax.jit(self._sample_and_decode,
+                                    static_argnames=("sampler", "shape", "guided", "skip_layers", "remove_pooled"))
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, dtype: str = "float32",
@@ -299,6 +302,16 @@ class SD3Pipeline:
         z = flow_match_euler(net, latents, np.asarray(sigmas, np.float32), window if slg_layers else None)
         return self.decode(vae_variables, z)
 
+    def _sample_and_decode(self, variables: Any, vae_variables: Any, key: Array, cond: dict[str, Any],
+                           negative: dict[str, Any], guidance_scale: Array, *, sampler: tuple[tuple[str, Any], ...],
+                           shape: tuple[int, ...], guided: bool, skip_layers: tuple[int, ...],
+                           remove_pooled: bool) -> Array:
+        """Any sampler of the core on the transformer's own schedule, from ``key``; then decoded."""
+        net = self.velocity(self.family.prepare(variables), cond, negative, guidance_scale, guided=guided,
+                            skip_layers=skip_layers, remove_pooled=remove_pooled)
+        sample = make_sampler(dict(sampler), self.family.schedule, "velocity")
+        return self.decode(vae_variables, sample(net, key, shape))
+
     # ---- prompts -> images ------------------------------------------------------------------------------------
 
     def encode(self, prompts: Sequence[str], steering: Steering | None = None) -> dict[str, Any]:
@@ -319,13 +332,19 @@ class SD3Pipeline:
                  guidance_scale: float = 7.0, seed: int = 0, latents: Any = None, skip_layers: Sequence[int] = (),
                  remove_pooled: bool = False, steering: Steering | None = None,
                  skip_guidance_layers: Sequence[int] = (), skip_layer_guidance_scale: float = 2.8,
-                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2) -> Array:
+                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
+                 sampler: Mapping[str, Any] | None = None) -> Array:
         """Decoded images ``(N, H, W, 3)`` float32 (about [-1, 1], unclipped) for N prompts.
 
         ``latents``: the starting noise ``(N, H / f, W / f, C)`` NHWC (diffusers' NCHW latents transposed); else
         ``jax.random.normal(PRNGKey(seed))`` of that shape. ``steering = (positive prompts, negative prompts, w)``
         moves the pooled vector of both CFG branches. ``skip_guidance_layers`` and the ``skip_layer_guidance_*``
         arguments are diffusers' skip-layer guidance (module docstring).
+
+        ``sampler``: instead of diffusers' FlowMatchEuler loop, any sampler of the core by config (e.g.
+        ``{"name": "ode", "n_steps": 20, "method": "heun"}``; ``mmdit_jax.diffusion.samplers``) on the
+        transformer's rectified-flow schedule with the scheduler's shift; it draws its starting noise from
+        ``PRNGKey(seed)`` (so ``latents`` and ``num_inference_steps`` do not apply; the step count is the sampler's).
         """
         cond, negative, guided = self.conditioning(prompts, negative_prompts, guidance_scale, steering, remove_pooled)
         height = self.default_size if height is None else height
@@ -333,6 +352,16 @@ class SD3Pipeline:
         self.check_size(height, width)
         check_positive_int("num_inference_steps", num_inference_steps)
         shape = self.latent_shape(cond["context"].shape[0], height, width)
+        if sampler is not None:
+            if latents is not None or tuple(skip_guidance_layers):
+                raise ConfigError("sampler: a sampler of the core draws its own starting noise from the seed; latents "
+                                  "and skip_guidance_layers apply to the default FlowMatchEuler loop only")
+            spec = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(sampler).items()))
+            make_sampler(dict(spec), self.family.schedule, "velocity")      # errors name the sampler's field
+            return self._run_sampler(self.variables, self.vae_variables, jax.random.PRNGKey(seed), cond, negative,
+                                     jnp.float32(guidance_scale), sampler=spec, shape=shape, guided=guided,
+                                     skip_layers=tuple(int(i) for i in skip_layers),
+                                     remove_pooled=bool(remove_pooled))
         latents = self.noise("latents", latents, shape, jax.random.PRNGKey(seed))
         slg_layers, window = self._skip_layer_guidance(skip_guidance_layers, num_inference_steps,
                                                        skip_layer_guidance_start, skip_layer_guidance_stop, guided)
@@ -347,10 +376,11 @@ class SD3Pipeline:
                  guidance_scale: float = 7.0, seed: int = 0, latents: Any = None, skip_layers: Sequence[int] = (),
                  remove_pooled: bool = False, steering: Steering | None = None,
                  skip_guidance_layers: Sequence[int] = (), skip_layer_guidance_scale: float = 2.8,
-                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2) -> np.ndarray:
+                 skip_layer_guidance_start: float = 0.01, skip_layer_guidance_stop: float = 0.2,
+                 sampler: Mapping[str, Any] | None = None) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 images (``generate``, then diffusers' postprocessing)."""
         return to_uint8(self.generate(
             prompts, negative_prompts, height, width, num_inference_steps, guidance_scale, seed, latents,
             skip_layers, remove_pooled, steering, skip_guidance_layers=skip_guidance_layers,
             skip_layer_guidance_scale=skip_layer_guidance_scale, skip_layer_guidance_start=skip_layer_guidance_start,
-            skip_layer_guidance_stop=skip_layer_guidance_stop))
+            skip_layer_guidance_stop=skip_layer_guidance_stop, sampler=sampler))

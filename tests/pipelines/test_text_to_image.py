@@ -111,6 +111,26 @@ def test_seeded_latents_and_options_run(ours):
         pipe(PROMPTS[:1], height=16, width=16, remove_pooled=True, steering=(["a"], ["b"], 1.0))
 
 
+def test_any_sampler_of_the_core(ours):
+    """``flow_euler`` on the transformer's schedule is the FlowMatchEuler loop on the same grid (SD3's shift) from the
+    sampler's prior draw; Heun's ODE differs from it; a bad sampler field is named."""
+    import jax
+
+    pipe = ours["no_t5"]
+    kw = dict(height=16, width=24, guidance_scale=4.0, seed=3)
+    euler = pipe.generate(PROMPTS, sampler={"name": "flow_euler", "n_steps": STEPS}, **kw)
+    # the sampler's prior: N(0, I) from the first half of split(PRNGKey(seed)) (sigma(t_0) = 1 on this path)
+    z = jax.random.normal(jax.random.split(jax.random.PRNGKey(3))[0], (len(PROMPTS), 8, 12, 4))
+    loop = pipe.generate(PROMPTS, num_inference_steps=STEPS, latents=z, **kw)
+    assert float(np.max(np.abs(np.asarray(euler) - np.asarray(loop)))) <= 1e-5
+    heun = pipe.generate(PROMPTS, sampler={"name": "ode", "n_steps": STEPS, "method": "heun"}, **kw)
+    assert float(np.max(np.abs(np.asarray(heun) - np.asarray(loop)))) > 1e-3
+    with pytest.raises(ConfigError, match="sampler.method"):
+        pipe.generate(PROMPTS, sampler={"name": "ode", "method": "rk4"}, **kw)
+    with pytest.raises(ConfigError, match="latents"):
+        pipe.generate(PROMPTS, sampler={"name": "flow_euler"}, latents=z, **kw)
+
+
 def test_missing_vae_folder_is_named(folders, tmp_path):
     path = tmp_path / "pipe"
     shutil.copytree(folders["t5"][1], path)
