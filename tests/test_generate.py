@@ -99,6 +99,13 @@ def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_t
         # one compiled batch of 2 vs batch 1: XLA may round differently; at most one grey level
         assert np.max(np.abs(image.astype(int) - expected.astype(int))) <= 1
 
+    # --bf16: the transformer and the VAE compute in bfloat16; the image stays close to the float32 one
+    (bf16,) = gen_cli.generate(str(folder), prompts[:1], str(tmp_path / "h"), seed=3, steps=2, guidance_scale=4.0,
+                               height=32, width=48, dtype="bfloat16")
+    assert Image.open(bf16).text["dtype"] == "bfloat16"
+    diff = np.abs(np.asarray(Image.open(bf16)).astype(int) - np.asarray(Image.open(single[0])).astype(int))
+    assert 0 < diff.mean() <= 2.0   # measured 0.55 (max 4 of 255)
+
 
 def test_flux_folder_images_equal_fluxpipeline_per_prompt_and_seed(tmp_path):
     pytest.importorskip("torch")
