@@ -130,11 +130,13 @@ class UpsampleConv(nn.Module):
         b, h, w, c = x.shape
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        rows = _phase_kernels(kernel, 0)
+        # the taps are summed in the parameters' precision, then cast once, as the convolution of the upsampled
+        # image would see them
+        kernels = [_phase_kernels(row, 1) for row in _phase_kernels(kernel, 0)]
+        x, bias, *flat = nn.dtypes.promote_dtype(x, bias, *(k for pair in kernels for k in pair), dtype=self.dtype)
         phases = []
         for a in (0, 1):
-            cols = _phase_kernels(rows[a], 1)
+            cols = flat[2 * a:2 * a + 2]
             phases.append(jnp.stack([
                 jax.lax.conv_general_dilated(x, cols[p], (1, 1), ((1 - a, a), (1 - p, p)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
 from typing import Any, Callable
 
 import jax
@@ -103,7 +104,8 @@ class LatentSpace:
         return _programs(self.config)[1](self.variables, jnp.asarray(z_model, jnp.float32))
 
     def fingerprint_parts(self) -> tuple[Any, ...]:
-        return (dataclasses.asdict(self.config), self.variables, "posterior_mean")
+        # strings inside tuples: ``fingerprint`` reads a bare string naming a folder as that folder's files
+        return (dataclasses.asdict(self.config), self.variables, ("latent", "posterior_mean"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,8 +128,10 @@ def _programs(cfg: VAEConfig) -> tuple[Callable[..., Array], Callable[..., Array
 def encode_split(space: LatentSpace, source: Any, spec: DatasetSpec, data_config: Any, split: str, cache_dir: str,
                  batch_size: int) -> np.ndarray:
     """``(N, h, w, L)`` float32 latents of every record of ``source`` in record order, cached on disk."""
-    data_options = sorted((k, v) for k, v in data_config.items() if k not in ("batch_size", "num_workers", "data_dir"))
-    key = fingerprint(*space.fingerprint_parts(), data_options, split, len(source))
+    # data_dir matters only for data read from disk; the generated sets are fixed by their options
+    ignored = ("batch_size", "num_workers") + (("data_dir",) if spec.generated else ())
+    data_options = sorted((k, v) for k, v in data_config.items() if k not in ignored)
+    key = fingerprint(*space.fingerprint_parts(), data_options, ("split", split), len(source))
     path = os.path.join(cache_dir, f"latents_{key}.npy")
     if os.path.exists(path):
         return np.load(path)
@@ -141,8 +145,9 @@ def encode_split(space: LatentSpace, source: Any, spec: DatasetSpec, data_config
         parts.append(np.asarray(space.encode(images))[:n])
     latents = np.concatenate(parts).astype(np.float32)
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"   # unique per process: several hosts may share the folder
-    np.save(tmp, latents)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp.npy")   # unique even across hosts sharing the folder
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, latents)
     os.replace(tmp, path)
     return latents
 
@@ -166,4 +171,5 @@ def latent_spec(spec: DatasetSpec, space: LatentSpace) -> DatasetSpec:
     """The data set's spec with examples read from the cached latents (``LatentRecords``); pictures are drawn from
     decoded samples, so ``render`` is the image data set's own."""
     to_latent: Callable[[dict], np.ndarray] = lambda record: np.asarray(record["latent"], np.float32)  # noqa: E731
-    return dataclasses.replace(spec, to_example=to_latent)
+    return dataclasses.replace(spec, to_example=to_latent,
+                               example_shape=lambda cfg: space.example_shape(tuple(spec.example_shape(cfg))))
