@@ -1,6 +1,6 @@
 """A small KL autoencoder trained on the built-in ``shapes`` data at 64x64, for latent training of the MMDiT.
 
-``python -m mmdit_jax.train_autoencoder --config=configs/vae_shapes.py --workdir=DIR`` trains in about 12 minutes on
+``python -m mmdit_jax.train_autoencoder --config=configs/vae_shapes.py --workdir=DIR`` trains in about 10 minutes on
 2 CPU cores and exports ``DIR/vae/`` (diffusers layout, read by ``mmdit_jax.interop.vae.load_vae``);
 ``--config=configs/vae_shapes.py:tiny`` is the test size. 64x64x3 images <-> 16x16x4 latents (3 stages,
 downscale 4). ``vae.scaling_factor`` / ``vae.shift_factor`` here are placeholders: the export measures them on

@@ -3,8 +3,11 @@
 ``--source`` is a diffusers SD3 / SD3.5 or FLUX.1 pipeline folder (``model_index.json``, weights on local disk) or a
 training workdir of ``python -m mmdit_jax`` (its ``config.json`` and newest checkpoint). Each image ``k`` (prompt-major,
 ``--num_images_per_prompt`` per prompt) uses seed ``--seed + k`` and is reproducible from its prompt and seed alone;
-the PNG's text chunks hold ``prompt``, ``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``source`` and
-``dtype``. ``--bf16`` computes the transformer and VAE in bfloat16. Bad input is one line ``error: ...``, exit 2.
+the PNG's text chunks hold ``prompt``, ``negative_prompt``, ``seed``, ``steps``, ``guidance_scale``, ``height``,
+``width``, ``source`` and ``dtype`` (resolved values, not "default"). ``--guidance_scale`` is the CFG scale of SD3
+and of a workdir, the embedded guidance of FLUX.1 dev; a ``--negative_prompt`` on a FLUX folder turns on true CFG
+at scale 4 (two model calls per step). ``--bf16`` computes the transformer (and a pipeline folder's VAE) in
+bfloat16. Bad input is one line ``error: ...``, exit 2.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ _OUT = flags.DEFINE_string("out", "generated", "Output folder for the PNGs.")
 _PER_PROMPT = flags.DEFINE_integer("num_images_per_prompt", 1, "Images per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first image; image k uses seed + k.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampling steps (default: 28, or the workdir's sampler).")
-_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale (default: 7.0, or the workdir's).")
-_HEIGHT = flags.DEFINE_integer("height", None, "Image height (SD3 folder; default: the model's size).")
-_WIDTH = flags.DEFINE_integer("width", None, "Image width (SD3 folder; default: the model's size).")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Images per compiled call (SD3 folder).")
-_BF16 = flags.DEFINE_bool("bf16", False, "Compute the transformer and the VAE in bfloat16.")
+_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "SD3 / workdir: CFG scale (default 7.0 / the config's); "
+                                "FLUX: embedded guidance (default 3.5).")
+_HEIGHT = flags.DEFINE_integer("height", None, "Image height (pipeline folder; default: the model's size).")
+_WIDTH = flags.DEFINE_integer("width", None, "Image width (pipeline folder; default: the model's size).")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Images per compiled call (pipeline folder).")
+_BF16 = flags.DEFINE_bool("bf16", False, "Compute the transformer (and a pipeline folder's VAE) in bfloat16.")
 flags.mark_flags_as_required(["source"])
 
 
@@ -90,6 +94,7 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
     if not is_pipeline_folder(source) and os.path.isfile(os.path.join(source, "config.json")):
         config = workdir_config(source)
     gen = open_source(source, dtype, config)
+    resolved = gen.settings(opts)        # the values the defaults stand for, so the metadata reproduces the image
     report(f"generating {len(jobs)} images from {gen.description} into {out}")
     os.makedirs(out, exist_ok=True)
     paths = []
@@ -100,8 +105,7 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
             for (k, prompt, s), image in zip(part, images):
                 meta = {"prompt": prompt, "seed": str(s), "source": os.path.abspath(source), "dtype": dtype,
                         "negative_prompt": "" if opts.negative_prompt is None else opts.negative_prompt,
-                        "steps": "default" if opts.steps is None else str(opts.steps),
-                        "guidance_scale": "default" if opts.guidance_scale is None else str(opts.guidance_scale)}
+                        **{k: str(v) for k, v in resolved.items()}}
                 path = os.path.join(out, file_name(k, prompt, s))
                 write_png(path, image, meta)
                 paths.append(path)

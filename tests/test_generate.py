@@ -34,6 +34,7 @@ def test_workdir_images_carry_prompt_and_seed_and_are_reproducible(workdir, tmp_
     assert [m["prompt"] for m in meta] == [prompts[0]] * 2 + [prompts[1]] * 2
     assert [m["seed"] for m in meta] == ["5", "6", "7", "8"]
     assert meta[0]["steps"] == "3" and meta[0]["source"] == os.path.abspath(workdir)
+    assert (meta[0]["height"], meta[0]["width"], meta[0]["guidance_scale"]) == ("32", "32", "3.0")
 
     # the image of (prompt, seed) is what the sampling pipeline draws for that prompt and seed
     config = gen_cli_config(workdir)

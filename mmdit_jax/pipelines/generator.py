@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_positive_int
+from mmdit_jax.pipelines.flux import FluxPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.sampling import to_uint8 as model_to_uint8
-from mmdit_jax.pipelines.flux import FluxPipeline
 from mmdit_jax.pipelines.text_to_image import SD3Pipeline
 from mmdit_jax.pipelines.text_to_image import to_uint8 as decoder_to_uint8
 
@@ -34,8 +34,8 @@ DTYPES = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Sampling settings; ``None`` takes the source's default (SD3 folder: 28 steps, guidance 7.0, the
-    transformer's ``sample_size``; workdir: its config's ``sample`` section and training size)."""
+    """Sampling settings; ``None`` takes the source's default (pipeline folder: 28 steps, guidance 7.0 for SD3 and
+    3.5 for FLUX, the transformer's default size; workdir: its config's ``sample`` section and training size)."""
 
     negative_prompt: str | None = None
     steps: int | None = None
@@ -48,6 +48,10 @@ class ImageSource(Protocol):
     description: str
 
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray: ...
+
+    def settings(self, options: Options) -> dict[str, Any]:
+        """The values ``options`` resolve to (``steps``, ``guidance_scale``, ``height``, ``width``)."""
+        ...
 
 
 # model_index.json's _class_name -> (pipeline, default guidance scale): diffusers' defaults. A Kontext folder holds
@@ -76,16 +80,19 @@ class FolderSource:
         self.flux = cls is FluxPipeline
         self.description = f"{kind} folder {path} ({dtype})"
 
+    def settings(self, options: Options) -> dict[str, Any]:
+        return {"steps": 28 if options.steps is None else options.steps,
+                "guidance_scale": self.default_guidance if options.guidance_scale is None else options.guidance_scale,
+                "height": options.height or self.pipe.default_size, "width": options.width or self.pipe.default_size}
+
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
         pipe = self.pipe
-        height = options.height or pipe.default_size
-        width = options.width or pipe.default_size
+        s = self.settings(options)
+        height, width, steps, guidance = s["height"], s["width"], s["steps"], s["guidance_scale"]
         pipe.check_size(height, width)
         shape = pipe.latent_shape(1, height, width)
         latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), shape) for s in seeds])
         negatives = None if options.negative_prompt is None else [options.negative_prompt] * len(prompts)
-        steps = 28 if options.steps is None else options.steps
-        guidance = self.default_guidance if options.guidance_scale is None else options.guidance_scale
         if self.flux:
             extra = {} if negatives is None else {"negative_prompts": negatives, "true_cfg_scale": 4.0}
             out = pipe.generate(list(prompts), height, width, steps, guidance, latents=latents, **extra)
@@ -127,13 +134,21 @@ class WorkdirSource:
                                                                    guidance_scale=guidance))
         return self._pipes[key]
 
+    def settings(self, options: Options) -> dict[str, Any]:
+        pipe = self._pipe(options.steps, options.guidance_scale)
+        model = pipe.model
+        f = 1 if model.latent is None else model.latent.config.downscale
+        sampler = self.config.sample.sampler if options.steps is None else {"n_steps": options.steps}
+        return {"steps": sampler.get("n_steps", "sampler default"), "guidance_scale": pipe.guidance_scale,
+                "height": model.data_shape[0] * f, "width": model.data_shape[1] * f}
+
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
         pipe = self._pipe(options.steps, options.guidance_scale)
         model = pipe.model
         if not pipe.conditional:
             raise ConfigError(f"{self.workdir}: the model is unconditional (no prompts); use "
                               "`python -m mmdit_jax --mode=sample` for its samples")
-        trained = model.to_images(jnp.zeros((1, *model.data_shape))).shape[1:3]
+        trained = self.settings(options)["height"], self.settings(options)["width"]
         for name, value, size in (("height", options.height, trained[0]), ("width", options.width, trained[1])):
             if value is not None and value != size:
                 raise ConfigError(f"{name}={value}: a workdir's model samples at its training size "
