@@ -114,3 +114,14 @@ def exit_on_input_error(run: Callable[[], Any], errors: tuple[type[BaseException
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a crash)
+    never sees half a file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -42,7 +42,7 @@ from mmdit_jax.data.pipeline import build_sources, default_data_dir, train_itera
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec, validate_data_config
 from mmdit_jax.data.render import to_grid
 from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, sample_latents
-from mmdit_jax.reporting import MetricWriter, Progress, report
+from mmdit_jax.reporting import MetricWriter, Progress, report, write_text_atomic
 from mmdit_jax.train.autoencoder_export import export_vae
 from mmdit_jax.train.loop import NonFiniteLossError
 from mmdit_jax.train.state import learning_rate_schedule, make_optimizer
@@ -249,8 +249,7 @@ def train_autoencoder(config: Any, workdir: str) -> dict[str, Any]:
         it.set_state(data_state["iterator"])
         report(f"resumed from checkpoint step {start}")
     config_json = c.to_json_best_effort(sort_keys=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_json)
+    write_text_atomic(os.path.join(workdir, "config.json"), config_json)
     step_fn, recon_fn = make_train_step(vae_cfg, c.loss, optimizer, schedule), make_reconstruct(vae_cfg)
     writer, progress = MetricWriter(workdir), Progress(total, start, c.data.batch_size)
     pending: list[tuple[int, dict]] = []

@@ -37,7 +37,7 @@ from mmdit_jax.pipelines.components import (
 )
 from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
-from mmdit_jax.reporting import report
+from mmdit_jax.reporting import report, write_text_atomic
 from mmdit_jax.train import sharding
 from mmdit_jax.train.state import (
     TrainState,
@@ -158,6 +158,5 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent, sources,
                      caption_index, cond_table, state, state_sh, checkpointer, optimizer)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(json.dumps(json.loads(exp.config_json()), indent=1))
+        write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
     return exp, start, data_state
