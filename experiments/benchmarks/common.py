@@ -98,8 +98,10 @@ def random_batch(family: Family, batch: int, size: int, tokens: int, seed: int =
     """A device-resident train batch ``{"x": (B, size, size, C), "cond": {"context", "pooled"}}`` of normal
     noise: an all-zero batch can run faster than real inputs."""
     cfg = family.config
+    # FLUX's in_channels counts the 2x2-packed token width; its data are latents of in_channels / 4 channels
+    channels = cfg.latent_channels if hasattr(cfg, "latent_channels") else cfg.in_channels
     kx, kc, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return {"x": jax.random.normal(kx, (batch, size, size, cfg.in_channels)),
+    return {"x": jax.random.normal(kx, (batch, size, size, channels)),
             "cond": {"context": jax.random.normal(kc, (batch, tokens, cfg.joint_attention_dim)),
                      "pooled": jax.random.normal(ky, (batch, cfg.pooled_projection_dim))}}
 

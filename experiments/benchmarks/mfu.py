@@ -8,12 +8,14 @@ XLA cannot update it in place) and ``--no_cast``, which swaps in an SD3 family w
 kernels in float32, so the model casts each kernel where it is used (inside the loop under ``--scan_blocks``)
 instead of once per step.
 
-Run: ``python experiments/benchmarks/mfu.py [--preset small --batch 8 --dtype float32]``.
+Run: ``python experiments/benchmarks/mfu.py [--preset small --batch 8 --dtype float32]``; ``--preset
+configs/flux_shapes.py --batch 32 --size 16`` measures the model of an experiment config (any family) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Any, Callable
@@ -44,9 +46,14 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
               remat_policy: str = "full") -> tuple[Callable[[], jax.Array], float]:
     """The benchmarked train step on random data: ``(run, flops)`` where ``run()`` does one step in place (the
     state is replaced by the step's outputs) and returns the loss; ``flops`` = 3 x analytic forward."""
-    model = sd3_model(preset, dtype=dtype, attention_impl=attention_impl, scan_blocks=scan_blocks, remat=remat,
-                      remat_policy=remat_policy, scan_unroll=scan_unroll,
-                      **({} if head_groups is None else {"attention_head_groups": head_groups}))
+    if preset.startswith("configs/"):     # the model section of an experiment config, e.g. configs/flux_shapes.py
+        model = importlib.import_module(preset[:-len(".py")].replace("/", ".")).get_config().model
+        model.update(dtype=dtype, scan_blocks=scan_blocks, remat=remat, remat_policy=remat_policy,
+                     scan_unroll=scan_unroll)
+    else:
+        model = sd3_model(preset, dtype=dtype, attention_impl=attention_impl, scan_blocks=scan_blocks, remat=remat,
+                          remat_policy=remat_policy, scan_unroll=scan_unroll,
+                          **({} if head_groups is None else {"attention_head_groups": head_groups}))
     config = benchmark_config(model)
     family = family_from_config(config)
     if not cast:
@@ -57,7 +64,8 @@ def make_step(preset: str, batch: int, size: int, tokens: int, dtype: str, atten
 
 def add_step_args(ap: argparse.ArgumentParser) -> None:
     """The train step's shape and variant flags, shared with ``profile_step.py``."""
-    ap.add_argument("--preset", default="small")
+    ap.add_argument("--preset", default="small",
+                    help="a configs/mmdit.py preset, or a config file whose model section to use (configs/flux_shapes.py)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
@@ -99,7 +107,8 @@ def main(a: argparse.Namespace) -> None:
     mfus = [flops / t / p for t, p in zip(steps, peaks)]
     t_step, peak = float(np.median(steps)), float(np.median(peaks))
     flags = os.environ.get("XLA_FLAGS", "")
-    groups = a.attention_head_groups or sd3_model(a.preset).attention_head_groups
+    groups = a.attention_head_groups or (None if a.preset.startswith("configs/") else
+                                         sd3_model(a.preset).attention_head_groups)
     table = (f"The trainer's step (make_train_step: velocity loss, clipped AdamW, EMA). "
              f"Preset `{a.preset}`, attention_impl={a.attention_impl}, attention_head_groups={groups}, "
              f"scan_blocks={a.scan_blocks}, scan_unroll={a.scan_unroll}, remat={remat_label(a)}, donate={donate}, "
