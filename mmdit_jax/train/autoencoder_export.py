@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -87,7 +88,8 @@ def export_vae(config: Any, variables: Any, folder: str, images: np.ndarray,
     diffusers folder (module docstring). ``config``: a ``VAEConfig`` or a run config (its ``vae`` section).
     Returns ``{"shift_factor", "scaling_factor", "latent_mean", "latent_std", "num_images"}``.
 
-    The folder is replaced whole: written next to it under a temporary name, then renamed.
+    The folder is replaced whole: written next to it under a unique temporary name; the old folder is renamed
+    aside before the new one takes its name and deleted only then, so a crash leaves one complete export.
     """
     vae_cfg = config if isinstance(config, VAEConfig) else VAEConfig.from_dict(config.vae)
     images = np.asarray(images)
@@ -96,14 +98,18 @@ def export_vae(config: Any, variables: Any, folder: str, images: np.ndarray,
     stats = latent_statistics(encode_means(vae_cfg, variables, images, batch_size))
     cfg = dataclasses.replace(vae_cfg, **stats)
     folder = os.path.abspath(folder)
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    parent, name = os.path.split(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
     save_state_dict(to_diffusers(cfg, variables), os.path.join(tmp, WEIGHTS_NAME))
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(diffusers_config(cfg, int(images.shape[1])), f, indent=2)
+    old = None
     if os.path.isdir(folder):
-        shutil.rmtree(folder)
+        old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
+        os.replace(folder, os.path.join(old, name))
     os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old)
     return {**stats, "latent_mean": stats["shift_factor"], "latent_std": 1.0 / stats["scaling_factor"],
             "num_images": len(images)}
