@@ -13,8 +13,8 @@ As ``image_to_image.SD3Img2Img`` (same preprocessing, posterior sample ``x0``, `
 * after every Euler step ``x <- (1 - m) scale_noise(x0, noise, sigma_{i+1}) + m x`` (``x0`` after the last step):
   ``sdedit.inpaint_flow_match_euler``.
 
-Decoding: diffusers' SD3 inpainting decodes ``z / scaling_factor`` without adding the VAE's ``shift_factor``
-(huggingface/diffusers#13611, issue 1), unlike its text-to-image and image-to-image pipelines and its own encoder.
+Decoding: diffusers' SD3 inpainting pipeline decodes ``z / scaling_factor`` without adding the VAE's
+``shift_factor``, unlike its text-to-image and image-to-image pipelines and its own encoder (which subtracts it).
 ``decode_shift=True`` (default) decodes ``z / scaling_factor + shift_factor`` like the other pipelines here;
 ``decode_shift=False`` reproduces diffusers' output.
 """
