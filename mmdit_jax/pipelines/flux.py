@@ -50,13 +50,19 @@ from mmdit_jax.families.flux import FluxFamily
 from mmdit_jax.interop.vae import load_vae
 from mmdit_jax.models.text.conditioning import Encoder
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
-from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents, normalize_latents
+from mmdit_jax.models.vae import (
+    AutoencoderKL,
+    VAEConfig,
+    denormalize_latents,
+    normalize_latents,
+)
 from mmdit_jax.pipelines.text import encoder_from_folder
 from mmdit_jax.pipelines.text_to_image import (
     CLIP_MAX_LENGTH,
     Steering,
     _components,
     _read_json,
+    noise_or,
     to_uint8,
 )
 
@@ -81,15 +87,7 @@ class FluxTextEncoders:
         return self.t5(prompts)["last_hidden_state"], self.clip(prompts)["pooled"]
 
 
-def noise_or(name: str, value: Any, shape: tuple[int, ...], key: Array, factor: int) -> Array:
-    """``value`` as float32 of exactly ``shape`` (NHWC latents), or ``N(0, I)`` from ``key`` when None."""
-    if value is None:
-        return jax.random.normal(key, shape, jnp.float32)
-    value = jnp.asarray(value, jnp.float32)
-    if value.shape != shape:
-        raise ConfigError(f"{name} must have shape (N, H / {factor}, W / {factor}, C) = {shape} NHWC (diffusers' "
-                          f"packed latents unpacked to NCHW, then transposed), got {tuple(value.shape)}")
-    return value
+FLUX_LAYOUT = "diffusers' packed latents unpacked to NCHW, then transposed"
 
 
 class FluxPipeline:
@@ -293,7 +291,7 @@ class FluxPipeline:
         num_inference_steps = len(sigmas) if sigmas is not None else num_inference_steps
         check_positive_int("num_inference_steps", num_inference_steps)
         shape = self.latent_shape(cond["context"].shape[0], height, width)
-        latents = noise_or("latents", latents, shape, jax.random.PRNGKey(seed), self.vae_scale_factor)
+        latents = noise_or("latents", latents, shape, jax.random.PRNGKey(seed), self.vae_scale_factor, FLUX_LAYOUT)
         grid, _ = self.schedule(num_inference_steps, shape[1], shape[2], sigmas)
         return self._run(self.variables, self.vae_variables, latents, cond, negative, jnp.float32(true_cfg_scale),
                          sigmas=tuple(float(s) for s in grid), guided=guided, remove_pooled=bool(remove_pooled))

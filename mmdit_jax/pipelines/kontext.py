@@ -30,9 +30,9 @@ import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_positive_int
 from mmdit_jax.families.flux import image_ids
-from mmdit_jax.pipelines.flux import FluxPipeline, noise_or
+from mmdit_jax.pipelines.flux import FLUX_LAYOUT, FluxPipeline
 from mmdit_jax.pipelines.image_to_image import preprocess_images
-from mmdit_jax.pipelines.text_to_image import Steering, to_uint8
+from mmdit_jax.pipelines.text_to_image import Steering, noise_or, to_uint8
 
 Array = jax.Array
 
@@ -135,7 +135,7 @@ class FluxKontextPipeline:
         num_inference_steps = len(sigmas) if sigmas is not None else num_inference_steps
         check_positive_int("num_inference_steps", num_inference_steps)
         shape = pipe.latent_shape(n, height, width)
-        latents = noise_or("latents", latents, shape, jax.random.PRNGKey(seed), pipe.vae_scale_factor)
+        latents = noise_or("latents", latents, shape, jax.random.PRNGKey(seed), pipe.vae_scale_factor, FLUX_LAYOUT)
         grid, _ = pipe.schedule(num_inference_steps, shape[1], shape[2], sigmas)   # mu: target tokens only
         return self._run(pipe.variables, pipe.vae_variables, images, latents, cond, negative,
                          jnp.float32(true_cfg_scale), sigmas=tuple(float(s) for s in grid), guided=guided,

@@ -51,7 +51,12 @@ from mmdit_jax.families.sd3 import SD3Family
 from mmdit_jax.interop.vae import load_vae
 from mmdit_jax.models.text.conditioning import Encoder, SD3TextEncoders
 from mmdit_jax.models.text.tokenizers import PromptTokenizer
-from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, denormalize_latents, normalize_latents
+from mmdit_jax.models.vae import (
+    AutoencoderKL,
+    VAEConfig,
+    denormalize_latents,
+    normalize_latents,
+)
 from mmdit_jax.pipelines.text import encoder_from_folder
 
 Array = jax.Array
@@ -113,6 +118,18 @@ def _components(folder: str, required: tuple[str, ...] = REQUIRED, optional: tup
         if name in present and not os.path.isfile(os.path.join(present[name], "config.json")):
             raise ConfigError(f"{folder}: {name}/config.json is missing")
     return present
+
+
+def noise_or(name: str, value: Any, shape: tuple[int, ...], key: Array, factor: int, layout: str) -> Array:
+    """``value`` as float32 of exactly ``shape`` (NHWC latents), or ``N(0, I)`` from ``key`` when None; ``layout``
+    says in the error how a pipeline's diffusers latents map to NHWC."""
+    if value is None:
+        return jax.random.normal(key, shape, jnp.float32)
+    value = jnp.asarray(value, jnp.float32)
+    if value.shape != shape:
+        raise ConfigError(f"{name} must have shape (N, H / {factor}, W / {factor}, C) = {shape} NHWC ({layout}), "
+                          f"got {tuple(value.shape)}")
+    return value
 
 
 class SD3Pipeline:
@@ -266,14 +283,7 @@ class SD3Pipeline:
 
     def noise(self, name: str, value: Any, shape: tuple[int, ...], key: Array) -> Array:
         """``value`` as float32 of exactly ``shape`` (NHWC latents), or ``N(0, I)`` from ``key`` when None."""
-        if value is None:
-            return jax.random.normal(key, shape, jnp.float32)
-        value = jnp.asarray(value, jnp.float32)
-        if value.shape != shape:
-            f = self.vae_scale_factor
-            raise ConfigError(f"{name} must have shape (N, H / {f}, W / {f}, C) = {shape} NHWC (diffusers' NCHW "
-                              f"latents transposed), got {tuple(value.shape)}")
-        return value
+        return noise_or(name, value, shape, key, self.vae_scale_factor, "diffusers' NCHW latents transposed")
 
     def _skip_layer_guidance(self, layers: Sequence[int], num_inference_steps: int, start: float, stop: float,
                              guided: bool) -> tuple[tuple[int, ...], np.ndarray]:
