@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
+from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
 from mmdit_jax.models.embeddings import MLPEmbedder, timestep_features
 from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
 from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
@@ -73,10 +73,7 @@ class FluxConfig:
     @classmethod
     def from_dict(cls, d: Any) -> "FluxConfig":
         d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"model (flux) has unknown keys {unknown}; valid keys are "
-                              f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        check_keys("model (flux)", d, {f.name for f in dataclasses.fields(cls)})
         if "axes_dims_rope" in d:
             d["axes_dims_rope"] = tuple(int(a) for a in d["axes_dims_rope"])
         cfg = cls(**d)
