@@ -94,15 +94,21 @@ def checkpoint_steps(directory: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def restore_params(directory: str, abstract_params: Any, item: str = "ema_params") -> tuple[int, Any]:
-    """``(step, params)``: the ``item`` subtree of the train state in the newest readable checkpoint.
+def restore_params(directory: str, abstract_params: Any, item: str = "ema_params",
+                   step: int | None = None) -> tuple[int, Any]:
+    """``(step, params)``: the ``item`` subtree of the train state in the newest readable checkpoint, or in the
+    checkpoint of ``step`` exactly (no fallback to another step).
 
     ``abstract_params`` gives the shapes, dtypes and shardings (``jax.ShapeDtypeStruct``). Raises
-    ``CheckpointError`` naming the folder if there is no checkpoint or none can be read.
+    ``CheckpointError`` naming the folder if there is no checkpoint (of ``step``) or none can be read.
     """
     steps = checkpoint_steps(directory)
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory}: train first, or pass the workdir of a trained run")
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{directory} has no checkpoint of step {step} (it has {steps})")
+        steps = [step]
     # A bare Checkpointer on the step folder: reads only, and (unlike a read-only manager) logs nothing.
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     target = {item: abstract_params}

@@ -4,7 +4,8 @@ rejected with the field name and the valid choices, before any data is generated
 Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.families``), ``data``
 (``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
 ``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
-``latent`` only for latent training (``mmdit_jax.pipelines.latent``).
+``latent`` only for latent training (``mmdit_jax.pipelines.latent``); ``finetune`` only to start from a trained
+run, fully or with LoRA (``mmdit_jax.adapters.finetune``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ SCHEMA: dict[str, set[str] | None] = {
     "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed", "remove_pooled", "steering"},
     "eval": {"num_examples"},
     "latent": {"vae", "batch_size"},
+    "finetune": None,     # validated by mmdit_jax.adapters.finetune
 }
-OPTIONAL = {"text", "latent"}
+OPTIONAL = {"text", "latent", "finetune"}
 
 
 def model_config(config: Any) -> Any:
@@ -48,6 +50,7 @@ def model_config(config: Any) -> Any:
 
 def validate_config(config: Any) -> None:
     """Raise ``ConfigError`` naming the first invalid field of an experiment config."""
+    from mmdit_jax.adapters.finetune import validate_finetune_config
     from mmdit_jax.data.registry import validate_data_config
     from mmdit_jax.diffusion.losses import LOSSES, make_loss_fn
     from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
@@ -99,6 +102,7 @@ def validate_config(config: Any) -> None:
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
+    validate_finetune_config(config)
 
 
 def workdir_config(workdir: str) -> Any:

@@ -13,7 +13,7 @@ LAYERS = [
     {"diffusion", "data", "checkpoints"},
     {"models"},
     {"interop"},
-    {"families", "eval"},
+    {"families", "eval", "adapters"},
     {"pipelines"},
     {"train"},
     {"config_schema"},

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from configs.mmdit import PRESETS
+from mmdit_jax.adapters.lora import LoraConfig, init_lora, merge
 from mmdit_jax.families import Family, family_config
 from mmdit_jax.pipelines.components import family_from_config
 from mmdit_jax.reporting import machine as machine_line
@@ -120,16 +121,21 @@ class TrainStep:
     """
 
     def __init__(self, config: Any, batch: dict[str, Any], family: Family | None = None, donate: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, lora: LoraConfig | None = None):
         self.family = family or family_from_config(config)
         self.batch = batch
         variables = jax.jit(self.family.init)(jax.random.PRNGKey(seed), batch["x"], batch["cond"])
         num_steps = config.train.num_steps
         optimizer = make_optimizer(config.optim, num_steps)
-        self.state = init_state(variables["params"], optimizer)
+        # lora: the state trains an adapter on the frozen initial weights, as a LoRA fine-tune's step does
+        trained = variables["params"] if lora is None else init_lora(jax.random.PRNGKey(seed), variables["params"], lora)
+        self.frozen = None if lora is None else variables["params"]
+        self.lora = lora
+        self.state = init_state(trained, optimizer)
         self.non_trainable = self.family.non_trainable(variables)
+        compose = None if lora is None else (lambda base, adapter: merge(base, adapter, lora.scale))
         step = make_train_step(self.family, self.non_trainable, optimizer, config,
-                               learning_rate_schedule(config.optim, num_steps))
+                               learning_rate_schedule(config.optim, num_steps), compose=compose)
         self.step = jax.jit(step, donate_argnums=(0,) if donate else ())
         self.key = jax.random.PRNGKey(seed + 1)
         x = batch["x"]
@@ -138,10 +144,11 @@ class TrainStep:
     @property
     def variables(self) -> dict[str, Any]:
         """The current model variables (the next step donates them: use them before it)."""
-        return {"params": self.state.params, **self.non_trainable}
+        params = self.state.params if self.frozen is None else merge(self.frozen, self.state.params, self.lora.scale)
+        return {"params": params, **self.non_trainable}
 
     def __call__(self) -> jax.Array:
-        self.state, metrics = self.step(self.state, self.batch, self.key)
+        self.state, metrics = self.step(self.state, self.batch, self.key, self.frozen)
         return metrics["loss"]
 
 

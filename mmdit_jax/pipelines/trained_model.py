@@ -4,7 +4,8 @@
                                                # no optimizer state, no embedding cache; writes nothing
 
 The non-trained collections (e.g. the MMDiT's position table) are rebuilt from the config by the family's
-``init``, compiled so that the discarded parameter initialisation costs nothing.
+``init``, compiled so that the discarded parameter initialisation costs nothing. A LoRA fine-tune's checkpoints
+hold only its adapter: it is merged into the base run's weights (``mmdit_jax.adapters.finetune``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import jax
 
+from mmdit_jax.adapters.finetune import load_finetune, lora_config
 from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
@@ -82,9 +84,15 @@ def load_trained(config: Any, workdir: str, allow_untrained: bool = False) -> Tr
     else:
         abstract = fresh_variables(family, config, shape, text, params_only_shapes=True)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                        abstract["params"])
-        step, params = restore_params(directory, target)
+        on_device = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
+        if lora_config(config) is None:
+            step, params = restore_params(directory, on_device(abstract["params"]))
+        else:   # the checkpoints hold the adapter only: merge it into the recorded base
+            finetune = load_finetune(config, workdir, on_device(abstract["params"]), record=False)
+            adapter = jax.eval_shape(lambda: finetune.initial_trainable(jax.random.PRNGKey(0)))
+            step, adapter = restore_params(directory, on_device(adapter))
+            params = finetune.compose(finetune.frozen, adapter)
         variables = {**abstract, "params": params}
     return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text,
                         LatentSpace.from_config(config))

@@ -4,6 +4,8 @@ conditioning, train state and checkpointer. Inference builds none of this (``mmd
 A latent run (``latent.vae``) trains on the VAE latents of the training images, encoded once and cached
 (``mmdit_jax.pipelines.latent``). Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
 gathers ``cond`` from the embeddings of every distinct training caption, encoded once and cached on disk.
+A fine-tune (``finetune.init_from``) starts from another run's EMA weights; with LoRA the state's params are the
+adapter and the base weights are passed to the step as a frozen argument (``mmdit_jax.adapters.finetune``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmdit_jax.adapters.finetune import Finetune, load_finetune
+from mmdit_jax.adapters.lora import num_parameters
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.pipeline import (
@@ -68,6 +72,15 @@ class Experiment:
     state_shardings: Any
     checkpointer: Checkpointer
     optimizer: Any
+    finetune: Finetune | None = None    # None: trained from the initialisation
+
+    @property
+    def frozen(self) -> Any:
+        return None if self.finetune is None else self.finetune.frozen
+
+    def model_params(self, trained: Any) -> Any:
+        """The model's params from the state's trained tree (``state.params`` or ``state.ema_params``)."""
+        return trained if self.finetune is None else self.finetune.compose(self.frozen, trained)
 
     def device_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Gather the cached conditioning and place the batch sharded over all devices."""
@@ -90,10 +103,16 @@ class Experiment:
         """The jit-compiled ``step(state, batch, key) -> (state, metrics)``, state donated."""
         cfg = self.config
         drop = self.text.dropout(cfg.text.drop_probs) if self.text is not None and cfg.text.drop_probs else None
+        compose = None if self.frozen is None else self.finetune.compose
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
-                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop)
-        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(), None),
-                       out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose)
+        # the frozen base is an argument, not a closure: closed-over arrays would be baked into the program
+        frozen, frozen_sh = self.frozen, None
+        if frozen is not None:
+            frozen_sh = sharding.state_shardings(frozen, self.mesh)
+        compiled = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(), None, frozen_sh),
+                           out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+        return lambda state, batch, key: compiled(state, batch, key, frozen)
 
     def config_json(self) -> str:
         return self.config.to_json_best_effort(sort_keys=True)
@@ -141,7 +160,15 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     x, _ = example_inputs(shape, {})
     variables = family.init(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
-    state = init_state(variables["params"], optimizer)
+    params_sh = sharding.state_shardings(variables["params"], mesh)
+    finetune = load_finetune(cfg, workdir, abstract_with_shardings(variables["params"], params_sh), record=restore)
+    trained = variables["params"]
+    if finetune is not None:
+        trained = finetune.initial_trainable(jax.random.fold_in(key_model, 1))
+        report(f"fine-tuning {finetune.base_workdir} (step {finetune.base_step}): "
+               f"{'LoRA rank %d, ' % finetune.lora.rank if finetune.lora else 'all weights, '}"
+               f"{num_parameters(trained):,} trained parameters of {num_parameters(variables['params']):,}")
+    state = init_state(trained, optimizer)
     state_sh = sharding.state_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
 
@@ -156,7 +183,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         else:
             report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
     exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent, sources,
-                     caption_index, cond_table, state, state_sh, checkpointer, optimizer)
+                     caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune)
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
     return exp, start, data_state

@@ -2,10 +2,11 @@
 
     key_s   = fold_in(key, step)                       (deterministic: a resumed run draws the same noise)
     cond    = drop(key_s, cond)                        (text runs: independent per-encoder dropout, for CFG)
+    params  = compose(frozen, trained)                 (fine-tuning with LoRA: W + s A B; else the trained tree)
     net     = family.net(prepare(params), cond)        (the score-based core's net(x, t))
     loss    = mean_b loss_fn(net, x0, key_s)           (any loss / schedule / parameterisation by name)
-    params  = AdamW(clip(grad))
-    ema     = decay * ema + (1 - decay) * params
+    trained = AdamW(clip(grad_trained))                (only the trained tree has gradients and optimizer state)
+    ema     = decay * ema + (1 - decay) * trained
 
 Metrics: loss, loss per noise-level bucket (t in [0, t_max] split in ``num_buckets``), gradient norm, lr.
 """
@@ -35,22 +36,25 @@ def bucket_losses(per_example: Array, t: Array, t_max: float, num_buckets: int) 
 
 
 def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: optax.GradientTransformation,
-                    config: Any, lr_fn: Callable[[Array], Array], dropout: Dropout | None = None):
-    """``train_step(state, batch, key) -> (state, metrics)``; ``non_trainable`` are the family's other
-    collections (e.g. the MMDiT's position table), ``dropout`` the conditioning dropout (None: none)."""
+                    config: Any, lr_fn: Callable[[Array], Array], dropout: Dropout | None = None,
+                    compose: Callable[[Any, Any], Any] | None = None):
+    """``train_step(state, batch, key, frozen=None) -> (state, metrics)``; ``non_trainable`` are the family's other
+    collections (e.g. the MMDiT's position table), ``dropout`` the conditioning dropout (None: none),
+    ``compose(frozen, trained) -> params`` how the trained tree makes the model's params (None: it is them)."""
     loss_fn = make_loss_fn(config.loss.name, family.schedule, config.model_parameterization)
     decay = config.train.ema_decay
     num_buckets = config.train.loss_buckets
     t_max = float(family.schedule.timesteps(1)[0])
 
-    def step(state: TrainState, batch: Batch, key: Array) -> tuple[TrainState, dict[str, Array]]:
+    def step(state: TrainState, batch: Batch, key: Array, frozen: Any = None) -> tuple[TrainState, dict[str, Array]]:
         key = jax.random.fold_in(key, state.step)
         key_drop, key_loss = jax.random.split(key)
         cond = batch["cond"]
         if dropout is not None:
             cond = dropout(key_drop, cond)
 
-        def objective(params):
+        def objective(trained):
+            params = trained if compose is None else compose(frozen, trained)
             variables = family.prepare({"params": params, **non_trainable})   # once, outside any scan
             per, t = loss_fn(family.net(variables, cond), batch["x"], key_loss)
             return jnp.mean(per), (per, t)

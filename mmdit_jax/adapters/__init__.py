@@ -1,0 +1,1 @@
+"""Parameter-efficient adapters on the model families' parameter trees (LoRA)."""
