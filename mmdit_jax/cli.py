@@ -1,4 +1,5 @@
-"""``mmdit-jax`` / ``python -m mmdit_jax``: ``--config=configs/<file>.py[:arg] --workdir=DIR --mode=train|sample|eval``.
+"""``mmdit-jax`` / ``python -m mmdit_jax``: ``--config=configs/<file>.py[:arg] --workdir=DIR
+--mode=train|sample|eval|export_lora``.
 
 Override any field with ``--config.a.b=value``; unknown keys and invalid values are rejected at start with one
 line naming the field (exit status 2; the traceback too with ``--verbosity=1``). ``sample`` and ``eval`` need a
@@ -20,7 +21,8 @@ from mmdit_jax.runtime import configure_runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export_lora"], "What to run.")
+_OUT = flags.DEFINE_string("out", None, "--mode=export_lora: output folder (default <workdir>/lora_export).")
 _PROMPTS = flags.DEFINE_list("prompts", None, "Prompts for --mode=sample (default: config.sample.prompts).")
 _UNTRAINED = flags.DEFINE_bool("allow_untrained", False, "--mode=sample|eval on a workdir without a checkpoint: use "
                                "the untrained initialisation instead of failing.")
@@ -51,6 +53,8 @@ def _run() -> None:
            f"({jax.devices()[0].platform}), mode={_MODE.value}, workdir={_WORKDIR.value}")
     if _MODE.value == "train":
         commands.train(config, _WORKDIR.value)
+    elif _MODE.value == "export_lora":
+        commands.export_lora(config, _WORKDIR.value, _OUT.value)
     elif _MODE.value == "sample":
         commands.sample(config, _WORKDIR.value, _PROMPTS.value, allow_untrained=_UNTRAINED.value)
     else:

@@ -1,4 +1,5 @@
-"""The modes of ``python -m mmdit_jax``: ``train`` (``train.loop``), ``sample`` and ``eval`` of a trained workdir.
+"""The modes of ``python -m mmdit_jax``: ``train`` (``train.loop``), ``sample`` and ``eval`` of a trained workdir,
+``export_lora`` of a LoRA fine-tune (a diffusers / PEFT LoRA file).
 
 ``sample`` and ``eval`` load the newest checkpoint's EMA weights through ``mmdit_jax.pipelines`` (no optimizer
 state; ``sample`` builds no data set either). A workdir without a checkpoint is an error naming its folder,
@@ -7,6 +8,7 @@ unless ``allow_untrained`` asks for the untrained initialisation.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import jax
@@ -22,7 +24,7 @@ from mmdit_jax.pipelines.trained_model import load_trained
 from mmdit_jax.reporting import MetricWriter, report
 from mmdit_jax.train.loop import save_grid, train
 
-__all__ = ["train", "sample", "evaluate"]
+__all__ = ["train", "sample", "evaluate", "export_lora"]
 
 
 def sample(config: Any, workdir: str, prompts: Sequence[str] | None = None, allow_untrained: bool = False) -> str:
@@ -66,3 +68,21 @@ def evaluate(config: Any, workdir: str, allow_untrained: bool = False) -> dict[s
                for i, t in enumerate(levels)}
     report(f"validation loss per noise level at step {model.step} ({n} test examples): {results}")
     return results
+
+
+def export_lora(config: Any, workdir: str, out: str | None = None) -> str:
+    """Write the EMA adapter of a LoRA fine-tune's newest checkpoint as a diffusers / PEFT LoRA file
+    (``<out>/pytorch_lora_weights.safetensors``; default ``out``: ``<workdir>/lora_export``), for
+    ``pipe.load_lora_weights(out)`` or ``python -m mmdit_jax.generate --lora=out``. Returns the file's path."""
+    from mmdit_jax.interop.lora import save_lora, to_diffusers_lora
+    from mmdit_jax.pipelines.components import family_from_config
+    from mmdit_jax.pipelines.trained_model import load_adapter
+
+    step, adapter, lora = load_adapter(config, workdir)
+    family = family_from_config(config)
+    state_dict = to_diffusers_lora(family.name, family.config, adapter, lora.scale)
+    out = out or os.path.join(workdir, "lora_export")
+    os.makedirs(out, exist_ok=True)
+    path = save_lora(out, state_dict)
+    report(f"LoRA of step {step} (rank {lora.rank}, {len(state_dict) // 2} modules): {path}")
+    return path

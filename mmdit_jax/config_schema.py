@@ -5,7 +5,8 @@ Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.
 (``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
 ``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
 ``latent`` only for latent training (``mmdit_jax.pipelines.latent``); ``finetune`` only to start from a trained
-run, fully or with LoRA (``mmdit_jax.adapters.finetune``).
+run, fully or with LoRA (``mmdit_jax.adapters.finetune``); ``dreambooth`` to personalise such a fine-tune
+(``mmdit_jax.train.dreambooth``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ SCHEMA: dict[str, set[str] | None] = {
     "eval": {"num_examples"},
     "latent": {"vae", "batch_size"},
     "finetune": None,     # validated by mmdit_jax.adapters.finetune
+    "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
 }
-OPTIONAL = {"text", "latent", "finetune"}
+OPTIONAL = {"text", "latent", "finetune", "dreambooth"}
 
 
 def model_config(config: Any) -> Any:
@@ -51,6 +53,7 @@ def model_config(config: Any) -> Any:
 def validate_config(config: Any) -> None:
     """Raise ``ConfigError`` naming the first invalid field of an experiment config."""
     from mmdit_jax.adapters.finetune import validate_finetune_config
+    from mmdit_jax.train.dreambooth import validate_dreambooth_config
     from mmdit_jax.data.registry import validate_data_config
     from mmdit_jax.diffusion.losses import LOSSES, make_loss_fn
     from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
@@ -103,6 +106,7 @@ def validate_config(config: Any) -> None:
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
     validate_finetune_config(config)
+    validate_dreambooth_config(config)
 
 
 def workdir_config(workdir: str) -> Any:

@@ -36,6 +36,8 @@ _HEIGHT = flags.DEFINE_integer("height", None, "Image height (pipeline folder; d
 _WIDTH = flags.DEFINE_integer("width", None, "Image width (pipeline folder; default: the model's size).")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images per compiled call (pipeline folder).")
 _BF16 = flags.DEFINE_bool("bf16", False, "Compute the transformer (and a pipeline folder's VAE) in bfloat16.")
+_LORA = flags.DEFINE_string("lora", None, "A diffusers / PEFT LoRA file (or folder) merged into the transformer.")
+_LORA_SCALE = flags.DEFINE_float("lora_scale", 1.0, "Weight of the --lora adapter (diffusers' lora_scale).")
 flags.mark_flags_as_required(["source"])
 
 
@@ -71,14 +73,17 @@ def write_png(path: str, image, metadata: dict[str, str]) -> None:
 
 
 def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1, seed: int = 0,
-             batch_size: int = 1, dtype: str = "float32", **options) -> list[str]:
-    """Write one PNG per (prompt, seed) into ``out``; returns the paths."""
+             batch_size: int = 1, dtype: str = "float32", lora: str | None = None, lora_scale: float = 1.0,
+             **options) -> list[str]:
+    """Write one PNG per (prompt, seed) into ``out``; returns the paths. ``lora``: a diffusers / PEFT LoRA file
+    merged into the transformer with weight ``lora_scale``."""
     from tqdm import tqdm
 
     from mmdit_jax.checks import check_positive_int
     from mmdit_jax.config_schema import workdir_config
     from mmdit_jax.pipelines.generator import (
         Options,
+        add_lora,
         is_pipeline_folder,
         open_source,
         seeds_for,
@@ -94,6 +99,8 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
     if not is_pipeline_folder(source) and os.path.isfile(os.path.join(source, "config.json")):
         config = workdir_config(source)
     gen = open_source(source, dtype, config)
+    if lora is not None:
+        add_lora(gen, lora, lora_scale)
     resolved = gen.settings(opts)        # the values the defaults stand for, so the metadata reproduces the image
     report(f"generating {len(jobs)} images from {gen.description} into {out}")
     os.makedirs(out, exist_ok=True)
@@ -104,6 +111,7 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
             images = gen.images([p for _, p, _ in part], [s for _, _, s in part], opts)
             for (k, prompt, s), image in zip(part, images):
                 meta = {"prompt": prompt, "seed": str(s), "source": os.path.abspath(source), "dtype": dtype,
+                        **({"lora": os.path.abspath(lora), "lora_scale": str(lora_scale)} if lora else {}),
                         "negative_prompt": "" if opts.negative_prompt is None else opts.negative_prompt,
                         **{k: str(v) for k, v in resolved.items()}}
                 path = os.path.join(out, file_name(k, prompt, s))
@@ -122,7 +130,8 @@ def main(argv) -> None:
 
     exit_on_input_error(lambda: generate(
         _SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value, _SEED.value,
-        _BATCH.value, "bfloat16" if _BF16.value else "float32", negative_prompt=_NEGATIVE.value, steps=_STEPS.value,
+        _BATCH.value, "bfloat16" if _BF16.value else "float32", _LORA.value, _LORA_SCALE.value,
+        negative_prompt=_NEGATIVE.value, steps=_STEPS.value,
         guidance_scale=_GUIDANCE.value, height=_HEIGHT.value, width=_WIDTH.value), (ConfigError, CheckpointError))
 
 

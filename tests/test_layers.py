@@ -11,9 +11,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mmdit_jax"
 LAYERS = [
     {"checks", "runtime", "reporting"},
     {"diffusion", "data", "checkpoints"},
-    {"models"},
+    {"models", "adapters"},
     {"interop"},
-    {"families", "eval", "adapters"},
+    {"families", "eval"},
     {"pipelines"},
     {"train"},
     {"config_schema"},

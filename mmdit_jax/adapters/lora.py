@@ -39,7 +39,7 @@ Params = Mapping[str, Any]
 Path = tuple[str, ...]
 
 # The joint-attention projections of SD3 and FLUX in diffusers' names (``to_out.0`` is ``to_out`` here): the
-# targets diffusers' own SD3 / FLUX DreamBooth-LoRA scripts adapt by default.
+# targets diffusers' SD3 DreamBooth-LoRA script adapts by default.
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 
@@ -47,7 +47,11 @@ ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out", "add_q_proj", "add_k_proj
 class LoraConfig:
     """``rank`` r; ``alpha`` (None: equal to the rank, scale 1); ``targets``: regular expressions, each matched in
     full against an adapted module's name (``"to_q"``) or its ``/``-joined path (``"transformer_blocks_0/attn/to_q"``,
-    ``".*ff/proj_in"``)."""
+    ``".*ff/proj_in"``).
+
+    Paths are those of the parameter layout: under ``scan_blocks`` a run of blocks is one stacked module
+    (``scan_0_22/block/attn/to_q``), so a pattern selects whole runs there. A bare name matches wherever it occurs
+    (``"proj_out"`` is also the model's final projection): anchor it with a path pattern to narrow it."""
 
     rank: int = 4
     alpha: float | None = None

@@ -157,12 +157,15 @@ def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Ca
 
 def example_transform(spec: DatasetSpec, caption_index: dict[str, int] | None) -> Callable[[dict], dict]:
     """Record -> ``{"x": float32 example, "text_index": int}`` (the caption's row in the embedding cache;
-    left out when ``caption_index`` is None, i.e. unconditional training)."""
+    left out when ``caption_index`` is None, i.e. unconditional training), plus ``"loss_weight"`` (float32) for
+    sources whose records weigh their examples (DreamBooth's prior-preservation images)."""
 
     def f(record: dict) -> dict:
         out = {"x": spec.to_example(record)}
         if caption_index is not None:
             out["text_index"] = np.int32(caption_index[caption_text(record)])
+        if "loss_weight" in record:
+            out["loss_weight"] = np.float32(record["loss_weight"])
         return out
 
     return f

@@ -7,11 +7,27 @@ are returned with every image, for evaluators.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Sequence
+
 import numpy as np
 
 from mmdit_jax.data.captions import COLOURS, COLOUR_RGB, POSITIONS, SHAPES, SIZES, TEMPLATES, ShapeObject, caption
 
 SIZE_FRACTION = {"small": 0.11, "medium": 0.16, "large": 0.22}   # object radius / image side (one object)
+
+# (y, x) offsets from an object's centre in units of its radius (y down) -> bool: where a second colour goes.
+Pattern = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Paint:
+    """A fill other than the object's flat named colour: ``base_rgb`` (e.g. jittered), and ``pattern_rgb`` where
+    ``pattern`` holds. Used for patterned subjects (``subjects.py``); the data set itself never passes one."""
+
+    base_rgb: tuple[float, float, float]
+    pattern: Pattern | None = None
+    pattern_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _cell_centre(position: str, size: int) -> tuple[float, float]:
@@ -22,8 +38,10 @@ def _cell_centre(position: str, size: int) -> tuple[float, float]:
     return margin + row * step, margin + col * step
 
 
-def shape_mask(shape: str, size: int, centre: tuple[float, float], radius: float, supersample: int = 4) -> np.ndarray:
-    """Coverage in [0, 1] of ``shape`` on a ``size x size`` grid (supersampled for anti-aliasing)."""
+def shape_mask(shape: str, size: int, centre: tuple[float, float], radius: float, supersample: int = 4,
+               pattern: Pattern | None = None) -> np.ndarray:
+    """Coverage in [0, 1] of ``shape`` (intersected with ``pattern`` if given) on a ``size x size`` grid
+    (supersampled for anti-aliasing)."""
     n = size * supersample
     coords = (np.arange(n) + 0.5) / supersample
     y, x = np.meshgrid(coords - centre[0], coords - centre[1], indexing="ij")
@@ -43,16 +61,30 @@ def shape_mask(shape: str, size: int, centre: tuple[float, float], radius: float
         m = (d2 <= r**2) & (d2 >= (0.55 * r) ** 2)
     else:
         raise ValueError(f"unknown shape {shape!r}; valid: {SHAPES}")
+    if pattern is not None:
+        m = m & pattern(y / r, x / r)
     return m.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
 
 
-def render(objects: tuple[ShapeObject, ...], size: int = 32) -> np.ndarray:
-    """``(size, size, 3)`` uint8 image of the objects, later objects on top."""
+def render(objects: tuple[ShapeObject, ...], size: int = 32,
+           paints: Sequence[Paint | None] | None = None) -> np.ndarray:
+    """``(size, size, 3)`` uint8 image of the objects, later objects on top; ``paints[i]``, if given and not None,
+    replaces object ``i``'s flat colour."""
     img = np.zeros((size, size, 3), np.float32)
-    for obj in objects:
+    for i, obj in enumerate(objects):
         radius = SIZE_FRACTION[obj.size] * size * (0.5 if len(objects) > 1 else 1.0) + 0.5
-        cov = shape_mask(obj.shape, size, _cell_centre(obj.position, size), radius)[..., None]
-        img = img * (1 - cov) + cov * np.asarray(COLOUR_RGB[obj.colour], np.float32)
+        centre = _cell_centre(obj.position, size)
+        cov = shape_mask(obj.shape, size, centre, radius)[..., None]
+        paint = paints[i] if paints is not None else None
+        if paint is None:
+            img = img * (1 - cov) + cov * np.asarray(COLOUR_RGB[obj.colour], np.float32)
+            continue
+        # Exact coverage split (not a second layer on top): a pixel's pattern part is taken from its base part, so
+        # the anti-aliased silhouette keeps the same edge whatever the pattern.
+        pat = shape_mask(obj.shape, size, centre, radius, pattern=paint.pattern)[..., None] if paint.pattern \
+            else np.zeros_like(cov)
+        img = img * (1 - cov) + (cov - pat) * np.asarray(paint.base_rgb, np.float32) \
+            + pat * np.asarray(paint.pattern_rgb, np.float32)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 

@@ -162,6 +162,29 @@ class WorkdirSource:
         return np.concatenate(out)
 
 
+def with_lora(family: Any, variables: Any, path: str, weight: float = 1.0) -> dict[str, Any]:
+    """``variables`` with a diffusers / PEFT LoRA file merged into the transformer: ``W + weight s A B``
+    (``weight``: diffusers' ``lora_scale``). The family must have a diffusers counterpart (sd3, flux)."""
+    from mmdit_jax.adapters.lora import merge
+    from mmdit_jax.interop.lora import from_diffusers_lora, load_lora
+
+    if not os.path.exists(path):
+        raise ConfigError(f"lora={path!r} does not exist (give a .safetensors file or a folder holding one)")
+    state_dict, metadata = load_lora(path)
+    adapter, scale = from_diffusers_lora(family.name, family.config, state_dict, metadata)
+    return {**variables, "params": merge(variables["params"], adapter, weight * scale)}
+
+
+def add_lora(source: "ImageSource", path: str, weight: float = 1.0) -> None:
+    """Merge a LoRA file into an opened source's transformer (pipeline folder or workdir), in place."""
+    if isinstance(source, FolderSource):
+        source.pipe.variables = with_lora(source.pipe.family, source.pipe.variables, path, weight)
+    else:
+        model = source._base.model
+        model.variables = with_lora(model.family, model.variables, path, weight)
+    source.description += f" + LoRA {path} (weight {weight})"
+
+
 def is_pipeline_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model_index.json"))
 

@@ -17,6 +17,8 @@ from typing import Any
 import jax
 
 from mmdit_jax.adapters.finetune import load_finetune, lora_config
+from mmdit_jax.adapters.lora import LoraConfig, init_lora
+from mmdit_jax.checks import ConfigError
 from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
@@ -90,9 +92,28 @@ def load_trained(config: Any, workdir: str, allow_untrained: bool = False) -> Tr
             step, params = restore_params(directory, on_device(abstract["params"]))
         else:   # the checkpoints hold the adapter only: merge it into the recorded base
             finetune = load_finetune(config, workdir, on_device(abstract["params"]), record=False)
-            adapter = jax.eval_shape(lambda: finetune.initial_trainable(jax.random.PRNGKey(0)))
-            step, adapter = restore_params(directory, on_device(adapter))
+            step, adapter = _restore_adapter(directory, finetune.base, finetune.lora)
             params = finetune.compose(finetune.frozen, adapter)
         variables = {**abstract, "params": params}
     return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text,
                         LatentSpace.from_config(config))
+
+
+def _restore_adapter(directory: str, params: Any, lora: LoraConfig) -> tuple[int, Any]:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(lambda: init_lora(jax.random.PRNGKey(0), params, lora))
+    return restore_params(directory, jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract))
+
+
+def load_adapter(config: Any, workdir: str) -> tuple[int, Any, LoraConfig]:
+    """``(step, adapter, lora)``: the EMA adapter of a LoRA fine-tune's newest checkpoint (no base is loaded).
+    Raises ConfigError for a run without LoRA and CheckpointError naming the folder without a checkpoint."""
+    lora = lora_config(config)
+    if lora is None:
+        raise ConfigError(f"{workdir} is not a LoRA fine-tune (finetune.lora.rank is 0 or absent)")
+    family = family_from_config(config)
+    shape = data_shape(config)
+    abstract = fresh_variables(family, config, shape, text_from_config(config, family), params_only_shapes=True)
+    step, adapter = _restore_adapter(os.path.join(os.path.abspath(workdir), "checkpoints"), abstract["params"], lora)
+    return step, adapter, lora

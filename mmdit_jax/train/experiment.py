@@ -41,8 +41,10 @@ from mmdit_jax.pipelines.components import (
 )
 from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
+from mmdit_jax.pipelines.trained_model import TrainedModel, fresh_variables
 from mmdit_jax.reporting import report, write_text_atomic
 from mmdit_jax.train import sharding
+from mmdit_jax.train.dreambooth import dreambooth_source
 from mmdit_jax.train.state import (
     TrainState,
     init_state,
@@ -86,6 +88,8 @@ class Experiment:
         """Gather the cached conditioning and place the batch sharded over all devices."""
         idx = host_batch.get("text_index")
         batch = {"x": host_batch["x"], "cond": {k: v[idx].astype(np.float32) for k, v in self.cond_table.items()}}
+        if "loss_weight" in host_batch:
+            batch["loss_weight"] = host_batch["loss_weight"]
         return jax.tree_util.tree_map(
             lambda v: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, v.ndim), v), batch)
 
@@ -97,6 +101,8 @@ class Experiment:
 
     def batch_shardings(self) -> dict[str, Any]:
         ndim = {"x": 1 + len(self.data_shape), "cond": {k: v.ndim for k, v in self.cond_table.items()}}
+        if "loss_weight" in self.sources["train"][0]:
+            ndim["loss_weight"] = 1
         return jax.tree_util.tree_map(lambda n: sharding.batch_sharding(self.mesh, n), ndim)
 
     def train_step(self):
@@ -149,6 +155,15 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         sources = {**sources, "train": LatentRecords(sources["train"], latents)}
         spec = latent_spec(spec, latent)
     text = text_from_config(cfg, family)
+    finetune = None
+    if "finetune" in cfg and cfg.finetune.init_from:
+        abstract = fresh_variables(family, cfg, shape, text, params_only_shapes=True)
+        params_sh = sharding.state_shardings(abstract["params"], mesh)
+        finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=restore)
+        if "dreambooth" in cfg:   # the instances, and the class images the frozen base draws (cached)
+            base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
+                                text, latent)
+            sources = {**sources, "train": dreambooth_source(cfg, workdir, base)}
     caption_index, cond_table = None, {}
     if text is not None:
         unique = sorted(set(captions_of(sources["train"])))
@@ -160,8 +175,6 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     x, _ = example_inputs(shape, {})
     variables = family.init(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
-    params_sh = sharding.state_shardings(variables["params"], mesh)
-    finetune = load_finetune(cfg, workdir, abstract_with_shardings(variables["params"], params_sh), record=restore)
     trained = variables["params"]
     if finetune is not None:
         trained = finetune.initial_trainable(jax.random.fold_in(key_model, 1))

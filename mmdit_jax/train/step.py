@@ -4,7 +4,8 @@
     cond    = drop(key_s, cond)                        (text runs: independent per-encoder dropout, for CFG)
     params  = compose(frozen, trained)                 (fine-tuning with LoRA: W + s A B; else the trained tree)
     net     = family.net(prepare(params), cond)        (the score-based core's net(x, t))
-    loss    = mean_b loss_fn(net, x0, key_s)           (any loss / schedule / parameterisation by name)
+    loss    = mean_b w_b loss_fn(net, x0, key_s)       (any loss / schedule / parameterisation by name; w_b = 1
+                                                        unless the batch carries ``loss_weight``)
     trained = AdamW(clip(grad_trained))                (only the trained tree has gradients and optimizer state)
     ema     = decay * ema + (1 - decay) * trained
 
@@ -24,7 +25,7 @@ from mmdit_jax.families import Family
 from mmdit_jax.train.state import TrainState
 
 Array = jax.Array
-Batch = dict[str, Any]      # {"x": (B, *data_shape), "cond": {entry: (B, ...)}}
+Batch = dict[str, Any]      # {"x": (B, *data_shape), "cond": {entry: (B, ...)}, optional "loss_weight": (B,)}
 Dropout = Callable[[Array, dict[str, Array]], dict[str, Array]]
 
 
@@ -57,7 +58,8 @@ def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: op
             params = trained if compose is None else compose(frozen, trained)
             variables = family.prepare({"params": params, **non_trainable})   # once, outside any scan
             per, t = loss_fn(family.net(variables, cond), batch["x"], key_loss)
-            return jnp.mean(per), (per, t)
+            weight = batch.get("loss_weight")           # per-example weights (prior preservation), else 1
+            return jnp.mean(per if weight is None else weight * per), (per, t)
 
         (loss, (per, t)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -9,16 +9,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from configs.default import get_config as default_config
 from configs.finetune import get_config as finetune_config
+from mmdit_jax import commands
 from mmdit_jax.adapters.lora import merge, num_parameters
+from mmdit_jax.generate import generate
+from mmdit_jax.interop.lora import load_lora
+from mmdit_jax.pipelines.generator import with_lora
 from mmdit_jax.checkpoints import CheckpointError, restore_params
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.config_schema import validate_config
 from mmdit_jax.pipelines.trained_model import load_trained
 from mmdit_jax.train import loop
 from mmdit_jax.train.experiment import build
+
+
+# read_state restores without a target tree: Orbax warns that it takes the shardings from the files.
+pytestmark = pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
 
 
 def tree_equal(a, b) -> bool:
@@ -40,11 +49,12 @@ def runs(tmp_path_factory):
     lcfg = finetune_config("lora,tiny")
     lcfg.finetune.init_from = base
     lcfg.train.update(num_steps=4, checkpoint_every=2, sample_every=4, log_every=1)
+    lcfg.optim.update(learning_rate=1e-2, warmup_steps=0)     # 4 steps that move the (EMA) adapter visibly
+    lcfg.train.ema_decay = 0.5
     loop.train(lcfg, lora_dir)
     return base, cfg, lora_dir, lcfg
 
 
-@pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
 def test_lora_checkpoints_hold_only_the_adapter_and_its_optimizer_state(runs):
     base, cfg, lora_dir, lcfg = runs
     state = read_state(lora_dir, 4)
@@ -62,7 +72,6 @@ def test_lora_checkpoints_hold_only_the_adapter_and_its_optimizer_state(runs):
     assert os.path.exists(os.path.join(lora_dir, "samples", "step_0000004.png"))
 
 
-@pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
 def test_sampling_the_workdir_merges_the_adapter_into_the_recorded_base(runs):
     base, cfg, lora_dir, lcfg = runs
     model = load_trained(lcfg, lora_dir)
@@ -125,3 +134,27 @@ def test_bad_fine_tuning_setups_are_named(runs, tmp_path):
         json.dump({"workdir": os.path.abspath(base), "step": 5}, f)
     with pytest.raises(CheckpointError, match="no checkpoint of step 5"):
         load_trained(lcfg, moved)
+
+
+def test_an_exported_lora_file_reproduces_the_fine_tune_on_its_base(runs, tmp_path):
+    base, cfg, lora_dir, lcfg = runs
+    path = commands.export_lora(lcfg, lora_dir, str(tmp_path / "export"))
+    assert os.path.basename(path) == "pytorch_lora_weights.safetensors"
+    state_dict, _ = load_lora(path)
+    assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in state_dict and len(state_dict) == 2 * 15
+    # the file merged into the base model (generate --lora) is the fine-tune's own model
+    family = load_trained(cfg, base).family
+    merged = with_lora(family, load_trained(cfg, base).variables, path)
+    own = load_trained(lcfg, lora_dir).variables
+    for a, b in zip(jax.tree_util.tree_leaves(merged["params"]), jax.tree_util.tree_leaves(own["params"])):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    prompts = ["a red circle"]
+    via_file = generate(base, prompts, str(tmp_path / "a"), lora=path, steps=4)
+    via_workdir = generate(lora_dir, prompts, str(tmp_path / "b"), steps=4)
+    plain = generate(base, prompts, str(tmp_path / "c"), steps=4)
+    img = lambda p: np.asarray(Image.open(p[0]), np.int32)  # noqa: E731
+    assert np.abs(img(via_file) - img(via_workdir)).max() <= 1
+    assert np.abs(img(via_file) - img(plain)).max() > 1
+    assert Image.open(via_file[0]).text["lora"] == os.path.abspath(path)
+    with pytest.raises(ConfigError, match="not a LoRA fine-tune"):
+        commands.export_lora(cfg, base)
