@@ -38,10 +38,10 @@ def get_config(arg: str = "lora") -> ml_collections.ConfigDict:
     c.data.batch_size = 4 if tiny else 16
     if "noprior" in options:
         c.data.batch_size //= 2
-    c.optim.learning_rate = 5e-4 if mode == "lora" else 1e-4
+    c.optim.learning_rate = 2e-3 if mode == "lora" else 3e-4
     c.optim.update(warmup_steps=20, schedule="constant")
     c.sample.prompts = sample_prompts(c.dreambooth.token, subjects.subject_class(SUBJECT))
     c.sample.per_prompt = 2 if tiny else 4
     if not tiny:
-        c.train.update(num_steps=400, checkpoint_every=200, sample_every=200)
+        c.train.update(num_steps=800, checkpoint_every=400, sample_every=400)
     return c

@@ -23,12 +23,8 @@ from mmdit_jax.train.experiment import build
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("base"))
-    cfg = default_config("tiny")
-    cfg.train.sample_every = 0
-    loop.train(cfg, workdir)
-    return workdir
+def base(tiny_base_run):
+    return tiny_base_run[1]
 
 
 def tiny(base, prior_weight=0.5):

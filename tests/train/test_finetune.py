@@ -11,7 +11,6 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from configs.default import get_config as default_config
 from configs.finetune import get_config as finetune_config
 from mmdit_jax import commands
 from mmdit_jax.adapters.lora import merge, num_parameters
@@ -40,11 +39,8 @@ def read_state(workdir, step):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("base"))
-    cfg = default_config("tiny")
-    cfg.train.sample_every = 0
-    loop.train(cfg, base)
+def runs(tiny_base_run, tmp_path_factory):
+    cfg, base = tiny_base_run
     lora_dir = str(tmp_path_factory.mktemp("lora"))
     lcfg = finetune_config("lora,tiny")
     lcfg.finetune.init_from = base
