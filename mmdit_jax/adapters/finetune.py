@@ -7,6 +7,9 @@ compose with them.
                             ``{lora_A, lora_B}`` is trained, has optimizer state and is checkpointed
     finetune.lora.alpha     scale s = alpha / rank (0: alpha = rank, s = 1)
     finetune.lora.targets   module-name patterns (default: the joint-attention projections)
+    finetune.text_encoder   also train the CLIP-L and CLIP-G towers (all their weights; T5 stays frozen, as in
+                            diffusers' SD3 DreamBooth script); the state's trained tree is then
+                            ``{"model": <params or adapter>, "text": {"clip_l": ..., "clip_g": ...}}``
 
 The base checkpoint step is fixed when the run first starts and recorded in ``<workdir>/init_from.json``: a
 resumed run and every later sampling of the workdir use that same base even if the base run trains on, and if
@@ -35,10 +38,16 @@ SHARED_SECTIONS = ("model", "text", "latent", "model_parameterization", "timeste
 
 
 def finetune_config(init_from: str = "", rank: int = 0, alpha: float = 0.0,
-                    targets: tuple[str, ...] = ATTENTION_TARGETS) -> ml_collections.ConfigDict:
+                    targets: tuple[str, ...] = ATTENTION_TARGETS,
+                    text_encoder: bool = False) -> ml_collections.ConfigDict:
     """The ``finetune`` section (rank 0: full fine-tuning; alpha 0: alpha = rank)."""
     lora = ml_collections.ConfigDict(dict(rank=rank, alpha=float(alpha), targets=tuple(targets)))
-    return ml_collections.ConfigDict(dict(init_from=init_from, lora=lora))
+    return ml_collections.ConfigDict(dict(init_from=init_from, lora=lora, text_encoder=text_encoder))
+
+
+def trains_text_encoder(config: Any) -> bool:
+    """Whether the run trains the CLIP towers too (``finetune.text_encoder``)."""
+    return "finetune" in config and bool(config.finetune.get("text_encoder", False))
 
 
 def lora_config(config: Any) -> LoraConfig | None:
@@ -59,7 +68,11 @@ def validate_finetune_config(config: Any) -> None:
     if "finetune" not in config:
         return
     ft = config.finetune
-    check_keys("finetune", ft.keys(), {"init_from", "lora"})
+    check_keys("finetune", ft.keys(), {"init_from", "lora", "text_encoder"})
+    if not isinstance(ft.get("text_encoder", False), bool):
+        raise ConfigError(f"finetune.text_encoder={ft.text_encoder!r} is not valid; choose True or False")
+    if trains_text_encoder(config) and "text" not in config:
+        raise ConfigError("finetune.text_encoder=True needs a text-conditioned run (a text section)")
     check_keys("finetune.lora", ft.lora.keys(), {"rank", "alpha", "targets"})
     rank = ft.lora.rank
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:

@@ -117,6 +117,10 @@ class TextConditioner:
 
         return drop
 
+    def with_clip_params(self, clip_params: dict[str, Any]) -> "TextConditioner":
+        """This text path with the CLIP towers' variables replaced (a text-encoder fine-tune's)."""
+        return dataclasses.replace(self, encoders=self.encoders.with_clip_params(clip_params))
+
     def fingerprint_parts(self) -> list[Any]:
         """What determines the embeddings: the encoders' weights and the text config."""
         enc = self.encoders

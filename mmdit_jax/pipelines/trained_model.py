@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from mmdit_jax.adapters.finetune import load_finetune, lora_config
+from mmdit_jax.adapters.finetune import load_finetune, lora_config, trains_text_encoder
 from mmdit_jax.adapters.lora import LoraConfig, init_lora
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
@@ -85,25 +85,44 @@ def load_trained(config: Any, workdir: str, allow_untrained: bool = False) -> Tr
         variables, step = fresh_variables(family, config, shape, text), 0
     else:
         abstract = fresh_variables(family, config, shape, text, params_only_shapes=True)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        on_device = lambda tree: jax.tree_util.tree_map(  # noqa: E731
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
-        if lora_config(config) is None:
-            step, params = restore_params(directory, on_device(abstract["params"]))
-        else:   # the checkpoints hold the adapter only: merge it into the recorded base
-            finetune = load_finetune(config, workdir, on_device(abstract["params"]), record=False)
-            step, adapter = _restore_adapter(directory, finetune.base, finetune.lora)
-            params = finetune.compose(finetune.frozen, adapter)
+        step, params, text = _restore(config, workdir, abstract["params"], text)
         variables = {**abstract, "params": params}
     return TrainedModel(config, family, variables, step, dataset_spec(config.data.name), shape, text,
                         LatentSpace.from_config(config))
 
 
-def _restore_adapter(directory: str, params: Any, lora: LoraConfig) -> tuple[int, Any]:
+def _on_device(tree: Any) -> Any:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.eval_shape(lambda: init_lora(jax.random.PRNGKey(0), params, lora))
-    return restore_params(directory, jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract))
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
+
+
+def _restore_trained(config: Any, directory: str, model_part: Any, text: TextConditioner | None) -> tuple[int, Any]:
+    """``(step, trained)``: the EMA trained tree of the newest checkpoint, whose model part has the shapes of
+    ``model_part`` (params or adapter) and, when the CLIP towers were trained too, a ``text`` part."""
+    abstract = jax.eval_shape(lambda: model_part)
+    if trains_text_encoder(config):
+        abstract = {"model": abstract, "text": jax.eval_shape(lambda: text.encoders.clip_params())}
+    return restore_params(directory, _on_device(abstract))
+
+
+def _restore(config: Any, workdir: str, abstract_params: Any,
+             text: TextConditioner | None) -> tuple[int, Any, TextConditioner | None]:
+    """``(step, model params, text path)`` of a workdir's newest checkpoint: a LoRA fine-tune's adapter merged
+    into its recorded base, a text-encoder fine-tune's CLIP towers swapped into the text path."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    lora = lora_config(config)
+    if lora is None:
+        step, trained = _restore_trained(config, directory, abstract_params, text)
+        params = trained["model"] if trains_text_encoder(config) else trained
+    else:   # the checkpoints hold the adapter only: merge it into the recorded base
+        finetune = load_finetune(config, workdir, _on_device(abstract_params), record=False)
+        adapter_shapes = jax.eval_shape(lambda: init_lora(jax.random.PRNGKey(0), abstract_params, lora))
+        step, trained = _restore_trained(config, directory, adapter_shapes, text)
+        adapter = trained["model"] if trains_text_encoder(config) else trained
+        params = finetune.compose(finetune.frozen, adapter)
+    if trains_text_encoder(config):
+        text = text.with_clip_params(trained["text"])
+    return step, params, text
 
 
 def load_adapter(config: Any, workdir: str) -> tuple[int, Any, LoraConfig]:
@@ -113,7 +132,9 @@ def load_adapter(config: Any, workdir: str) -> tuple[int, Any, LoraConfig]:
     if lora is None:
         raise ConfigError(f"{workdir} is not a LoRA fine-tune (finetune.lora.rank is 0 or absent)")
     family = family_from_config(config)
-    shape = data_shape(config)
-    abstract = fresh_variables(family, config, shape, text_from_config(config, family), params_only_shapes=True)
-    step, adapter = _restore_adapter(os.path.join(os.path.abspath(workdir), "checkpoints"), abstract["params"], lora)
-    return step, adapter, lora
+    text = text_from_config(config, family)
+    abstract = fresh_variables(family, config, data_shape(config), text, params_only_shapes=True)
+    adapter_shapes = jax.eval_shape(lambda: init_lora(jax.random.PRNGKey(0), abstract["params"], lora))
+    step, trained = _restore_trained(config, os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                     adapter_shapes, text)
+    return step, trained["model"] if trains_text_encoder(config) else trained, lora

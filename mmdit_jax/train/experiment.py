@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.adapters.finetune import Finetune, load_finetune
+from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder
 from mmdit_jax.adapters.lora import num_parameters
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
@@ -75,6 +75,7 @@ class Experiment:
     checkpointer: Checkpointer
     optimizer: Any
     finetune: Finetune | None = None    # None: trained from the initialisation
+    token_table: dict[str, np.ndarray] | None = None   # {clip_l, clip_g: (U, T) int32}: CLIP towers trained too
 
     @property
     def frozen(self) -> Any:
@@ -82,7 +83,13 @@ class Experiment:
 
     def model_params(self, trained: Any) -> Any:
         """The model's params from the state's trained tree (``state.params`` or ``state.ema_params``)."""
+        if self.token_table is not None:
+            trained = trained["model"]
         return trained if self.finetune is None else self.finetune.compose(self.frozen, trained)
+
+    def text_conditioner(self, trained: Any) -> TextConditioner | None:
+        """The text path sampling uses with the state's trained tree (its CLIP towers when they are trained)."""
+        return self.text if self.token_table is None else self.text.with_clip_params(trained["text"])
 
     def device_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Gather the cached conditioning and place the batch sharded over all devices."""
@@ -90,6 +97,8 @@ class Experiment:
         batch = {"x": host_batch["x"], "cond": {k: v[idx].astype(np.float32) for k, v in self.cond_table.items()}}
         if "loss_weight" in host_batch:
             batch["loss_weight"] = host_batch["loss_weight"]
+        if self.token_table is not None:
+            batch["tokens"] = {k: v[idx] for k, v in self.token_table.items()}
         return jax.tree_util.tree_map(
             lambda v: jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, v.ndim), v), batch)
 
@@ -103,6 +112,8 @@ class Experiment:
         ndim = {"x": 1 + len(self.data_shape), "cond": {k: v.ndim for k, v in self.cond_table.items()}}
         if "loss_weight" in self.sources["train"][0]:
             ndim["loss_weight"] = 1
+        if self.token_table is not None:
+            ndim["tokens"] = {k: 2 for k in self.token_table}
         return jax.tree_util.tree_map(lambda n: sharding.batch_sharding(self.mesh, n), ndim)
 
     def train_step(self):
@@ -110,8 +121,9 @@ class Experiment:
         cfg = self.config
         drop = self.text.dropout(cfg.text.drop_probs) if self.text is not None and cfg.text.drop_probs else None
         compose = None if self.frozen is None else self.finetune.compose
+        text_encode = None if self.token_table is None else self.text.encoders.encode_clip_tokens
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
-                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose)
+                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose, text_encode)
         # the frozen base is an argument, not a closure: closed-over arrays would be baked into the program
         frozen, frozen_sh = self.frozen, None
         if frozen is not None:
@@ -181,6 +193,12 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         report(f"fine-tuning {finetune.base_workdir} (step {finetune.base_step}): "
                f"{'LoRA rank %d, ' % finetune.lora.rank if finetune.lora else 'all weights, '}"
                f"{num_parameters(trained):,} trained parameters of {num_parameters(variables['params']):,}")
+    token_table = None
+    if trains_text_encoder(cfg):   # the CLIP towers train too: batches carry token ids, the state their weights
+        token_table = {k: np.asarray(v, np.int32) for k, v in text.encoders.clip_tokens(unique).items()}
+        # copies: the state is donated to the step, the encoders' own arrays must outlive it
+        trained = {"model": trained, "text": jax.tree_util.tree_map(jnp.copy, text.encoders.clip_params())}
+        report(f"training the CLIP towers too: {num_parameters(trained['text']):,} parameters")
     state = init_state(trained, optimizer)
     state_sh = sharding.state_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
@@ -196,7 +214,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         else:
             report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
     exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent, sources,
-                     caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune)
+                     caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune, token_table)
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
     return exp, start, data_state

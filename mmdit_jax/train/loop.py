@@ -85,6 +85,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             exp.checkpointer.save(done, state, {"iterator": it.get_state()}, exp.config_json())
         if pipeline is not None and (done % cfg.train.sample_every == 0 or done == total):
             variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
+            pipeline.model.text = exp.text_conditioner(state.ema_params)
             grid = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
             if primary:
                 report(f"sample grid: {save_grid(workdir, writer, done, grid)}")

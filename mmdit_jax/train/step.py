@@ -2,6 +2,7 @@
 
     key_s   = fold_in(key, step)                       (deterministic: a resumed run draws the same noise)
     cond    = drop(key_s, cond)                        (text runs: independent per-encoder dropout, for CFG)
+    cond    = text(trained_text, tokens)               (only when the CLIP towers are trained too)
     params  = compose(frozen, trained)                 (fine-tuning with LoRA: W + s A B; else the trained tree)
     net     = family.net(prepare(params), cond)        (the score-based core's net(x, t))
     loss    = mean_b w_b loss_fn(net, x0, key_s)       (any loss / schedule / parameterisation by name; w_b = 1
@@ -38,10 +39,13 @@ def bucket_losses(per_example: Array, t: Array, t_max: float, num_buckets: int) 
 
 def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: optax.GradientTransformation,
                     config: Any, lr_fn: Callable[[Array], Array], dropout: Dropout | None = None,
-                    compose: Callable[[Any, Any], Any] | None = None):
+                    compose: Callable[[Any, Any], Any] | None = None,
+                    text_encode: Callable[[Any, Any, Array], tuple[Array, Array]] | None = None):
     """``train_step(state, batch, key, frozen=None) -> (state, metrics)``; ``non_trainable`` are the family's other
     collections (e.g. the MMDiT's position table), ``dropout`` the conditioning dropout (None: none),
-    ``compose(frozen, trained) -> params`` how the trained tree makes the model's params (None: it is them)."""
+    ``compose(frozen, trained) -> params`` how the trained tree makes the model's params (None: it is them).
+    ``text_encode(clip_params, tokens, context) -> (context, pooled)``: the text encoders are trained too; the
+    state's trained tree is then ``{"model": ..., "text": clip_params}`` and batches carry ``tokens``."""
     loss_fn = make_loss_fn(config.loss.name, family.schedule, config.model_parameterization)
     decay = config.train.ema_decay
     num_buckets = config.train.loss_buckets
@@ -50,11 +54,15 @@ def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: op
     def step(state: TrainState, batch: Batch, key: Array, frozen: Any = None) -> tuple[TrainState, dict[str, Array]]:
         key = jax.random.fold_in(key, state.step)
         key_drop, key_loss = jax.random.split(key)
-        cond = batch["cond"]
-        if dropout is not None:
-            cond = dropout(key_drop, cond)
 
         def objective(trained):
+            cond = batch["cond"]
+            if text_encode is not None:
+                trained, clip_params = trained["model"], trained["text"]
+                context, pooled = text_encode(clip_params, batch["tokens"], cond["context"])
+                cond = {**cond, "context": context, "pooled": pooled}
+            if dropout is not None:
+                cond = dropout(key_drop, cond)
             params = trained if compose is None else compose(frozen, trained)
             variables = family.prepare({"params": params, **non_trainable})   # once, outside any scan
             per, t = loss_fn(family.net(variables, cond), batch["x"], key_loss)

@@ -116,3 +116,35 @@ def test_bad_dreambooth_settings_are_named(base, tmp_path):
     cfg.finetune.lora.rank = 0
     with pytest.raises(ConfigError, match="needs finetune.init_from"):
         validate_config(cfg)
+
+
+def test_the_clip_towers_train_too_when_asked_and_sampling_reads_the_trained_ones(base, tmp_path):
+    from mmdit_jax.pipelines.components import family_from_config, text_from_config
+
+    cfg = tiny(base, prior_weight=1.0)
+    cfg.finetune.text_encoder = True
+    cfg.optim.update(learning_rate=1e-2, warmup_steps=0)
+    cfg.train.update(num_steps=2, checkpoint_every=2, sample_every=2, ema_decay=0.0)
+    workdir = str(tmp_path / "db_text")
+    loop.train(cfg, workdir)
+    assert os.path.exists(os.path.join(workdir, "samples", "step_0000002.png"))
+
+    text = text_from_config(cfg, family_from_config(cfg))
+    prompts = ["a v circle", "a circle"]
+    # the in-step encoding of token ids is the text path's own encoding, given the same weights (up to the
+    # float32 rounding of a differently fused program)
+    context, pooled = text.encode(prompts)["context"], text.encode(prompts)["pooled"]
+    tokens = {k: jnp.asarray(v) for k, v in text.encoders.clip_tokens(prompts).items()}
+    encode = jax.jit(text.encoders.encode_clip_tokens)
+    c2, y2 = encode(text.encoders.clip_params(), tokens, context)
+    np.testing.assert_allclose(c2, context, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y2, pooled, rtol=1e-5, atol=1e-5)
+
+    model = load_trained(cfg, workdir)
+    tuned = model.text.encode(prompts)
+    assert np.abs(np.asarray(tuned["pooled"]) - np.asarray(pooled)).max() > 1e-4      # the towers moved
+    state = build(cfg, workdir)[0]
+    trained = state.state.ema_params["text"]
+    c3, y3 = encode(trained, tokens, context)
+    np.testing.assert_allclose(tuned["pooled"], y3, rtol=1e-5, atol=1e-5)   # sampling uses the checkpoint's towers
+    state.checkpointer.close()

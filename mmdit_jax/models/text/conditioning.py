@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
 from mmdit_jax.models.text.t5 import T5Config, T5Encoder
@@ -57,25 +58,51 @@ class SD3TextEncoders:
     def encode(self, prompts: Sequence[str]) -> tuple[Array, Array]:
         """``(c: (B, 77 + L_T, joint_dim), y_pooled: (B, d_L + d_G))`` for a list of prompts."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        b = len(prompts)
-        seqs, pooled = [], []
         for enc in (self.clip_l, self.clip_g):
             if enc is None:
                 raise ConfigError("SD3 conditioning needs both CLIP encoders (clip_l and clip_g); T5 is optional")
-            out = enc(prompts)
-            seqs.append(out["hidden_states"][-2])
-            pooled.append(out["text_embeds"] if "text_embeds" in out else out["pooled"])
-        clip_seq = jnp.concatenate(seqs, axis=-1)
-        if clip_seq.shape[-1] > self.joint_dim:
-            raise ConfigError(f"CLIP widths {clip_seq.shape[-1]} exceed the joint width {self.joint_dim}")
-        clip_seq = jnp.pad(clip_seq, ((0, 0), (0, 0), (0, self.joint_dim - clip_seq.shape[-1])))
+        clip_seq, pooled = self.clip_conditioning(self.clip_l(prompts), self.clip_g(prompts))
         if self.t5 is None:
-            t5_seq = jnp.zeros((b, self.t5_max_length, self.joint_dim), clip_seq.dtype)
+            t5_seq = jnp.zeros((len(prompts), self.t5_max_length, self.joint_dim), clip_seq.dtype)
         else:
             t5_seq = self.t5(prompts)["last_hidden_state"]
             if t5_seq.shape[-1] != self.joint_dim:
                 raise ConfigError(f"T5 width {t5_seq.shape[-1]} differs from the joint width {self.joint_dim}")
-        return jnp.concatenate([clip_seq, t5_seq], axis=1), jnp.concatenate(pooled, axis=-1)
+        return jnp.concatenate([clip_seq, t5_seq], axis=1), pooled
+
+    def clip_conditioning(self, out_l: dict[str, Any], out_g: dict[str, Any]) -> tuple[Array, Array]:
+        """``(pad_right([H_L ; H_G], joint_dim) (B, T_clip, joint_dim), [p_L ; p_G] (B, d_L + d_G))`` from the two
+        CLIP towers' outputs: the CLIP part of ``c`` and the pooled vector."""
+        seqs = [out["hidden_states"][-2] for out in (out_l, out_g)]
+        pooled = [out["text_embeds"] if "text_embeds" in out else out["pooled"] for out in (out_l, out_g)]
+        clip_seq = jnp.concatenate(seqs, axis=-1)
+        if clip_seq.shape[-1] > self.joint_dim:
+            raise ConfigError(f"CLIP widths {clip_seq.shape[-1]} exceed the joint width {self.joint_dim}")
+        clip_seq = jnp.pad(clip_seq, ((0, 0), (0, 0), (0, self.joint_dim - clip_seq.shape[-1])))
+        return clip_seq, jnp.concatenate(pooled, axis=-1)
+
+    def clip_tokens(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{"clip_l": (B, T) int32, "clip_g": (B, T) int32}``: the token ids the CLIP towers read."""
+        return {"clip_l": self.clip_l.tokenizer(list(prompts)), "clip_g": self.clip_g.tokenizer(list(prompts))}
+
+    def clip_params(self) -> dict[str, Any]:
+        """``{"clip_l": variables, "clip_g": variables}`` of the CLIP towers (what text-encoder fine-tuning trains)."""
+        return {"clip_l": self.clip_l.variables, "clip_g": self.clip_g.variables}
+
+    def encode_clip_tokens(self, clip_params: dict[str, Any], tokens: dict[str, Array],
+                           context: Array) -> tuple[Array, Array]:
+        """``encode`` as a pure function of the CLIP towers' variables, for training them: ``tokens`` from
+        ``clip_tokens``; ``context`` (B, T_clip + L_T, joint_dim) supplies the (frozen) T5 part of ``c``."""
+        outs = [CLIPTextModel(enc.config).apply(clip_params[name], tokens[name])
+                for name, enc in (("clip_l", self.clip_l), ("clip_g", self.clip_g))]
+        clip_seq, pooled = self.clip_conditioning(*outs)
+        return jnp.concatenate([clip_seq, context[:, clip_seq.shape[1]:]], axis=1), pooled
+
+    def with_clip_params(self, clip_params: dict[str, Any]) -> "SD3TextEncoders":
+        """These encoders with the CLIP towers' variables replaced (a text-encoder fine-tune's)."""
+        return dataclasses.replace(
+            self, clip_l=dataclasses.replace(self.clip_l, variables=clip_params["clip_l"]),
+            clip_g=dataclasses.replace(self.clip_g, variables=clip_params["clip_g"]))
 
     def encode_with_negative(self, prompts: Sequence[str], negative: Sequence[str] | None = None):
         """``(c, y, c_neg, y_neg)``; the default negative prompt is the empty string, encoded."""
