@@ -1,7 +1,8 @@
 """Fine-tuning a trained run: the ``finetune`` config section, the base weights, and how the trained parameters
 compose with them.
 
-    finetune.init_from      a training workdir; its EMA weights at one checkpoint step are the starting point
+    finetune.init_from      a training workdir (its EMA weights at one checkpoint step are the starting point), or a
+                            checkpoint folder the family can read (a diffusers SD3 / FLUX.1 pipeline folder)
     finetune.lora.rank = 0  full fine-tuning: every parameter starts at the base weights, is trained and saved
     finetune.lora.rank > 0  LoRA (``mmdit_jax.adapters.lora``): the base weights stay frozen; only the adapter
                             ``{lora_A, lora_B}`` is trained, has optimizer state and is checkpointed
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -63,6 +64,14 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value.to_dict() if hasattr(value, "to_dict") else value, default=list))
 
 
+def is_checkpoint_folder(path: str) -> bool:
+    """A released-model folder (a diffusers pipeline folder, or a model folder with its weights) rather than a
+    training workdir of this package."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return True
+    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+
+
 def validate_finetune_config(config: Any) -> None:
     """Raise ConfigError naming the first invalid ``finetune`` field (a no-op without the section)."""
     if "finetune" not in config:
@@ -82,7 +91,10 @@ def validate_finetune_config(config: Any) -> None:
         lora.validate()
         if not ft.init_from:
             raise ConfigError("finetune.lora.rank > 0 needs finetune.init_from: the workdir of the run to adapt")
-    if ft.init_from:
+    if ft.init_from and not os.path.isdir(ft.init_from):
+        raise ConfigError(f"finetune.init_from={ft.init_from!r} is not a folder; give the workdir of a trained run "
+                          "or a diffusers checkpoint folder")
+    if ft.init_from and not is_checkpoint_folder(ft.init_from):
         base = base_config(ft.init_from)
         differ = [s for s in SHARED_SECTIONS if _plain(config.get(s)) != _plain(base.get(s))]
         if differ:
@@ -142,12 +154,37 @@ def _base_step(config: Any, workdir: str, record: bool) -> tuple[str, int]:
     return base, steps[-1]
 
 
-def load_finetune(config: Any, workdir: str, abstract_params: Any, record: bool) -> Finetune | None:
+def load_finetune(config: Any, workdir: str, abstract_params: Any, record: bool,
+                  load_checkpoint: Callable[[str], Any] | None = None) -> Finetune | None:
     """The run's ``Finetune`` (None without ``finetune.init_from``). ``abstract_params``: shapes, dtypes and
     shardings of the model's params. ``record``: a training start writes ``init_from.json`` if absent; inference
-    (``record=False``) only reads it, and without it uses the base's newest checkpoint."""
+    (``record=False``) only reads it, and without it uses the base's newest checkpoint.
+
+    A checkpoint folder as ``init_from`` (``is_checkpoint_folder``) is read by ``load_checkpoint(folder) ->
+    params`` (the family's converter); its parameters must have the run's shapes (its step is reported as 0)."""
     if "finetune" not in config or not config.finetune.init_from:
         return None
+    folder = os.path.abspath(config.finetune.init_from)
+    if is_checkpoint_folder(folder):
+        if load_checkpoint is None:
+            raise ConfigError(f"finetune.init_from={folder!r} is a checkpoint folder, which this model family "
+                              "cannot read (no converter); give a training workdir")
+        params = load_checkpoint(folder)
+        _check_shapes(folder, params, abstract_params)
+        params = jax.tree_util.tree_map(lambda p, a: jax.device_put(p, getattr(a, "sharding", None)),
+                                        params, abstract_params)
+        return Finetune(params, folder, 0, lora_config(config))
     base_dir, step = _base_step(config, os.path.abspath(workdir), record)
     _, params = restore_params(os.path.join(base_dir, "checkpoints"), abstract_params, step=step)
     return Finetune(params, base_dir, step, lora_config(config))
+
+
+def _check_shapes(folder: str, params: Any, abstract_params: Any) -> None:
+    got = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    want = {jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    if differ:
+        raise ConfigError(f"the checkpoint in finetune.init_from={folder!r} does not fit the run's model section: "
+                          + ", ".join(f"{k}: checkpoint {got.get(k)}, model {want.get(k)}" for k in differ[:5])
+                          + (" ..." if len(differ) > 5 else ""))

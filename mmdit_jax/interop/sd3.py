@@ -312,6 +312,27 @@ def diffusers_to_original(sd: Mapping[str, np.ndarray]) -> StateDict:
 # One entry point
 
 
+def config_fields_from_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``MMDiTConfig`` fields of a diffusers ``SD3Transformer2DModel`` from its ``config.json`` (a model folder
+    or a pipeline folder's ``transformer/``), without reading the weights: what a config file for fine-tuning
+    that checkpoint needs. ``mlp_ratio`` is 4 in every SD3 / SD3.5 release (the config does not record it)."""
+    path = os.fspath(folder)
+    if os.path.isdir(os.path.join(path, "transformer")):
+        path = os.path.join(path, "transformer")
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"{path!r} has no config.json: not a diffusers SD3 transformer or pipeline folder")
+    with open(cfg_file) as f:
+        raw = json.load(f)
+    return dict(patch_size=int(raw["patch_size"]), in_channels=int(raw["in_channels"]),
+                out_channels=int(raw.get("out_channels") or raw["in_channels"]), num_layers=int(raw["num_layers"]),
+                num_heads=int(raw["num_attention_heads"]), head_dim=int(raw["attention_head_dim"]),
+                joint_attention_dim=int(raw["joint_attention_dim"]),
+                pooled_projection_dim=int(raw["pooled_projection_dim"]), use_pooled=True,
+                pos_embed_max_size=int(raw["pos_embed_max_size"]), sample_size=int(raw["sample_size"]),
+                qk_norm=raw.get("qk_norm"), dual_attention_layers=tuple(raw.get("dual_attention_layers") or ()))
+
+
 def load_sd3(source: str | os.PathLike | Mapping[str, Any], dtype: Any = None,
              **overrides: Any) -> tuple[MMDiTConfig, dict[str, Any]]:
     """``(config, variables)`` from a state dict, a ``.safetensors`` file or a local folder.

@@ -7,7 +7,7 @@ presets), so a pipeline rebuilds exactly the encoders and non-trained buffers th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,3 +69,14 @@ def text_from_config(config: Any, family: Family) -> TextConditioner | None:
 def example_inputs(shape: tuple[int, ...], cond_shapes: dict[str, tuple[int, ...]]) -> tuple[Array, dict[str, Array]]:
     """A batch of one zero example and zero conditioning: what ``Family.init`` needs (shapes only)."""
     return jnp.zeros((1, *shape)), {k: jnp.zeros((1, *s[1:])) for k, s in cond_shapes.items()}
+
+
+def checkpoint_params(family: Family) -> Callable[[str], Any]:
+    """``folder -> params``: a released checkpoint (e.g. a diffusers pipeline folder) read by the family's
+    converter, in the run's block layout (a family without one raises ConfigError naming it)."""
+
+    def load(folder: str) -> Any:
+        overrides = {"scan_blocks": family.config.scan_blocks} if hasattr(family.config, "scan_blocks") else {}
+        return family.load_pretrained(folder, **overrides)[1]["params"]
+
+    return load

@@ -23,6 +23,7 @@ from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_par
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
+    checkpoint_params,
     data_shape,
     example_inputs,
     family_from_config,
@@ -115,7 +116,8 @@ def _restore(config: Any, workdir: str, abstract_params: Any,
         step, trained = _restore_trained(config, directory, abstract_params, text)
         params = trained["model"] if trains_text_encoder(config) else trained
     else:   # the checkpoints hold the adapter only: merge it into the recorded base
-        finetune = load_finetune(config, workdir, _on_device(abstract_params), record=False)
+        finetune = load_finetune(config, workdir, _on_device(abstract_params), record=False,
+                                 load_checkpoint=checkpoint_params(family_from_config(config)))
         adapter_shapes = jax.eval_shape(lambda: init_lora(jax.random.PRNGKey(0), abstract_params, lora))
         step, trained = _restore_trained(config, directory, adapter_shapes, text)
         adapter = trained["model"] if trains_text_encoder(config) else trained

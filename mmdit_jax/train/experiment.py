@@ -33,6 +33,7 @@ from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.families import Family
 from mmdit_jax.pipelines.components import (
+    checkpoint_params,
     data_shape,
     example_inputs,
     family_from_config,
@@ -171,7 +172,8 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     if "finetune" in cfg and cfg.finetune.init_from:
         abstract = fresh_variables(family, cfg, shape, text, params_only_shapes=True)
         params_sh = sharding.state_shardings(abstract["params"], mesh)
-        finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=restore)
+        finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=restore,
+                                 load_checkpoint=checkpoint_params(family))
         if "dreambooth" in cfg:   # the instances, and the class images the frozen base draws (cached)
             base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
                                 text, latent)
