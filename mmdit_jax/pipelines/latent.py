@@ -136,20 +136,26 @@ def encode_split(space: LatentSpace, source: Any, spec: DatasetSpec, data_config
     if os.path.exists(path):
         return np.load(path)
     report(f"latent cache: encoding {len(source)} {split} images with {space.path}")
-    parts = []
-    for start in range(0, len(source), batch_size):
-        images = np.stack([spec.to_example(source[i]) for i in range(start, min(start + batch_size, len(source)))])
-        n = len(images)
-        if n < batch_size:   # one compiled shape: pad the last batch
-            images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
-        parts.append(np.asarray(space.encode(images))[:n])
-    latents = np.concatenate(parts).astype(np.float32)
+    latents = encode_records(space, source, spec, batch_size)
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp.npy")   # unique even across hosts sharing the folder
     with os.fdopen(fd, "wb") as f:
         np.save(f, latents)
     os.replace(tmp, path)
     return latents
+
+
+def encode_records(space: LatentSpace, source: Any, spec: DatasetSpec, batch_size: int) -> np.ndarray:
+    """``(N, h, w, L)`` float32 latents of every record of ``source`` (images by ``spec.to_example``), in record
+    order, ``batch_size`` at a time (the last batch padded: one compiled shape)."""
+    parts = []
+    for start in range(0, len(source), batch_size):
+        images = np.stack([spec.to_example(source[i]) for i in range(start, min(start + batch_size, len(source)))])
+        n = len(images)
+        if n < batch_size:
+            images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
+        parts.append(np.asarray(space.encode(images))[:n])
+    return np.concatenate(parts).astype(np.float32)
 
 
 class LatentRecords:

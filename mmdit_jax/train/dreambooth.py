@@ -10,7 +10,8 @@ instances repeated), so a batch holds both in expectation, as diffusers' DreamBo
 ``prior_weight = 0`` only the instances are trained on (no prior preservation): every example of a batch is an
 instance, so halve ``data.batch_size`` to compare with a prior-preserving run at equal instance examples per step.
 
-A DreamBooth run is a fine-tune (``finetune.init_from``: full or LoRA), configured by the ``dreambooth`` section:
+A DreamBooth run is a fine-tune (``finetune.init_from``: full or LoRA), in pixel space or in a VAE's latent space
+(the instance and class images are then encoded at start-up), configured by the ``dreambooth`` section:
 
     subject           a built-in toy subject (``mmdit_jax.data.subjects``), or "" with ``instance_dir``
     instance_dir      a folder of PNG / JPEG images of the subject (resized to the data's image size)
@@ -83,8 +84,6 @@ def validate_dreambooth_config(config: Any) -> None:
                           "preservation)")
     if "finetune" not in config or not config.finetune.init_from:
         raise ConfigError("a dreambooth section needs finetune.init_from: the trained text-to-image run to personalise")
-    if "latent" in config:
-        raise ConfigError("dreambooth runs in pixel space only; remove the latent section")
 
 
 def instance_records(config: Any) -> list[dict]:

@@ -40,7 +40,7 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
-from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_split, latent_spec
+from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_records, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
 from mmdit_jax.pipelines.trained_model import TrainedModel, fresh_variables
 from mmdit_jax.reporting import report, write_text_atomic
@@ -177,7 +177,11 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         if "dreambooth" in cfg:   # the instances, and the class images the frozen base draws (cached)
             base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
                                 text, latent)
-            sources = {**sources, "train": dreambooth_source(cfg, workdir, base)}
+            source = dreambooth_source(cfg, workdir, base)
+            if latent is not None:   # a few dozen images: encoded at every start, not cached
+                source = LatentRecords(source, encode_records(latent, source, dataset_spec(cfg.data.name),
+                                                              cfg.latent.batch_size))
+            sources = {**sources, "train": source}
     caption_index, cond_table = None, {}
     if text is not None:
         unique = sorted(set(captions_of(sources["train"])))

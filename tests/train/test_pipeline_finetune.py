@@ -74,3 +74,21 @@ def test_a_model_section_that_does_not_fit_the_folder_is_named(folder, tmp_path)
     cfg.model.qk_norm = "rms_norm"
     with pytest.raises(ConfigError, match="does not fit the run's model section"):
         build(cfg, str(tmp_path / "bad"))
+
+
+def test_dreambooth_on_a_pipeline_folder_trains_on_the_vae_latents_of_its_images(folder, tmp_path):
+    from mmdit_jax.train.dreambooth import dreambooth_config
+
+    cfg = tiny(folder)
+    cfg.dreambooth = dreambooth_config(subject="striped_circle", num_class_images=4)
+    cfg.sample.sampler.n_steps = 2
+    workdir = str(tmp_path / "db")
+    loop.train(cfg, workdir)
+    classes = np.load(os.path.join(workdir, "class_images", os.listdir(os.path.join(workdir, "class_images"))[0]))
+    assert classes.shape == (4, 64, 64, 3) and classes.dtype == np.uint8      # drawn and decoded by the base
+    exp, _, _ = build(cfg, workdir)
+    record = exp.sources["train"][0]
+    assert record["latent"].shape == (32, 32, 4) and record["caption"] == "a v circle"
+    np.testing.assert_allclose(record["latent"], np.asarray(exp.latent.encode(record["image"][None] / 127.5 - 1.0))[0],
+                               rtol=0, atol=1e-5)
+    exp.checkpointer.close()
