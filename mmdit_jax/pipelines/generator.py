@@ -134,6 +134,11 @@ class WorkdirSource:
                                                                    guidance_scale=guidance))
         return self._pipes[key]
 
+    @property
+    def model(self) -> Any:
+        """The workdir's ``TrainedModel`` (shared by the pipelines of every steps / guidance setting)."""
+        return self._base.model
+
     def settings(self, options: Options) -> dict[str, Any]:
         pipe = self._pipe(options.steps, options.guidance_scale)
         model = pipe.model
@@ -180,8 +185,7 @@ def add_lora(source: "ImageSource", path: str, weight: float = 1.0) -> None:
     if isinstance(source, FolderSource):
         source.pipe.variables = with_lora(source.pipe.family, source.pipe.variables, path, weight)
     else:
-        model = source._base.model
-        model.variables = with_lora(model.family, model.variables, path, weight)
+        source.model.variables = with_lora(source.model.family, source.model.variables, path, weight)
     source.description += f" + LoRA {path} (weight {weight})"
 
 
