@@ -125,11 +125,13 @@ class Experiment:
         text_encode = None if self.token_table is None else self.text.encoders.encode_clip_tokens
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
                                learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose, text_encode)
+        shardings = (self.state_shardings, self.batch_shardings(), None)
+        frozen = self.frozen
+        if frozen is None:
+            return jax.jit(step, in_shardings=shardings, out_shardings=(self.state_shardings, None),
+                           donate_argnums=(0,))
         # the frozen base is an argument, not a closure: closed-over arrays would be baked into the program
-        frozen, frozen_sh = self.frozen, None
-        if frozen is not None:
-            frozen_sh = sharding.state_shardings(frozen, self.mesh)
-        compiled = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings(), None, frozen_sh),
+        compiled = jax.jit(step, in_shardings=(*shardings, sharding.state_shardings(frozen, self.mesh)),
                            out_shardings=(self.state_shardings, None), donate_argnums=(0,))
         return lambda state, batch, key: compiled(state, batch, key, frozen)
 

@@ -137,3 +137,20 @@ def test_bad_targets_and_mismatched_adapters_are_named(model):
                                                            "lora_B": jnp.zeros((2, 16))}}}}
     with pytest.raises(ConfigError, match="transformer_blocks_9/attn/to_q"):
         merge(params, adapter, 1.0)
+
+
+def test_a_merged_layer_equals_the_unmerged_two_path_product():
+    """x (W + s A B) + b against PEFT's unmerged form x W + b + s (x A) B, on a Dense layer of the models."""
+    from mmdit_jax.models.layers import Dense
+
+    k = jax.random.split(jax.random.PRNGKey(7), 4)
+    x = jax.random.normal(k[0], (3, 5, 24))
+    layer = Dense(40)
+    params = layer.init(k[1], x)["params"]
+    adapter = {"lora_A": jax.random.normal(k[2], (24, 4)) / 5, "lora_B": jax.random.normal(k[3], (4, 40)) / 5}
+    merged = merge({"dense": params}, {"dense": adapter}, 1.5)["dense"]
+    y_merged = layer.apply({"params": merged}, x)
+    y_unmerged = layer.apply({"params": params}, x) + 1.5 * (x @ adapter["lora_A"]) @ adapter["lora_B"]
+    scale = float(np.abs(np.asarray(y_unmerged)).max())
+    np.testing.assert_allclose(y_merged, y_unmerged, rtol=0, atol=1e-6 * scale)
+    assert np.abs(np.asarray(y_merged - layer.apply({"params": params}, x))).max() > 0.1
