@@ -65,9 +65,15 @@ def test_instance_images_come_from_a_subject_or_a_folder(base, tmp_path):
     assert np.abs(folder[0]["image"].astype(int) - recs[0]["image"].astype(int)).mean() < 8
 
 
-def test_a_lora_dreambooth_run_trains_on_the_base_models_own_class_images(base, tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
+def test_a_lora_dreambooth_run_trains_on_the_base_models_own_class_images_and_the_clip_towers(base, tmp_path,
+                                                                                             monkeypatch):
+    from mmdit_jax.pipelines.components import family_from_config, text_from_config
+
     cfg = tiny(base, prior_weight=0.5)
-    cfg.train.update(num_steps=2, checkpoint_every=2, sample_every=0)
+    cfg.finetune.text_encoder = True
+    cfg.optim.update(learning_rate=1e-2, warmup_steps=0)
+    cfg.train.update(num_steps=2, checkpoint_every=2, sample_every=0, ema_decay=0.0)
     workdir = str(tmp_path / "db")
     loop.train(cfg, workdir)
     cached = os.listdir(os.path.join(workdir, "class_images"))
@@ -77,6 +83,21 @@ def test_a_lora_dreambooth_run_trains_on_the_base_models_own_class_images(base, 
     prompt = subjects.class_prompt(subjects.subject_class(cfg.dreambooth.subject))
     expected = SamplingPipeline(base_model)([prompt] * cfg.dreambooth.num_class_images, cfg.dreambooth.class_seed)
     np.testing.assert_array_equal(images, expected)
+
+    # the CLIP towers trained: the in-step encoding of token ids is the text path's own encoding given the same
+    # weights (up to the float32 rounding of a differently fused program), and sampling reads the trained towers
+    text = text_from_config(cfg, family_from_config(cfg))
+    prompts = ["a v circle", "a circle"]
+    context, pooled = text.encode(prompts)["context"], text.encode(prompts)["pooled"]
+    tokens = {k: jnp.asarray(v) for k, v in text.encoders.clip_tokens(prompts).items()}
+    encode = jax.jit(text.encoders.encode_clip_tokens)
+    c2, y2 = encode(text.encoders.clip_params(), tokens, context)
+    np.testing.assert_allclose(c2, context, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y2, pooled, rtol=1e-5, atol=1e-5)
+    tuned = load_trained(cfg, workdir).text.encode(prompts)
+    assert np.abs(np.asarray(tuned["pooled"]) - np.asarray(pooled)).max() > 1e-4      # the towers moved
+    trained = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))["ema_params"]
+    np.testing.assert_allclose(tuned["pooled"], encode(trained["text"], tokens, context)[1], rtol=1e-5, atol=1e-5)
 
     # a second build reuses the cache (drawing again would fail) and batches carry the per-example weights
     monkeypatch.setattr(db_module, "SamplingPipeline", None)
@@ -117,33 +138,3 @@ def test_bad_dreambooth_settings_are_named(base, tmp_path):
     cfg.finetune.lora.rank = 0
     with pytest.raises(ConfigError, match="needs finetune.init_from"):
         validate_config(cfg)
-
-
-@pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
-def test_the_clip_towers_train_too_when_asked_and_sampling_reads_the_trained_ones(base, tmp_path):
-    from mmdit_jax.pipelines.components import family_from_config, text_from_config
-
-    cfg = tiny(base, prior_weight=1.0)
-    cfg.finetune.text_encoder = True
-    cfg.optim.update(learning_rate=1e-2, warmup_steps=0)
-    cfg.train.update(num_steps=2, checkpoint_every=2, sample_every=0, ema_decay=0.0)
-    workdir = str(tmp_path / "db_text")
-    loop.train(cfg, workdir)
-
-    text = text_from_config(cfg, family_from_config(cfg))
-    prompts = ["a v circle", "a circle"]
-    # the in-step encoding of token ids is the text path's own encoding, given the same weights (up to the
-    # float32 rounding of a differently fused program)
-    context, pooled = text.encode(prompts)["context"], text.encode(prompts)["pooled"]
-    tokens = {k: jnp.asarray(v) for k, v in text.encoders.clip_tokens(prompts).items()}
-    encode = jax.jit(text.encoders.encode_clip_tokens)
-    c2, y2 = encode(text.encoders.clip_params(), tokens, context)
-    np.testing.assert_allclose(c2, context, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(y2, pooled, rtol=1e-5, atol=1e-5)
-
-    model = load_trained(cfg, workdir)
-    tuned = model.text.encode(prompts)
-    assert np.abs(np.asarray(tuned["pooled"]) - np.asarray(pooled)).max() > 1e-4      # the towers moved
-    trained = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", "2", "state"))["ema_params"]
-    c3, y3 = encode(trained["text"], tokens, context)
-    np.testing.assert_allclose(tuned["pooled"], y3, rtol=1e-5, atol=1e-5)   # sampling uses the checkpoint's towers

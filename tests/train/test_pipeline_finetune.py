@@ -1,6 +1,6 @@
-"""A LoRA fine-tune of a diffusers SD3 pipeline folder (its transformer, VAE latents, CLIP encoders and scheduler
-shift, all read from the folder): the frozen base is the folder's transformer, and the exported LoRA file merged
-into the folder's transformer is the fine-tune's model."""
+"""A LoRA (DreamBooth) fine-tune of a diffusers SD3 pipeline folder (its transformer, VAE latents, CLIP encoders and
+scheduler shift, all read from the folder): the frozen base is the folder's transformer, the exported LoRA file
+merged into the folder's transformer is the fine-tune's model, and the DreamBooth images are trained as latents."""
 
 import os
 
@@ -47,8 +47,12 @@ def test_the_config_reads_the_folder(folder):
     assert cfg.finetune.init_from == os.path.abspath(folder) and cfg.finetune.lora.rank == 16
 
 
-def test_a_lora_fine_tune_of_a_pipeline_folder_exports_what_it_trained(folder, tmp_path):
+def test_a_lora_dreambooth_fine_tune_of_a_pipeline_folder_exports_what_it_trained(folder, tmp_path):
+    from mmdit_jax.train.dreambooth import dreambooth_config
+
     cfg = tiny(folder)
+    cfg.dreambooth = dreambooth_config(subject="striped_circle", num_class_images=4)
+    cfg.sample.sampler.n_steps = 2
     workdir = str(tmp_path / "run")
     loop.train(cfg, workdir)
     _, reference = load_sd3(folder)
@@ -68,6 +72,16 @@ def test_a_lora_fine_tune_of_a_pipeline_folder_exports_what_it_trained(folder, t
         moved = max(moved, float(np.abs(np.asarray(b) - np.asarray(c)).max()))
     assert moved > 1e-4                                                        # the two steps changed the model
 
+    # DreamBooth in latent space: the class images were drawn and decoded by the base; training reads latents
+    classes = np.load(os.path.join(workdir, "class_images", os.listdir(os.path.join(workdir, "class_images"))[0]))
+    assert classes.shape == (4, 64, 64, 3) and classes.dtype == np.uint8
+    exp, _, _ = build(cfg, workdir)
+    record = exp.sources["train"][0]
+    assert record["latent"].shape == (32, 32, 4) and record["caption"] == "a v circle"
+    np.testing.assert_allclose(record["latent"], np.asarray(exp.latent.encode(record["image"][None] / 127.5 - 1.0))[0],
+                               rtol=0, atol=1e-5)
+    exp.checkpointer.close()
+
 
 def test_a_model_section_that_does_not_fit_the_folder_is_named(folder, tmp_path):
     cfg = tiny(folder)
@@ -75,21 +89,3 @@ def test_a_model_section_that_does_not_fit_the_folder_is_named(folder, tmp_path)
     cfg.model.qk_norm = "rms_norm"
     with pytest.raises(ConfigError, match="does not fit the run's model section"):
         build(cfg, str(tmp_path / "bad"))
-
-
-def test_dreambooth_on_a_pipeline_folder_trains_on_the_vae_latents_of_its_images(folder, tmp_path):
-    from mmdit_jax.train.dreambooth import dreambooth_config
-
-    cfg = tiny(folder)
-    cfg.dreambooth = dreambooth_config(subject="striped_circle", num_class_images=4)
-    cfg.sample.sampler.n_steps = 2
-    workdir = str(tmp_path / "db")
-    loop.train(cfg, workdir)
-    classes = np.load(os.path.join(workdir, "class_images", os.listdir(os.path.join(workdir, "class_images"))[0]))
-    assert classes.shape == (4, 64, 64, 3) and classes.dtype == np.uint8      # drawn and decoded by the base
-    exp, _, _ = build(cfg, workdir)
-    record = exp.sources["train"][0]
-    assert record["latent"].shape == (32, 32, 4) and record["caption"] == "a v circle"
-    np.testing.assert_allclose(record["latent"], np.asarray(exp.latent.encode(record["image"][None] / 127.5 - 1.0))[0],
-                               rtol=0, atol=1e-5)
-    exp.checkpointer.close()
