@@ -96,6 +96,9 @@ def validate_finetune_config(config: Any) -> None:
                           "or a diffusers checkpoint folder")
     if ft.init_from and not is_checkpoint_folder(ft.init_from):
         base = base_config(ft.init_from)
+        if base.get("finetune", {}).get("text_encoder", False):
+            raise ConfigError(f"finetune.init_from={ft.init_from!r} trained its text encoders too; starting from such a "
+                              "run is not supported (its weights need its own text path)")
         differ = [s for s in SHARED_SECTIONS if _plain(config.get(s)) != _plain(base.get(s))]
         if differ:
             raise ConfigError(f"the sections {differ} differ from those of finetune.init_from={ft.init_from!r}; a "

@@ -115,6 +115,15 @@ def test_bad_fine_tuning_setups_are_named(runs, tmp_path):
     bad.model.num_layers = 3
     with pytest.raises(ConfigError, match=r"sections \['model'\] differ"):
         validate_config(bad)
+    text_tuned = tmp_path / "text_tuned"
+    (text_tuned / "checkpoints").mkdir(parents=True)
+    saved = json.load(open(os.path.join(base, "config.json")))
+    saved["finetune"] = {"init_from": base, "lora": {"rank": 0, "alpha": 0.0, "targets": []}, "text_encoder": True}
+    (text_tuned / "config.json").write_text(json.dumps(saved))
+    bad.model.num_layers = cfg.model.num_layers
+    bad.finetune.init_from = str(text_tuned)
+    with pytest.raises(ConfigError, match="trained its text encoders too"):
+        validate_config(bad)
     bad = finetune_config("lora,tiny")
     bad.finetune.init_from = base
     bad.finetune.lora.rank = -1
