@@ -39,8 +39,9 @@ SCHEMA: dict[str, set[str] | None] = {
     "latent": {"vae", "batch_size"},
     "finetune": None,     # validated by mmdit_jax.adapters.finetune
     "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
+    "edit": None,         # validated by mmdit_jax.pipelines.edit_setup
 }
-OPTIONAL = {"text", "latent", "finetune", "dreambooth"}
+OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit"}
 
 
 def model_config(config: Any) -> Any:
@@ -60,6 +61,7 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
     from mmdit_jax.pipelines.components import data_shape, family_from_config, uses_text
+    from mmdit_jax.pipelines.edit_setup import validate_edit_config
     from mmdit_jax.pipelines.latent import validate_latent_config
     from mmdit_jax.train.state import learning_rate_schedule
 
@@ -107,6 +109,12 @@ def validate_config(config: Any) -> None:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
     validate_finetune_config(config)
     validate_dreambooth_config(config)
+    validate_edit_config(config)
+    model = config.model
+    if "edit" not in config and "in_channels" in model and "out_channels" in model \
+            and model.in_channels != model.out_channels:
+        raise ConfigError(f"model.in_channels={model.in_channels} differs from model.out_channels={model.out_channels}: "
+                          "a model that reads an image concatenated to its input needs edit.mode='channel_concat'")
 
 
 def workdir_config(workdir: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Sequence
 from absl import app, flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
+from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report, write_png
 from mmdit_jax.runtime import configure_runtime
 
 _SOURCE = flags.DEFINE_string("source", None, "Diffusers pipeline folder (SD3, SD3.5, FLUX.1) or training workdir.")
@@ -57,19 +57,6 @@ def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
 def file_name(index: int, prompt: str, seed: int) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48] or "image"
     return f"{index:04d}_{slug}_seed{seed}.png"
-
-
-def write_png(path: str, image, metadata: dict[str, str]) -> None:
-    """Atomically (temporary file, then rename), with ``metadata`` as PNG text chunks."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key, value in metadata.items():
-        info.add_text(key, value)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
 
 
 def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1, seed: int = 0,

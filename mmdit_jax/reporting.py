@@ -116,6 +116,20 @@ def exit_on_input_error(run: Callable[[], Any], errors: tuple[type[BaseException
         sys.exit(EXIT_USAGE)
 
 
+def write_png(path: str, image: Any, metadata: dict[str, str]) -> None:
+    """An ``(H, W, 3)`` uint8 image as a PNG, atomically (temporary file, then rename), with ``metadata`` as PNG
+    text chunks."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in metadata.items():
+        info.add_text(key, value)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader (or a crash)
     never sees half a file."""

@@ -18,7 +18,7 @@ LAYERS = [
     {"train"},
     {"config_schema"},
     {"study", "commands"},
-    {"cli", "train_autoencoder", "generate"},
+    {"cli", "train_autoencoder", "generate", "edit"},
     {"__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

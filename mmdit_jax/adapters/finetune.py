@@ -28,6 +28,7 @@ import jax
 import ml_collections
 
 from mmdit_jax.adapters.lora import ATTENTION_TARGETS, LoraConfig, init_lora, merge
+from mmdit_jax.adapters.widen import widen_inputs
 from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
 from mmdit_jax.checks import ConfigError, check_keys
 from mmdit_jax.reporting import write_text_atomic
@@ -99,10 +100,24 @@ def validate_finetune_config(config: Any) -> None:
         if base.get("finetune", {}).get("text_encoder", False):
             raise ConfigError(f"finetune.init_from={ft.init_from!r} trained its text encoders too; starting from such a "
                               "run is not supported (its weights need its own text path)")
-        differ = [s for s in SHARED_SECTIONS if _plain(config.get(s)) != _plain(base.get(s))]
+        differ = [s for s in SHARED_SECTIONS if _plain(_section(config, s)) != _plain(base.get(s))]
         if differ:
             raise ConfigError(f"the sections {differ} differ from those of finetune.init_from={ft.init_from!r}; a "
                               "fine-tune keeps its base's model, text encoders, latent space and parameterization")
+
+
+def widens_inputs(config: Any) -> bool:
+    """Whether the run's model reads an image concatenated to its input that its base did not
+    (``edit.mode='channel_concat'``): its input projection is the base's, widened with zero rows."""
+    return "edit" in config and config.edit.get("mode") == "channel_concat"
+
+
+def _section(config: Any, name: str) -> Any:
+    """A section as the base must have it: a widened model's base reads its input alone."""
+    section = config.get(name)
+    if name == "model" and widens_inputs(config):
+        section = {**section.to_dict(), "in_channels": section.out_channels}
+    return section
 
 
 def base_config(init_from: str) -> Any:
@@ -158,16 +173,25 @@ def _base_step(config: Any, workdir: str, record: bool) -> tuple[str, int]:
 
 
 def load_finetune(config: Any, workdir: str, abstract_params: Any, record: bool,
-                  load_checkpoint: Callable[[str], Any] | None = None) -> Finetune | None:
+                  load_checkpoint: Callable[[str], Any] | None = None,
+                  base_abstract: Any = None) -> Finetune | None:
     """The run's ``Finetune`` (None without ``finetune.init_from``). ``abstract_params``: shapes, dtypes and
     shardings of the model's params. ``record``: a training start writes ``init_from.json`` if absent; inference
-    (``record=False``) only reads it, and without it uses the base's newest checkpoint.
+    (``record=False``) only reads it, and without it uses the base's newest checkpoint. ``base_abstract``: the
+    base's params where they differ from the run's (a widened input projection, ``widens_inputs``); the base is
+    then widened with zero rows to ``abstract_params`` (``mmdit_jax.adapters.widen``).
 
     A checkpoint folder as ``init_from`` (``is_checkpoint_folder``) is read by ``load_checkpoint(folder) ->
     params`` (the family's converter); its parameters must have the run's shapes (its step is reported as 0)."""
     if "finetune" not in config or not config.finetune.init_from:
         return None
     folder = os.path.abspath(config.finetune.init_from)
+    if base_abstract is not None:
+        base = load_finetune(config, workdir, base_abstract, record, load_checkpoint)
+        widened = widen_inputs(base.base, abstract_params)
+        widened = jax.tree_util.tree_map(lambda p, a: jax.device_put(p, getattr(a, "sharding", None)),
+                                         widened, abstract_params)
+        return dataclasses.replace(base, base=widened)
     if is_checkpoint_folder(folder):
         if load_checkpoint is None:
             raise ConfigError(f"finetune.init_from={folder!r} is a checkpoint folder, which this model family "

@@ -37,7 +37,7 @@ def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
 
             multihost_utils.sync_global_devices(f"prepared {cfg.name}")
             builder = spec.builder(cfg, data_dir)
-        return {split: in_memory(src) for split, src in builder.as_data_source().items()}
+        return {split: _mapped(in_memory(src), spec) for split, src in builder.as_data_source().items()}
     try:
         raw = {split: builder.as_data_source(split=split) for split in ("train", "test")}
     except Exception as e:
@@ -47,7 +47,14 @@ def build_sources(cfg: Any, data_dir: str) -> dict[str, Any]:
     label = builder.info.features["label"] if "label" in builder.info.features else None
     names = list(label.names) if label is not None and hasattr(label, "names") else None
     normalize = generic_record(cfg.image_size, names)
-    return {split: grain.MapDataset.source(src).map(normalize) for split, src in raw.items()}
+    return {split: _mapped(grain.MapDataset.source(src).map(normalize), spec) for split, src in raw.items()}
+
+
+def _mapped(source: Any, spec: DatasetSpec) -> Any:
+    """``source`` with ``spec.record_map`` applied to every record (random access and length kept)."""
+    if spec.record_map is None:
+        return source
+    return grain.MapDataset.source(source).map(spec.record_map)
 
 
 IN_MEMORY_LIMIT_BYTES = 2 << 30
@@ -158,7 +165,9 @@ def train_iterator(source: Any, global_batch_size: int, seed: int, transform: Ca
 def example_transform(spec: DatasetSpec, caption_index: dict[str, int] | None) -> Callable[[dict], dict]:
     """Record -> ``{"x": float32 example, "text_index": int}`` (the caption's row in the embedding cache;
     left out when ``caption_index`` is None, i.e. unconditional training), plus ``"loss_weight"`` (float32) for
-    sources whose records weigh their examples (DreamBooth's prior-preservation images)."""
+    sources whose records weigh their examples (DreamBooth's prior-preservation images), plus
+    ``"cond/<name>"`` (float32, [-1, 1]) for each image condition ``spec.conditions(record)`` gives (an edit's
+    ``cond/source``; the trainer moves these into the batch's conditioning bundle)."""
 
     def f(record: dict) -> dict:
         out = {"x": spec.to_example(record)}
@@ -166,6 +175,9 @@ def example_transform(spec: DatasetSpec, caption_index: dict[str, int] | None) -
             out["text_index"] = np.int32(caption_index[caption_text(record)])
         if "loss_weight" in record:
             out["loss_weight"] = np.float32(record["loss_weight"])
+        if spec.conditions is not None:
+            for name, value in spec.conditions(record).items():
+                out[f"cond/{name}"] = np.asarray(value, np.float32)
         return out
 
     return f

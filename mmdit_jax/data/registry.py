@@ -1,13 +1,17 @@
 """Data sets by name: ``data.name`` in a config picks one; each entry validates its own options.
 
-==========  ================================================  ==========  ============================
-name        what                                              examples    options (defaults)
-==========  ================================================  ==========  ============================
-``shapes``  procedural captioned shapes, generated locally    (S, S, 3)   image_size, num_train, ...
-``digits``  sklearn's 8x8 handwritten digits, captioned       (S, S, 3)   image_size
-``toy2d``   the NCSN 2D Gaussian mixture, no captions         (2,)        num_train, num_test, seed
-``tfds``    any TFDS image data set prepared locally          (S, S, 3)   tfds_name, image_size
-==========  ================================================  ==========  ============================
+===============  ================================================  ==========  ============================
+name             what                                              examples    options (defaults)
+===============  ================================================  ==========  ============================
+``shapes``       procedural captioned shapes, generated locally    (S, S, 3)   image_size, num_train, ...
+``shape_edits``  shapes edits: the target image, captioned by the  (S, S, 3)   image_size, num_train, ...
+                 instruction, conditioned on the source image
+``edit_scenes``  the edit data's target scenes and their captions  (S, S, 3)   image_size, num_train, ...
+                 (text-to-image data for an editing model's base)
+``digits``       sklearn's 8x8 handwritten digits, captioned       (S, S, 3)   image_size
+``toy2d``        the NCSN 2D Gaussian mixture, no captions         (2,)        num_train, num_test, seed
+``tfds``         any TFDS image data set prepared locally          (S, S, 3)   tfds_name, image_size
+===============  ================================================  ==========  ============================
 
 Every data section also has ``name``, ``batch_size``, ``num_workers`` and ``data_dir`` (``COMMON``). Adding a
 data set is one ``DatasetSpec`` and one line: an entry in ``DATASETS`` or ``register_dataset(name, spec)``.
@@ -35,7 +39,10 @@ class DatasetSpec:
     ``builder(data_config, data_dir)`` returns a TFDS builder (ArrayRecord); ``generated`` builders are prepared
     locally on first use, others must already be prepared (nothing is ever downloaded). ``to_example(record)``
     gives the float32 training example (images in [-1, 1]); ``render(samples, rows)`` a ``(H, W, 3)`` uint8
-    picture of a batch of samples.
+    picture of a batch of samples. ``conditions(record)``, if set, gives per-example image conditions the model
+    reads next to the text, ``{name: float32 array in [-1, 1]}`` (an edit's ``{"source": source image}``).
+    ``record_map(record)``, if set, rewrites every record of every split as ``build_sources`` reads it (e.g. one
+    builder's records seen as another data set's).
     """
 
     fields: Mapping[str, Any]
@@ -46,6 +53,8 @@ class DatasetSpec:
     captioned: bool = True
     generated: bool = True
     validate: Callable[[Any], None] | None = None
+    conditions: Callable[[dict], dict[str, np.ndarray]] | None = None
+    record_map: Callable[[dict], dict] | None = None
 
 
 def _image(record: dict) -> np.ndarray:
@@ -63,6 +72,32 @@ def _shapes_builder(cfg: Any, data_dir: str) -> Any:
 
     return _named_config(Shapes, shapes_config(cfg.image_size, cfg.num_train, cfg.num_test, cfg.max_objects,
                                                cfg.seed), data_dir)
+
+
+def _shape_edits_builder(cfg: Any, data_dir: str) -> Any:
+    from mmdit_jax.data.builders.shape_edits import ShapeEdits, shape_edits_config
+
+    return _named_config(ShapeEdits, shape_edits_config(cfg.image_size, cfg.num_train, cfg.num_test,
+                                                        cfg.max_objects, cfg.seed), data_dir)
+
+
+def _edit_source(record: dict) -> dict[str, np.ndarray]:
+    return {"source": record["source"].astype(np.float32) / 127.5 - 1.0}
+
+
+def _target_scene(record: dict) -> dict:
+    """An edit record as a text-to-image record of its target scene (attribute ids as in ``data.edits``)."""
+    return {"image": record["image"], "caption": record["target_caption"], "objects": record["target_objects"],
+            "background": record["target_background"]}
+
+
+def _validate_edits(cfg: Any) -> None:
+    _positive("image_size", "num_train", "num_test", "max_objects")(cfg)
+    from mmdit_jax.data.edits import MAX_OBJECTS
+
+    if cfg.max_objects > MAX_OBJECTS:
+        raise ConfigError(f"data.max_objects={cfg.max_objects} is not valid for data.name={cfg.name!r}; choose "
+                          f"1..{MAX_OBJECTS}")
 
 
 def _digits_builder(cfg: Any, data_dir: str) -> Any:
@@ -103,11 +138,19 @@ def _square_image(cfg: Any) -> tuple[int, int, int]:
     return (cfg.image_size, cfg.image_size, 3)
 
 
+_EDIT_FIELDS = {"image_size": 32, "num_train": 10_000, "num_test": 1_000, "max_objects": 3, "seed": 0}
+
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(
         fields={"image_size": 32, "num_train": 10_000, "num_test": 1_000, "max_objects": 1, "seed": 0},
         builder=_shapes_builder, example_shape=_square_image, to_example=_image, render=to_grid,
         validate=_positive("image_size", "num_train", "num_test", "max_objects")),
+    "shape_edits": DatasetSpec(
+        fields=_EDIT_FIELDS, builder=_shape_edits_builder, example_shape=_square_image, to_example=_image,
+        render=to_grid, validate=_validate_edits, conditions=_edit_source),
+    "edit_scenes": DatasetSpec(
+        fields=_EDIT_FIELDS, builder=_shape_edits_builder, example_shape=_square_image, to_example=_image,
+        render=to_grid, validate=_validate_edits, record_map=_target_scene),
     "digits": DatasetSpec(
         fields={"image_size": 32}, builder=_digits_builder, example_shape=_square_image, to_example=_image,
         render=to_grid, validate=_positive("image_size")),

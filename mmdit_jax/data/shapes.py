@@ -66,13 +66,23 @@ def shape_mask(shape: str, size: int, centre: tuple[float, float], radius: float
     return m.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
 
 
-def render(objects: tuple[ShapeObject, ...], size: int = 32,
-           paints: Sequence[Paint | None] | None = None) -> np.ndarray:
-    """``(size, size, 3)`` uint8 image of the objects, later objects on top; ``paints[i]``, if given and not None,
-    replaces object ``i``'s flat colour."""
-    img = np.zeros((size, size, 3), np.float32)
+def object_radius(size_name: str, size: int, crowded: bool) -> float:
+    """Radius in pixels of an object of size ``size_name`` in a ``size x size`` image; ``crowded`` halves it (so
+    several objects fit the 3x3 grid without touching)."""
+    return SIZE_FRACTION[size_name] * size * (0.5 if crowded else 1.0) + 0.5
+
+
+def render(objects: tuple[ShapeObject, ...], size: int = 32, paints: Sequence[Paint | None] | None = None,
+           background: tuple[float, float, float] = (0, 0, 0), crowded: bool | None = None) -> np.ndarray:
+    """``(size, size, 3)`` uint8 image of the objects on an RGB ``background``, later objects on top;
+    ``paints[i]``, if given and not None, replaces object ``i``'s flat colour. ``crowded=None`` halves the radii
+    when there is more than one object; ``True`` always halves them, so adding or removing an object leaves the
+    others' pixels unchanged (the edit data), ``False`` never does."""
+    img = np.empty((size, size, 3), np.float32)
+    img[...] = np.asarray(background, np.float32)
+    crowded = len(objects) > 1 if crowded is None else bool(crowded)
     for i, obj in enumerate(objects):
-        radius = SIZE_FRACTION[obj.size] * size * (0.5 if len(objects) > 1 else 1.0) + 0.5
+        radius = object_radius(obj.size, size, crowded)
         centre = _cell_centre(obj.position, size)
         cov = shape_mask(obj.shape, size, centre, radius)[..., None]
         paint = paints[i] if paints is not None else None

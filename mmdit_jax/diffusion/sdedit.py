@@ -11,7 +11,11 @@ Maths (``x_t = (1 - t) x0 + t eps``, ``t = sigma``; ``sigmas (n + 1,)`` the sche
   *same* ``noise`` at every step, and ``x0`` itself (no noise) after the last step.
 
 Shapes: ``x, x0, noise (B, h, w, C)`` NHWC latents, ``mask (B, h, w, 1)`` (or anything broadcasting to ``x``).
-Everything here works for any velocity model ``net(x, t)`` with ``t (B,)`` the level ``sigma``.
+Everything above works for any velocity model ``net(x, t)`` with ``t (B,)`` the level ``sigma``.
+
+SDEdit on any schedule of the core (``sdedit_ode``): on the probability-flow grid ``t_0 > ... > t_n`` of
+``schedule.timesteps(n)``, start at ``x_{t_s} = alpha(t_s) x0 + sigma(t_s) eps`` with the same ``t_s`` index rule
+and integrate the ODE (Euler or Heun) over the remaining ``n - t_s`` steps, for a model in any parameterisation.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import numpy as np
 from mmdit_jax.checks import ConfigError, check_positive_int
 from mmdit_jax.diffusion.flow_match import euler_levels, euler_step
 from mmdit_jax.diffusion.parameterization import Net
+from mmdit_jax.diffusion.samplers.ode import probability_flow
+from mmdit_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
 
@@ -75,3 +81,15 @@ def inpaint_flow_match_euler(net: Net, x: Array, sigmas: np.ndarray | Array, x0:
 
     x, _ = jax.lax.scan(step, x.astype(acc), (levels, dts, jnp.asarray(blend), per_step))
     return x
+
+
+def sdedit_ode(net: Net, schedule: Schedule, parameterization: str, x0: Array, noise: Array, n_steps: int,
+               strength: float, method: str = "euler") -> Array:
+    """SDEdit of ``x0 (B, ...)`` with ``noise`` (same shape): noise to grid index ``img2img_start(n, strength)`` of
+    ``schedule.timesteps(n_steps)``, then the probability-flow ODE to ``t_n``. ``strength = 1`` is sampling from
+    the prior (up to the schedule's ``alpha(t_0)``). Returns ``(B, ...)`` in ``x0``'s dtype."""
+    start = img2img_start(n_steps, strength)
+    t_start = schedule.timesteps(n_steps)[start]
+    alpha, sigma = schedule.marginal(t_start)
+    x = alpha * x0 + sigma * noise.astype(x0.dtype)
+    return probability_flow(net, schedule, parameterization, x.astype(x0.dtype), n_steps, method, start=start)

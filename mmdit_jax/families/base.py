@@ -18,6 +18,10 @@ name               shape                  meaning
 ``context``        (B, T, d_ctx)          text tokens (SD3: CLIP-L/G penultimate states and T5)
 ``pooled``         (B, d_pool)            pooled text vector (SD3: [CLIP-L; CLIP-G] projected)
 ``pooled_steering`` ((B, d), (B, d), (B,))  ``(pooled_plus, pooled_minus, w)``: y += w (h_y(p+) - h_y(p-))
+``reference``      (B, h, w, C)           a clean image whose tokens join the image stream with their own
+                                          positions (in-context editing; FLUX.1 Kontext); never noised
+``concat``         (B, H, W, C)           an image concatenated to the noisy input's channels (InstructPix2Pix-
+                                          style editing; needs ``model.in_channels`` for 2C)
 =================  =====================  =============================================================
 
 A family lists in ``conditioning`` the entries it needs; others are ignored. Because every entry is batched,

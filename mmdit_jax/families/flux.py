@@ -13,6 +13,9 @@ default 3.5 as in diffusers' ``FluxPipeline``); ``pooled_steering = (pooled_plus
 Optional ``reference (B, h, w, C)`` (FLUX.1 Kontext): clean latents of a reference image, packed and appended after
 the target's tokens with ids ``(1, row, col)`` (the target keeps index 0); the output is sliced back to the target
 tokens, so ``net`` stays ``(H, W, C) -> (H, W, C)``. The reference is never noised and shares ``t`` and ``y``.
+Optional ``concat (B, H, W, C)`` (channel concatenation, InstructPix2Pix-style editing; FLUX.1 Fill's layout): the
+packed ``concat`` follows the packed ``x`` in every token's features, so ``model.in_channels = 2 * 4C`` and
+``out_channels = 4C``; the first ``4C`` input rows of ``x_embedder`` are the text-to-image model's.
 Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``.
 Checkpoints: diffusers folders / files and the original BFL layout (``mmdit_jax.interop.flux``).
 """
@@ -74,9 +77,11 @@ class FluxFamily(Family):
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
         cfg = self.config
-        if len(data_shape) != 3 or 4 * data_shape[-1] != cfg.in_channels or cfg.out_channels != cfg.in_channels:
+        if len(data_shape) != 3 or 4 * data_shape[-1] != cfg.out_channels or \
+                cfg.in_channels not in (cfg.out_channels, 2 * cfg.out_channels):
             raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both be 4x "
-                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (2x2 packing)")
+                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (2x2 packing; "
+                              "in_channels 8x for a model that reads an image concatenated to its input)")
         if data_shape[0] % 2 or data_shape[1] % 2:
             raise ConfigError(f"the FLUX family packs 2x2 patches: the data's height and width must be even, got "
                               f"{tuple(data_shape[:2])}")
@@ -94,12 +99,26 @@ class FluxFamily(Family):
         g = cond.get("guidance")
         return jnp.full((batch,), guidance, jnp.float32) if g is None else g
 
+    def _tokens(self, x: Array, cond: Conditioning) -> Array:
+        """``pack(x)``, followed in each token by ``pack(cond["concat"])`` for a channel-concatenating model."""
+        tokens = pack_latents(x)
+        concat = cond.get("concat")
+        if self.config.in_channels == tokens.shape[-1] and concat is None:
+            return tokens
+        if concat is None or concat.shape != x.shape or self.config.in_channels != 2 * tokens.shape[-1]:
+            raise ConfigError(f"model.in_channels={self.config.in_channels} for {x.shape[-1]}-channel latents needs "
+                              f"cond['concat'] shaped like x {tuple(x.shape)} (and in_channels = 8C), got "
+                              f"{None if concat is None else tuple(concat.shape)}")
+        return jnp.concatenate([tokens, pack_latents(concat.astype(x.dtype))], axis=-1)
+
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
         self._require(cond, *self.conditioning)
         self.check_data(tuple(x.shape[1:]))
         b, height, width, _ = x.shape
         context = cond["context"]
-        variables = self.module.init(key, pack_latents(x), jnp.zeros((b,)), context, cond["pooled"],
+        if self.config.in_channels == 8 * x.shape[-1] and "concat" not in cond:   # shapes are all init needs
+            cond = {**cond, "concat": jnp.zeros_like(x)}
+        variables = self.module.init(key, self._tokens(x, cond), jnp.zeros((b,)), context, cond["pooled"],
                                      latent_image_ids(height, width), text_ids(context.shape[1]),
                                      self._guidance(cond, b, 1.0))
         return {"params": variables["params"]}
@@ -113,6 +132,9 @@ class FluxFamily(Family):
         context = cond["context"]
         steering = cond.get("pooled_steering")
         reference = cond.get("reference")
+        if reference is not None and self.config.in_channels != self.config.out_channels:
+            raise ConfigError("cond['reference'] (in-context editing) needs a model whose input is the image alone; "
+                              f"this one reads {self.config.in_channels} features for {self.config.out_channels}")
         if reference is not None and (reference.ndim != 4 or 4 * reference.shape[-1] != self.config.in_channels
                                       or reference.shape[1] % 2 or reference.shape[2] % 2):
             raise ConfigError(f"cond['reference'] must be (B, h, w, {self.config.latent_channels}) latents with h, w "
@@ -120,7 +142,7 @@ class FluxFamily(Family):
 
         def net(x: Array, t: Array) -> Array:
             b, height, width, _ = x.shape
-            tokens = pack_latents(x)
+            tokens = self._tokens(x, cond)
             if reference is not None:
                 tokens = jnp.concatenate([tokens, pack_latents(reference.astype(tokens.dtype))], axis=1)
             ids = image_ids(height, width, None if reference is None else tuple(reference.shape[1:3]))

@@ -4,6 +4,9 @@
 
 Inference options of ``net``: ``remove_pooled`` (y = e_t, the CLIP-removal ablation), ``skip_layers``; and the
 conditioning entry ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y (see ``MMDiT``).
+Editing entries: ``reference (B, h, w, C)`` (in-context: its tokens follow the target's, as frame 1 of the
+position table, see ``MMDiT``; the output is the target's), ``concat (B, H, W, C)`` (channel concatenation:
+``x`` and ``concat`` enter the patch embedding together, so ``model.in_channels = 2 C``, ``out_channels = C``).
 Checkpoints: diffusers ``SD3Transformer2DModel`` folders and files and the original Stability layout
 (``mmdit_jax.interop.sd3``).
 """
@@ -44,6 +47,18 @@ def forward_mode_config(cfg: MMDiTConfig) -> MMDiTConfig:
     return dataclasses.replace(cfg, custom_gradients=False, attention_impl=impl)
 
 
+def _with_concat(cfg: MMDiTConfig, x: Array, cond: Conditioning) -> Array:
+    """``x`` with ``cond["concat"]`` appended to its channels when the model reads ``2 C`` of them."""
+    concat = cond.get("concat")
+    if cfg.in_channels == x.shape[-1] and concat is None:
+        return x
+    if concat is None or concat.shape != x.shape or cfg.in_channels != 2 * x.shape[-1]:
+        raise ConfigError(f"model.in_channels={cfg.in_channels} for {x.shape[-1]}-channel images needs "
+                          f"cond['concat'] shaped like x {tuple(x.shape)} (and in_channels = 2C), got "
+                          f"{None if concat is None else tuple(concat.shape)}")
+    return jnp.concatenate([x, concat.astype(x.dtype)], axis=-1)
+
+
 class SD3Family(Family):
     name = "sd3"
     Config = MMDiTConfig
@@ -65,9 +80,11 @@ class SD3Family(Family):
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
         cfg = self.config
-        if len(data_shape) != 3 or data_shape[-1] != cfg.in_channels or cfg.out_channels != cfg.in_channels:
+        if len(data_shape) != 3 or cfg.out_channels != data_shape[-1] or \
+                cfg.in_channels not in (data_shape[-1], 2 * data_shape[-1]):
             raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both equal "
-                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples")
+                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (in_channels 2C "
+                              "for a model that reads an image concatenated to its input)")
 
     def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         cfg = self.config
@@ -79,6 +96,9 @@ class SD3Family(Family):
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
         self._require(cond, *self.conditioning)
         pooled = cond["pooled"] if self.config.use_pooled else None
+        if self.config.in_channels == 2 * x.shape[-1] and "concat" not in cond:   # shapes are all init needs
+            cond = {**cond, "concat": jnp.zeros_like(x)}
+        x = _with_concat(self.config, x, cond)
         variables = self.module.init(key, x, jnp.zeros((x.shape[0],)), cond["context"], pooled)
         # init makes every collection mutable, so the attention maps (models/introspection.py) are sown too
         return {"params": variables["params"], "buffers": variables["buffers"]}
@@ -90,10 +110,15 @@ class SD3Family(Family):
             skip_layers: tuple[int, ...] = ()) -> Net:
         pooled = cond.get("pooled") if self.config.use_pooled else None
         steering = cond.get("pooled_steering")
+        reference = cond.get("reference")
+        if reference is not None and self.config.in_channels != self.config.out_channels:
+            raise ConfigError("cond['reference'] (in-context editing) needs a model whose input is the image alone; "
+                              f"this one reads {self.config.in_channels} channels for {self.config.out_channels}")
 
         def net(x: Array, t: Array) -> Array:
-            return self.module.apply(variables, x, self.timestep_scale * t, cond["context"], pooled,
-                                     skip_layers=skip_layers, remove_pooled=remove_pooled, pooled_steering=steering)
+            return self.module.apply(variables, _with_concat(self.config, x, cond), self.timestep_scale * t,
+                                     cond["context"], pooled, skip_layers=skip_layers, remove_pooled=remove_pooled,
+                                     pooled_steering=steering, reference=reference)
 
         return net
 

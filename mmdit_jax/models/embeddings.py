@@ -59,6 +59,17 @@ def sincos_2d_table(dim: int, grid_size: int, base_size: int, interpolation_scal
     return table.astype(np.float32)
 
 
+def frame_offset_embedding(dim: int, index: int) -> np.ndarray:
+    """``(dim,)`` float32 ``e(f) - e(0)`` of the 1D sin-cos embedding ``e`` at frame ``f = index``.
+
+    Added to the tokens of frame ``f`` (e.g. an editing model's clean reference image, frame 1) on top of their 2D
+    position; frame 0 (the generated image) gets exactly zero, so its tokens are the text-to-image model's.
+    """
+    pos = np.asarray([index, 0])
+    table = _sincos_1d(dim, pos)
+    return (table[0] - table[1]).astype(np.float32)
+
+
 def crop_position_table(table: Array, h: int, w: int) -> Array:
     """Centre crop of a ``(1, M*M, D)`` table to the ``(h, w)`` grid -> ``(1, h*w, D)``."""
     m = int(round(table.shape[1] ** 0.5))

@@ -68,7 +68,8 @@ class FluxConfig:
 
     @property
     def latent_channels(self) -> int:
-        return self.in_channels // 4
+        # the output's: a channel-concatenating model (FLUX.1 Fill, InstructPix2Pix-style editing) reads more
+        return self.out_channels // 4
 
     @classmethod
     def from_dict(cls, d: Any) -> "FluxConfig":

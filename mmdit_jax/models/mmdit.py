@@ -7,8 +7,9 @@
     out     = unpatchify(proj_out(modulate(LN(x), shift, scale)))   -> (B, H, W, C_out)
 
 Variables: ``params`` (trainable) and ``buffers`` (the position table, loaded from checkpoints, never trained).
-The image stream may carry extra token groups after the N patch tokens (e.g. clean reference tokens for
-in-context editing); the output is always read from the first N tokens.
+The image stream may carry extra token groups after the N patch tokens; the output is always read from the first
+N tokens. In-context editing passes a clean ``reference (B, H', W', C)`` image, embedded like ``x`` and marked as
+frame 1 (``embeddings.frame_offset_embedding``): ``ref_tokens = PatchEmbed(ref) + crop(pos_table) + e(1) - e(0)``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.embeddings import (
-    MLPEmbedder, crop_position_table, sincos_2d_table, timestep_features, unpatchify,
+    MLPEmbedder, crop_position_table, frame_offset_embedding, sincos_2d_table, timestep_features, unpatchify,
 )
 from mmdit_jax.models.custom_gradients import custom_gradients_on
 from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
@@ -192,6 +193,7 @@ class MMDiT(nn.Module):
     ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
     ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
     e.g. a clean reference image through the same patch embedding); the output is read from the first N.
+    ``reference: (B, H', W', C)`` is such a group made here: the clean image of in-context editing as frame 1.
 
     The conditioning vector (the pooled-CLIP study, docs/pooled_clip_study.md):
 
@@ -238,9 +240,11 @@ class MMDiT(nn.Module):
     @nn.compact
     def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
                  skip_layers: Sequence[int] = (), extra_tokens: Array | None = None, remove_pooled: bool = False,
-                 pooled_steering: tuple[Array, Array, Array] | None = None) -> Array:
+                 pooled_steering: tuple[Array, Array, Array] | None = None, reference: Array | None = None) -> Array:
         cfg = self.config
         self._check_inputs(x, context, pooled, remove_pooled, pooled_steering)
+        if reference is not None:
+            self._check_inputs(reference, context, pooled, remove_pooled, pooled_steering)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         d, p = cfg.hidden, cfg.patch_size
         b, height, width, _ = x.shape
@@ -248,8 +252,9 @@ class MMDiT(nn.Module):
         dense = lambda n, name: Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
 
         # Patch embedding + the centre-cropped sin-cos position table (a buffer: loaded, never trained).
-        patches = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,
-                          name="patch_embed")(x.astype(dtype))
+        patch_embed = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,
+                              name="patch_embed")
+        patches = patch_embed(x.astype(dtype))
         m = cfg.pos_embed_max_size
         # A host callback: abstract initialisation (eval_shape) skips it and a jitted init does not embed the table
         # (0.9 GB at SD3.5-medium size) as a constant.
@@ -257,7 +262,13 @@ class MMDiT(nn.Module):
             lambda: sincos_2d_table(d, m, cfg.sample_size // p)[None],
             jax.ShapeDtypeStruct((1, m * m, d), jnp.float32))).value
         tokens = patches.reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
-        if extra_tokens is not None:  # e.g. clean reference-image tokens for in-context editing: (B, M, D)
+        if reference is not None:    # the clean image to edit, as frame 1 (its own positions, never noised)
+            _, ref_h, ref_w, _ = reference.shape
+            ref = patch_embed(reference.astype(dtype)).reshape(b, (ref_h // p) * (ref_w // p), d)
+            ref = ref + crop_position_table(table, ref_h // p, ref_w // p).astype(dtype) \
+                + jnp.asarray(frame_offset_embedding(d, 1), dtype)
+            tokens = jnp.concatenate([tokens, ref], axis=1)
+        if extra_tokens is not None:  # any further token group: (B, M, D)
             if extra_tokens.ndim != 3 or extra_tokens.shape[0] != b or extra_tokens.shape[-1] != d:
                 raise ConfigError(f"extra_tokens must be (B={b}, M, D={d}), got {extra_tokens.shape}")
             tokens = jnp.concatenate([tokens, extra_tokens.astype(dtype)], axis=1)

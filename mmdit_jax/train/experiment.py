@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder
+from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder, widens_inputs
 from mmdit_jax.adapters.lora import num_parameters
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
@@ -31,7 +31,7 @@ from mmdit_jax.data.pipeline import (
 )
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
-from mmdit_jax.families import Family
+from mmdit_jax.families import Family, build_family
 from mmdit_jax.pipelines.components import (
     checkpoint_params,
     data_shape,
@@ -40,6 +40,7 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
+from mmdit_jax.pipelines.edit_setup import SOURCE, chain_dropouts, image_dropout, parent_model_fields, source_entry
 from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_records, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
 from mmdit_jax.pipelines.trained_model import TrainedModel, fresh_variables
@@ -79,6 +80,13 @@ class Experiment:
     token_table: dict[str, np.ndarray] | None = None   # {clip_l, clip_g: (U, T) int32}: CLIP towers trained too
 
     @property
+    def image_conditions(self) -> dict[str, str]:
+        """``{data condition: conditioning entry}``: the images each example brings besides its text (an edit's
+        source image becomes ``reference`` or ``concat``, ``edit.mode``)."""
+        entry = source_entry(self.config)
+        return {} if entry is None else {SOURCE: entry}
+
+    @property
     def frozen(self) -> Any:
         return None if self.finetune is None else self.finetune.frozen
 
@@ -96,6 +104,8 @@ class Experiment:
         """Gather the cached conditioning and place the batch sharded over all devices."""
         idx = host_batch.get("text_index")
         batch = {"x": host_batch["x"], "cond": {k: v[idx].astype(np.float32) for k, v in self.cond_table.items()}}
+        for name, entry in self.image_conditions.items():   # e.g. an edit's source image as cond["reference"]
+            batch["cond"][entry] = host_batch[f"cond/{name}"]
         if "loss_weight" in host_batch:
             batch["loss_weight"] = host_batch["loss_weight"]
         if self.token_table is not None:
@@ -111,6 +121,8 @@ class Experiment:
 
     def batch_shardings(self) -> dict[str, Any]:
         ndim = {"x": 1 + len(self.data_shape), "cond": {k: v.ndim for k, v in self.cond_table.items()}}
+        for entry in self.image_conditions.values():
+            ndim["cond"][entry] = 1 + len(self.data_shape)
         if "loss_weight" in self.sources["train"][0]:
             ndim["loss_weight"] = 1
         if self.token_table is not None:
@@ -121,6 +133,8 @@ class Experiment:
         """The jit-compiled ``step(state, batch, key) -> (state, metrics)``, state donated."""
         cfg = self.config
         drop = self.text.dropout(cfg.text.drop_probs) if self.text is not None and cfg.text.drop_probs else None
+        if "edit" in cfg and cfg.edit.image_drop_prob:
+            drop = chain_dropouts(drop, image_dropout(cfg.edit.image_drop_prob))
         compose = None if self.frozen is None else self.finetune.compose
         text_encode = None if self.token_table is None else self.text.encoders.encode_clip_tokens
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
@@ -174,8 +188,13 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
     if "finetune" in cfg and cfg.finetune.init_from:
         abstract = fresh_variables(family, cfg, shape, text, params_only_shapes=True)
         params_sh = sharding.state_shardings(abstract["params"], mesh)
+        base_abstract = None
+        if widens_inputs(cfg):   # the base reads the image alone: restored as it is, then widened with zero rows
+            parent = build_family(parent_model_fields(cfg), family.schedule, family.timestep_scale, family.forward_mode)
+            parent_params = fresh_variables(parent, cfg, shape, text, params_only_shapes=True)["params"]
+            base_abstract = abstract_with_shardings(parent_params, sharding.state_shardings(parent_params, mesh))
         finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=restore,
-                                 load_checkpoint=checkpoint_params(family))
+                                 load_checkpoint=checkpoint_params(family), base_abstract=base_abstract)
         if "dreambooth" in cfg:   # the instances, and the class images the frozen base draws (cached)
             base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
                                 text, latent)

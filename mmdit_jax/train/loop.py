@@ -11,10 +11,15 @@ import jax
 import numpy as np
 from PIL import Image
 
+from mmdit_jax.data.captions import caption_text
+from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import TrainedModel
 from mmdit_jax.reporting import MetricWriter, Progress, report
 from mmdit_jax.train.experiment import build
+
+
+EDIT_GRID_ROWS = 4   # an editing run's sample picture: this many test sources, each with its edits
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -48,7 +53,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     pipeline = None
     if cfg.train.sample_every:
         model = TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text, exp.latent)
-        pipeline = SamplingPipeline(model)
+        pipeline = EditingPipeline(model) if "edit" in cfg else SamplingPipeline(model)
     state, pending = exp.state, []
     t_start, last_good, rates = time.time(), start, []
 
@@ -86,7 +91,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         if pipeline is not None and (done % cfg.train.sample_every == 0 or done == total):
             variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
             pipeline.model.text = exp.text_conditioner(state.ema_params)
-            grid = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
+            if isinstance(pipeline, EditingPipeline):   # edits of the first test sources by their instructions
+                records = [exp.sources["test"][i] for i in range(EDIT_GRID_ROWS)]
+                grid = pipeline.grid(np.stack([r["source"] for r in records]), [caption_text(r) for r in records],
+                                     cfg.sample.per_prompt, cfg.sample.seed, variables)
+            else:
+                grid = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
             if primary:
                 report(f"sample grid: {save_grid(workdir, writer, done, grid)}")
     drain()

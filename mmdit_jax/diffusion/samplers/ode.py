@@ -24,9 +24,11 @@ Array = jax.Array
 
 
 def probability_flow(
-    net: Net, schedule: Schedule, parameterization: str, x: Array, n_steps: int, method: str = "euler"
+    net: Net, schedule: Schedule, parameterization: str, x: Array, n_steps: int, method: str = "euler",
+    start: int = 0,
 ) -> Array:
-    """Integrate the probability-flow ODE from ``x = x_{t_0}`` to ``t_n``; returns ``(B, ...)`` in x's dtype."""
+    """Integrate the probability-flow ODE from ``x = x_{t_start}`` to ``t_n`` on the ``n_steps`` grid (``start > 0``:
+    the last ``n_steps - start`` steps only, as SDEdit does); returns ``(B, ...)`` in x's dtype."""
     velocity = as_parameterization(net, schedule, parameterization, "velocity")
     ts = schedule.timesteps(n_steps)
     batch, dtype = x.shape[0], x.dtype
@@ -44,5 +46,5 @@ def probability_flow(
         heun = lambda: x + (t_next - t) * 0.5 * (d + v(x_euler, t_next))  # noqa: E731
         return jax.lax.cond(t_next > 0, heun, lambda: x_euler), None
 
-    x, _ = jax.lax.scan(step, x.astype(acc), jnp.arange(n_steps))
+    x, _ = jax.lax.scan(step, x.astype(acc), jnp.arange(start, n_steps))
     return x.astype(dtype)

@@ -1,0 +1,52 @@
+"""Instruction editing on ``shape_edits`` (scenes of 1-3 objects; recolour, reshape, resize, move, remove, add,
+background), fine-tuned from a text-to-image model of the same scenes:
+
+    python -m mmdit_jax --config=configs/editing.py:base --workdir=runs/edit_base          # text-to-image parent
+    python -m mmdit_jax --config=configs/editing.py:in_context --workdir=runs/edit_ic \\
+        --config.finetune.init_from=runs/edit_base
+    python -m mmdit_jax --config=configs/editing.py:channel_concat --workdir=runs/edit_cc \\
+        --config.finetune.init_from=runs/edit_base
+
+``in_context``: the source image's tokens join the image stream as frame 1 (same weights as the parent);
+``channel_concat``: the source is concatenated to the noisy input (``model.in_channels`` 6, the new input rows start
+at zero), with InstructPix2Pix's condition dropout and two-scale guidance. Without ``finetune.init_from`` either
+trains from scratch. Append ``,tiny`` for the smoke-test size. ``experiments/editing`` runs all three and SDEdit.
+"""
+
+import ml_collections
+
+from configs.default import get_config as default_config
+from mmdit_jax.adapters.finetune import finetune_config
+from mmdit_jax.pipelines.edit_setup import edit_config
+
+MODES = ("base", "in_context", "channel_concat")
+# Scene captions of three objects and a background run to ~40 CLIP tokens.
+MAX_LENGTH = 48
+
+
+def get_config(arg: str = "in_context") -> ml_collections.ConfigDict:
+    mode, _, size = arg.partition(",")
+    if mode not in MODES or size not in ("", "tiny"):
+        raise ValueError(f"configs/editing.py: unknown argument {arg!r}; valid: one of {MODES}, optionally followed "
+                         "by ',tiny'")
+    c = default_config(size)
+    data = dict(image_size=32, num_train=c.data.num_train, num_test=c.data.num_test, max_objects=3, seed=0,
+                batch_size=c.data.batch_size)
+    c.data = ml_collections.ConfigDict(
+        {"name": "edit_scenes" if mode == "base" else "shape_edits", "num_workers": 0, "data_dir": "", **data})
+    c.text.clip_l.max_length = c.text.clip_g.max_length = MAX_LENGTH
+    c.sample.prompts = ("a red circle in the top left and a blue square in the center",
+                        "a green triangle in the bottom right on a navy background")
+    c.sample.per_prompt = 4
+    if mode == "base":
+        return c
+    c.edit = edit_config(mode, image_drop_prob=0.05 if mode == "channel_concat" else 0.0, image_guidance_scale=1.5)
+    if mode == "channel_concat":
+        c.model.in_channels = 6
+    c.finetune = finetune_config()    # full fine-tuning; init_from: the base run's workdir ("" = from scratch)
+    c.optim.learning_rate = 5e-4
+    c.optim.warmup_steps = 100
+    c.sample.per_prompt = 3           # an editing run's sample picture: 4 test sources, each with 3 edits
+    if not size:
+        c.train.update(num_steps=2000, checkpoint_every=500, sample_every=1000)
+    return c

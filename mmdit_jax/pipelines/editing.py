@@ -1,0 +1,161 @@
+"""Editing images with a trained model: instruction editing (in-context or channel-concatenating models, the run's
+``edit`` section), SDEdit with any text-to-image model, and multi-turn editing.
+
+    pipe = EditingPipeline(load_trained(config, workdir))
+    edited = pipe.edit(images, instructions, seed)              (N, H, W, 3) uint8 in and out
+    turns = pipe.multi_turn(image, [instr_1, ..., instr_k], seed)   (k, N, H, W, 3): turn j edits turn j - 1
+    edited = pipe.sdedit(images, captions, strength, seed)      no edit training: noise to ``strength``, denoise
+
+Guidance (``s_T = sample.guidance_scale``, ``∅_T`` the configured negative, ``src`` the source image):
+
+* in-context: ``out = out(∅_T; src) + s_T (out(c_T; src) - out(∅_T; src))`` — the reference is in both branches,
+  as in FLUX.1 Kontext;
+* channel concatenation: two-scale guidance (``diffusion.guidance.two_scale_guidance``) with ``s_I =
+  edit.image_guidance_scale`` and the null image ``0`` (what ``edit.image_drop_prob`` trained);
+* SDEdit: ordinary CFG with the caption of the wanted image, from ``x_{t_s}`` on the ODE grid
+  (``diffusion.sdedit.sdedit_ode``; the run's sampler must be ``ode`` or ``flow_euler``).
+
+Each call is one compiled program per (shapes, options); every image in a batch gets its own noise from
+``PRNGKey(seed)``, and turn ``j`` of ``multi_turn`` from ``fold_in(key, j)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.diffusion.guidance import classifier_free_guidance, two_scale_guidance
+from mmdit_jax.diffusion.samplers import make_sampler
+from mmdit_jax.diffusion.sdedit import sdedit_ode
+from mmdit_jax.pipelines.edit_setup import edit_mode
+from mmdit_jax.pipelines.sampling import to_uint8
+from mmdit_jax.pipelines.trained_model import TrainedModel
+
+Array = jax.Array
+ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}   # sampler name -> its ODE method (None: from the config)
+
+
+def to_unit(images: Any) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image) -> float32 in [-1, 1], batched."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ConfigError(f"images must be uint8 (N, H, W, 3) or (H, W, 3), got {images.dtype} {images.shape}")
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+class EditingPipeline:
+    """A trained model used as an editor; ``guidance_scale`` / ``image_guidance_scale`` default to the config's."""
+
+    def __init__(self, model: TrainedModel, guidance_scale: float | None = None,
+                 image_guidance_scale: float | None = None, negative: str | None = None):
+        cfg = model.config
+        if model.text is None:
+            raise ConfigError("editing follows text (instructions or captions): this model is unconditional")
+        if model.latent is not None:
+            raise ConfigError("editing works on pixel-space runs; this run trains on VAE latents")
+        self.model = model
+        self.mode = edit_mode(cfg)
+        self.sampler = make_sampler(cfg.sample.sampler, model.family.schedule, cfg.model_parameterization)
+        self.guidance_scale = float(cfg.sample.guidance_scale if guidance_scale is None else guidance_scale)
+        default_image = cfg.edit.image_guidance_scale if self.mode == "channel_concat" else 1.0
+        self.image_guidance_scale = float(default_image if image_guidance_scale is None else image_guidance_scale)
+        self.negative = negative or cfg.sample.negative
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        if tuple(x.shape[1:]) != tuple(self.model.data_shape):
+            raise ConfigError(f"images must be {tuple(self.model.data_shape)} for this model, got {tuple(x.shape[1:])}")
+
+    def _text(self, prompts: Sequence[str], n: int) -> tuple[dict[str, Array], dict[str, Array]]:
+        prompts = list(prompts)
+        if len(prompts) == 1 and n > 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise ConfigError(f"give one text per image or one for all: got {len(prompts)} texts for {n} images")
+        cond = self.model.text.encode(prompts)
+        return cond, self.model.text.negative(self.negative, cond)
+
+    # ---- instruction editing ----------------------------------------------------------------------------------
+
+    @functools.partial(jax.jit, static_argnames=("self",))
+    def _edit(self, variables: Any, source: Array, cond: Any, negative: Any, key: Array) -> Array:
+        family = self.model.family
+        variables = family.prepare(variables)
+        model_fn = lambda v, x, t, c: family.net(v, c)(x, t)  # noqa: E731
+        if self.mode == "in_context":
+            guided = classifier_free_guidance(model_fn, self.guidance_scale)
+            conds = ({**cond, "reference": source}, {**negative, "reference": source})
+        else:
+            guided = two_scale_guidance(model_fn, self.guidance_scale, self.image_guidance_scale)
+            conds = ({**cond, "concat": source}, {**negative, "concat": source},
+                     {**negative, "concat": jnp.zeros_like(source)})
+        return self.sampler(lambda x, t: guided(variables, x, t, conds), key, source.shape)
+
+    def edit(self, images: Any, instructions: Sequence[str], seed: int, variables: Any = None) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 edits of ``images`` (uint8), one instruction per image or one for all."""
+        if self.mode is None:
+            raise ConfigError("this run was not trained to follow instructions (no edit section); use sdedit() "
+                              "with the caption of the wanted image")
+        source = to_unit(images)
+        self._check_shape(source)
+        cond, negative = self._text(instructions, len(source))
+        variables = self.model.variables if variables is None else variables
+        out = self._edit(variables, jnp.asarray(source), cond, negative, jax.random.PRNGKey(seed))
+        return to_uint8(out)
+
+    def grid(self, sources: Any, instructions: Sequence[str], per_source: int, seed: int,
+             variables: Any = None) -> np.ndarray:
+        """The sample picture of an editing run: a row per source image ``(K, H, W, 3)`` uint8, the source first,
+        then ``per_source`` edits by its instruction (seeds ``seed .. seed + per_source - 1``)."""
+        sources = np.asarray(sources)
+        rows = [sources] + [self.edit(sources, instructions, seed + j, variables) for j in range(per_source)]
+        images = np.stack(rows, axis=1).reshape(-1, *sources.shape[1:])
+        return self.model.data.render(images.astype(np.float32) / 127.5 - 1.0, len(sources))
+
+    def multi_turn(self, images: Any, turns: Sequence[Sequence[str] | str], seed: int) -> np.ndarray:
+        """``(k, N, H, W, 3)`` uint8: turn ``j`` applies ``turns[j]`` (one instruction, or one per image) to the
+        result of turn ``j - 1`` (turn 0 edits ``images``), with seed ``seed + j``."""
+        current = np.asarray(images) if np.asarray(images).ndim == 4 else np.asarray(images)[None]
+        out = []
+        for j, instructions in enumerate(turns):
+            instructions = [instructions] if isinstance(instructions, str) else list(instructions)
+            current = self.edit(current, instructions, seed + j)
+            out.append(current)
+        return np.stack(out)
+
+    # ---- SDEdit -----------------------------------------------------------------------------------------------
+
+    @functools.partial(jax.jit, static_argnames=("self", "strength"))
+    def _sdedit(self, variables: Any, source: Array, cond: Any, negative: Any, key: Array, strength: float) -> Array:
+        cfg, family = self.model.config, self.model.family
+        sampler = cfg.sample.sampler
+        method = ODE_SAMPLERS[sampler.name] or sampler.get("method", "euler")
+        variables = family.prepare(variables)
+        guided = classifier_free_guidance(lambda v, x, t, c: family.net(v, c)(x, t), self.guidance_scale)
+        net = lambda x, t: guided(variables, x, t, (cond, negative))  # noqa: E731
+        noise = jax.random.normal(key, source.shape)
+        return sdedit_ode(net, family.schedule, cfg.model_parameterization, source, noise, int(sampler.n_steps),
+                          strength, method)
+
+    def sdedit(self, images: Any, captions: Sequence[str], strength: float, seed: int,
+               variables: Any = None) -> np.ndarray:
+        """SDEdit (no edit training): ``images`` noised to ``strength`` in (0, 1] and denoised towards
+        ``captions`` (the wanted image's description). Needs an ``ode`` or ``flow_euler`` sampler."""
+        name = self.model.config.sample.sampler.name
+        if name not in ODE_SAMPLERS:
+            raise ConfigError(f"sdedit integrates the probability-flow ODE: sample.sampler.name={name!r} must be one of "
+                              f"{sorted(ODE_SAMPLERS)}")
+        if self.mode == "channel_concat":
+            raise ConfigError("sdedit needs a text-to-image model; this one reads a concatenated source image")
+        source = to_unit(images)
+        self._check_shape(source)
+        cond, negative = self._text(captions, len(source))
+        variables = self.model.variables if variables is None else variables
+        out = self._sdedit(variables, jnp.asarray(source), cond, negative, jax.random.PRNGKey(seed), float(strength))
+        return to_uint8(out)
