@@ -34,7 +34,8 @@ def get_config(arg: str = "in_context") -> ml_collections.ConfigDict:
                 batch_size=c.data.batch_size)
     c.data = ml_collections.ConfigDict(
         {"name": "edit_scenes" if mode == "base" else "shape_edits", "num_workers": 0, "data_dir": "", **data})
-    c.text.clip_l.max_length = c.text.clip_g.max_length = MAX_LENGTH
+    if not size:   # the smoke-test size keeps configs/default.py:tiny's text section, so it can fine-tune such a run
+        c.text.clip_l.max_length = c.text.clip_g.max_length = MAX_LENGTH
     c.sample.prompts = ("a red circle in the top left and a blue square in the center",
                         "a green triangle in the bottom right on a navy background")
     c.sample.per_prompt = 4

@@ -107,9 +107,9 @@ def validate_config(config: Any) -> None:
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
+    validate_edit_config(config)
     validate_finetune_config(config)
     validate_dreambooth_config(config)
-    validate_edit_config(config)
     model = config.model
     if "edit" not in config and "in_channels" in model and "out_channels" in model \
             and model.in_channels != model.out_channels:
