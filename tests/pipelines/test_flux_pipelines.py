@@ -281,3 +281,24 @@ def test_sizes_not_divisible_are_named(folders, ours):
         kontext(PROMPTS, smooth_image(32, 32), 32, 34, max_area=None)
     with pytest.raises(ConfigError, match="3 images for 2 prompts"):
         kontext(PROMPTS, np.stack([smooth_image(32, 32)] * 3), 32, 32, max_area=None)
+
+
+def test_edit_command_on_a_kontext_folder_chains_turns(folders, tmp_path):
+    """``python -m mmdit_jax.edit --source=<Kontext folder>``: turn 1 is the pipeline's edit of the image file, turn 2
+    the edit of turn 1."""
+    from mmdit_jax.edit import edit_file
+
+    path = folders["schnell"][2]
+    image = smooth_image(32, 32)
+    PIL.fromarray(image).save(tmp_path / "in.png")
+    out = edit_file(str(path), str(tmp_path / "in.png"), EDITS[:2], str(tmp_path / "out"), seed=5, steps=2)
+    turns = [np.asarray(PIL.open(p)) for p in out]
+    kontext = FluxKontextPipeline.from_folder(path)
+    want = kontext(EDITS[:1], image[None], height=32, width=32, num_inference_steps=2, guidance_scale=2.5, seed=5,
+                   max_area=None)[0]
+    np.testing.assert_array_equal(turns[0], want)
+    want = kontext(EDITS[1:2], turns[0][None], height=32, width=32, num_inference_steps=2, guidance_scale=2.5,
+                   seed=6, max_area=None)[0]
+    np.testing.assert_array_equal(turns[1], want)
+    with pytest.raises(ConfigError, match="sdedit"):
+        edit_file(str(path), str(tmp_path / "in.png"), EDITS[:1], str(tmp_path / "out"), method="sdedit")
