@@ -19,20 +19,25 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.captions import caption_text
 from mmdit_jax.data.pipeline import build_sources, default_data_dir
 from mmdit_jax.diffusion.losses import LOSSES, denoising_loss
+from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
 from mmdit_jax.reporting import MetricWriter, report
-from mmdit_jax.train.loop import save_grid, train
+from mmdit_jax.train.loop import edit_grid, save_grid, train
 
 __all__ = ["train", "sample", "evaluate", "export_lora"]
 
 
 def sample(config: Any, workdir: str, prompts: Sequence[str] | None = None, allow_untrained: bool = False) -> str:
-    """Draw the run's sample picture (``SamplingPipeline.grid``) from the newest checkpoint's EMA weights with the
-    configured sampler into ``<workdir>/samples/step_<step>.png`` and TensorBoard; returns its path."""
-    pipe = SamplingPipeline.from_workdir(config, workdir, allow_untrained)
-    cfg = pipe.model.config
-    grid = pipe.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
+    """Draw the run's sample picture (``SamplingPipeline.grid``; an editing run's: ``loop.edit_grid``) from the
+    newest checkpoint's EMA weights with the configured sampler into ``<workdir>/samples/step_<step>.png`` and TensorBoard; returns its path."""
+    if "edit" in config:    # an editor's picture: test sources and their edits (the data set is read for them)
+        pipe = EditingPipeline(load_trained(config, workdir, allow_untrained))
+        grid = edit_grid(pipe, build_sources(config.data, config.data.data_dir or default_data_dir(workdir))["test"])
+    else:
+        pipe = SamplingPipeline.from_workdir(config, workdir, allow_untrained)
+        cfg = pipe.model.config
+        grid = pipe.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     path = save_grid(workdir, writer, pipe.model.step, grid)
     writer.close()

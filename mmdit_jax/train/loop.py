@@ -22,6 +22,15 @@ from mmdit_jax.train.experiment import build
 EDIT_GRID_ROWS = 4   # an editing run's sample picture: this many test sources, each with its edits
 
 
+def edit_grid(pipeline: EditingPipeline, test_source: Any, variables: Any = None) -> np.ndarray:
+    """An editing run's sample picture: the first ``EDIT_GRID_ROWS`` test sources, each followed by
+    ``sample.per_prompt`` edits by its instruction."""
+    cfg = pipeline.model.config
+    records = [test_source[i] for i in range(EDIT_GRID_ROWS)]
+    return pipeline.grid(np.stack([r["source"] for r in records]), [caption_text(r) for r in records],
+                         cfg.sample.per_prompt, cfg.sample.seed, variables)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step."""
 
@@ -91,10 +100,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         if pipeline is not None and (done % cfg.train.sample_every == 0 or done == total):
             variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
             pipeline.model.text = exp.text_conditioner(state.ema_params)
-            if isinstance(pipeline, EditingPipeline):   # edits of the first test sources by their instructions
-                records = [exp.sources["test"][i] for i in range(EDIT_GRID_ROWS)]
-                grid = pipeline.grid(np.stack([r["source"] for r in records]), [caption_text(r) for r in records],
-                                     cfg.sample.per_prompt, cfg.sample.seed, variables)
+            if isinstance(pipeline, EditingPipeline):
+                grid = edit_grid(pipeline, exp.sources["test"], variables)
             else:
                 grid = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
             if primary:
@@ -109,4 +116,4 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["train", "NonFiniteLossError"]
+__all__ = ["train", "edit_grid", "NonFiniteLossError"]

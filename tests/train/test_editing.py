@@ -50,7 +50,11 @@ def _sources(n=4):   # the editing sample grid's batch: the compiled program is 
 
 
 def test_in_context_run_edits_by_instruction_and_reads_its_source(in_context_run):
+    from mmdit_jax import commands
+
     assert os.listdir(os.path.join(in_context_run, "samples"))     # the editing sample grid was written
+    grid = np.asarray(Image.open(commands.sample(workdir_config(in_context_run), in_context_run)))
+    assert grid.shape[0] >= 4 * 33   # --mode=sample: a row per test source (upscaled)
     pipe = EditingPipeline(load_trained(workdir_config(in_context_run), in_context_run))
     sources, instructions, _ = _sources()
     a = pipe.edit(sources, instructions, seed=0)
