@@ -15,6 +15,13 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     from experiments.pooled_steering.experiment import run as pooled_steering
 
     cfg, work = get_config("tiny"), str(tmp_path / "work")
+    # What this test checks (the stages run, are cached and shared, the reports are written) does not depend on
+    # training length or sample counts, and the cost is compilation: two steps and one checkpoint per MMDiT, no
+    # training-time sample grid (a separately compiled sampler, tested in tests/train), and part (b) sampling as
+    # many scenes as part (a), so the y = e_t + h_y model's compiled sampler and the classifier's compiled
+    # forward pass at that batch are reused (Fréchet distance needs only N >= 2).
+    cfg.mmdit.train.update(num_steps=2, checkpoint_every=2, sample_every=0)
+    cfg.quality.update(num_samples=cfg.removal.num_scenes, num_real=cfg.removal.num_scenes)
     removal = clip_removal(cfg, work, str(tmp_path / "removal"))
     steering = pooled_steering(cfg, work, str(tmp_path / "steering"))
 
