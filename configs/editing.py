@@ -45,9 +45,9 @@ def get_config(arg: str = "in_context") -> ml_collections.ConfigDict:
     if mode == "channel_concat":
         c.model.in_channels = 6
     c.finetune = finetune_config()    # full fine-tuning; init_from: the base run's workdir ("" = from scratch)
-    c.optim.learning_rate = 5e-4
+    c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 100
     c.sample.per_prompt = 3           # an editing run's sample picture: 4 test sources, each with 3 edits
     if not size:
-        c.train.update(num_steps=2000, checkpoint_every=500, sample_every=1000)
+        c.train.update(num_steps=4000, checkpoint_every=500, sample_every=2000)
     return c

@@ -11,7 +11,7 @@ Stages (each skipped when its output exists, so a rerun only redoes what is miss
 3. ``results.json`` and the grids in ``--out``:
 
 * single turn, ``--n`` test edits per sampling seed (test stream, held-out instruction phrasings; and the training
-  phrasings on the same unseen scenes): success, preservation, exact and pixel deviation outside the edited region
+  phrasings on the same unseen scenes and edits): success, preservation, exact and pixel deviation outside the edited region
   (``mmdit_jax.eval.edit``), overall and per edit type; SDEdit (the base model, no edit training) with the target
   scene's caption at several strengths, to compare preservation at equal success;
 * multi-turn: ``--chains`` chains of ``--turns`` edits, each turn editing the previous result (SDEdit: redrawing it
@@ -87,7 +87,8 @@ def single_turn(pipes: dict, seeds: list[int], n: int, strengths: list[float]) -
         instructions = [r["caption"] for r in records]
         captions = [r["target_caption"] for r in records]
         methods = {m: (lambda s, m=m: pipes[m].edit(sources, instructions, s)) for m in METHODS}
-        for strength in strengths:
+        # SDEdit reads the target caption, not the instruction: the phrasing set does not change its inputs
+        for strength in strengths if held_out else ():
             methods[f"sdedit_{strength:g}"] = lambda s, st=strength: pipes["base"].sdedit(sources, captions, st, s)
         table = {}
         for name, run in methods.items():

@@ -62,7 +62,7 @@ def fresh_variables(family: Family, config: Any, shape: tuple[int, ...], text: T
     x, cond = example_inputs(shape, cond_shapes)
     key = run_keys(config.seed)[0]
     if not params_only_shapes:
-        return family.init(key, x, cond)
+        return jax.jit(family.init)(key, x, cond)
     params = jax.eval_shape(lambda k: family.init(k, x, cond)["params"], key)
     others = jax.jit(lambda k: family.non_trainable(family.init(k, x, cond)))(key)
     return {"params": params, **others}

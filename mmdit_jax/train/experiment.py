@@ -212,7 +212,8 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
         caption_index = {c: i for i, c in enumerate(unique)}
 
     x, _ = example_inputs(shape, {})
-    variables = family.init(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
+    # compiled: initialising a transformer op by op costs seconds of dispatch, the compiled program is cached
+    variables = jax.jit(family.init)(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
     trained = variables["params"]
     if finetune is not None:
