@@ -24,20 +24,24 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report, write_png
 from mmdit_jax.runtime import configure_runtime
 
-_SOURCE = flags.DEFINE_string("source", None, "Training workdir (editing or text-to-image run) or a FLUX.1 Kontext "
-                                              "pipeline folder.")
-_IMAGE = flags.DEFINE_string("image", None, "The image to edit (PNG / JPEG).")
-_INSTRUCTION = flags.DEFINE_multi_string("instruction", [], "An instruction; repeat for multi-turn editing.")
-_OUT = flags.DEFINE_string("out", "edited", "Output folder.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of turn 1; turn j uses seed + j - 1.")
-_METHOD = flags.DEFINE_enum("method", "instruction", ["instruction", "sdedit"], "instruction: the run's editing "
-                            "model (or Kontext); sdedit: noise and redraw with a text-to-image model.")
-_STRENGTH = flags.DEFINE_float("strength", 0.6, "SDEdit: the fraction of the noise schedule redrawn, in (0, 1].")
-_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Text guidance (default: the config's; Kontext: 2.5).")
-_IMAGE_GUIDANCE = flags.DEFINE_float("image_guidance_scale", None, "Channel-concat runs: image guidance "
-                                     "(default: edit.image_guidance_scale).")
-_STEPS = flags.DEFINE_integer("steps", 28, "Kontext folder: sampling steps.")
-flags.mark_flags_as_required(["source", "image"])
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a program: importing ``edit_file`` (tests, notebooks, other
+    commands whose flags share these names) registers nothing."""
+    flags.DEFINE_string("source", None, "Training workdir (editing or text-to-image run) or a FLUX.1 Kontext "
+                                        "pipeline folder.")
+    flags.DEFINE_string("image", None, "The image to edit (PNG / JPEG).")
+    flags.DEFINE_multi_string("instruction", [], "An instruction; repeat for multi-turn editing.")
+    flags.DEFINE_string("out", "edited", "Output folder.")
+    flags.DEFINE_integer("seed", 0, "Seed of turn 1; turn j uses seed + j - 1.")
+    flags.DEFINE_enum("method", "instruction", ["instruction", "sdedit"], "instruction: the run's editing "
+                      "model (or Kontext); sdedit: noise and redraw with a text-to-image model.")
+    flags.DEFINE_float("strength", 0.6, "SDEdit: the fraction of the noise schedule redrawn, in (0, 1].")
+    flags.DEFINE_float("guidance_scale", None, "Text guidance (default: the config's; Kontext: 2.5).")
+    flags.DEFINE_float("image_guidance_scale", None, "Channel-concat runs: image guidance "
+                       "(default: edit.image_guidance_scale).")
+    flags.DEFINE_integer("steps", 28, "Kontext folder: sampling steps.")
+    flags.mark_flags_as_required(["source", "image"])
 
 
 def read_image(path: str):
@@ -117,10 +121,12 @@ def main(argv) -> None:
     quiet_library_logs()
     from mmdit_jax.checkpoints import CheckpointError
 
+    f = flags.FLAGS
     exit_on_input_error(lambda: edit_file(
-        _SOURCE.value, _IMAGE.value, _INSTRUCTION.value, _OUT.value, _SEED.value, _METHOD.value, _STRENGTH.value,
-        _GUIDANCE.value, _IMAGE_GUIDANCE.value, _STEPS.value), (ConfigError, CheckpointError))
+        f.source, f.image, f.instruction, f.out, f.seed, f.method, f.strength, f.guidance_scale,
+        f.image_guidance_scale, f.steps), (ConfigError, CheckpointError))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

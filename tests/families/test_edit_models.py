@@ -1,5 +1,6 @@
-"""Editing inputs of the model families: in-context reference tokens (frame 1 of the position table for SD3,
-ids (1, row, col) for FLUX) and channel concatenation with a zero-widened input projection."""
+"""Editing inputs of the model families: in-context reference tokens (frame 1 of the position table for SD3; FLUX's
+ids (1, row, col) are checked against diffusers' Kontext pipeline in tests/pipelines) and channel concatenation with
+a zero-widened input projection."""
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ def test_frame_offset_is_zero_for_the_target_frame_and_not_for_others():
 def test_sd3_reference_tokens_are_the_patch_embedding_at_frame_1_and_absent_the_model_is_text_to_image():
     family = _sd3()
     x, cond, ref, t = _inputs(family, 3)
-    variables = _perturbed(family.init(jax.random.PRNGKey(1), x, cond))
+    variables = _perturbed(jax.jit(family.init)(jax.random.PRNGKey(1), x, cond))
     apply = jax.jit(lambda v, x, t, c, y, e=None: family.module.apply(v, x, 1000.0 * t, c, y, extra_tokens=e))
     plain = apply(variables, x, t, cond["context"], cond["pooled"])
     # no reference: exactly the text-to-image model
@@ -75,22 +76,13 @@ def test_sd3_reference_tokens_are_the_patch_embedding_at_frame_1_and_absent_the_
     np.testing.assert_allclose(np.asarray(edited), np.asarray(by_hand), atol=2e-5)
 
 
-def test_flux_reference_keeps_the_target_output_shape():
-    family = _flux()
-    x, cond, ref, t = _inputs(family, family.config.latent_channels)
-    variables = _perturbed(family.init(jax.random.PRNGKey(1), x, cond))
-    plain = _run(family, variables, cond, x, t)
-    edited = _run(family, variables, {**cond, "reference": ref}, x, t)
-    assert edited.shape == x.shape and float(jnp.abs(edited - plain).max()) > 1e-3
-
-
 @pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_zero_widened_channel_concat_model_equals_its_text_to_image_parent(name):
     parent = _sd3() if name == "sd3" else _flux()
     c = 3 if name == "sd3" else parent.config.latent_channels
     child = _sd3(in_channels=6) if name == "sd3" else _flux(in_channels=2 * parent.config.in_channels)
     x, cond, source, t = _inputs(parent, c)
-    parent_vars = _perturbed(parent.init(jax.random.PRNGKey(1), x, cond))
+    parent_vars = _perturbed(jax.jit(parent.init)(jax.random.PRNGKey(1), x, cond))
     child_shapes = jax.eval_shape(child.init, jax.random.PRNGKey(1), x, cond)
     params = widen_inputs(parent_vars["params"], child_shapes["params"])
     child_vars = {**parent_vars, "params": params}
