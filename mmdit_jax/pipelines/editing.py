@@ -16,7 +16,7 @@ Guidance (``s_T = sample.guidance_scale``, ``∅_T`` the configured negative, ``
   (``diffusion.sdedit.sdedit_ode``; the run's sampler must be ``ode`` or ``flow_euler``).
 
 Each call is one compiled program per (shapes, options); every image in a batch gets its own noise from
-``PRNGKey(seed)``, and turn ``j`` of ``multi_turn`` from ``fold_in(key, j)``.
+``PRNGKey(seed)``, and turn ``j`` of ``multi_turn`` (from 0) uses seed ``seed + j``.
 """
 
 from __future__ import annotations
@@ -33,21 +33,12 @@ from mmdit_jax.diffusion.guidance import classifier_free_guidance, two_scale_gui
 from mmdit_jax.diffusion.samplers import make_sampler
 from mmdit_jax.diffusion.sdedit import sdedit_ode
 from mmdit_jax.pipelines.edit_setup import edit_mode
+from mmdit_jax.pipelines.image_to_image import preprocess_images
 from mmdit_jax.pipelines.sampling import to_uint8
 from mmdit_jax.pipelines.trained_model import TrainedModel
 
 Array = jax.Array
 ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}   # sampler name -> its ODE method (None: from the config)
-
-
-def to_unit(images: Any) -> np.ndarray:
-    """uint8 ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image) -> float32 in [-1, 1], batched."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ConfigError(f"images must be uint8 (N, H, W, 3) or (H, W, 3), got {images.dtype} {images.shape}")
-    return images.astype(np.float32) / 127.5 - 1.0
 
 
 class EditingPipeline:
@@ -100,9 +91,9 @@ class EditingPipeline:
     def edit(self, images: Any, instructions: Sequence[str], seed: int, variables: Any = None) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 edits of ``images`` (uint8), one instruction per image or one for all."""
         if self.mode is None:
-            raise ConfigError("this run was not trained to follow instructions (no edit section); use sdedit() "
-                              "with the caption of the wanted image")
-        source = to_unit(images)
+            raise ConfigError("this run was not trained to follow instructions (no edit section); use sdedit "
+                              "(edit command: --method=sdedit) with the caption of the wanted image")
+        source = preprocess_images(images, "images")
         self._check_shape(source)
         cond, negative = self._text(instructions, len(source))
         variables = self.model.variables if variables is None else variables
@@ -116,13 +107,12 @@ class EditingPipeline:
         sources = np.asarray(sources)
         rows = [sources] + [self.edit(sources, instructions, seed + j, variables) for j in range(per_source)]
         images = np.stack(rows, axis=1).reshape(-1, *sources.shape[1:])
-        return self.model.data.render(images.astype(np.float32) / 127.5 - 1.0, len(sources))
+        return self.model.data.render(preprocess_images(images), len(sources))
 
     def multi_turn(self, images: Any, turns: Sequence[Sequence[str] | str], seed: int) -> np.ndarray:
         """``(k, N, H, W, 3)`` uint8: turn ``j`` applies ``turns[j]`` (one instruction, or one per image) to the
         result of turn ``j - 1`` (turn 0 edits ``images``), with seed ``seed + j``."""
-        current = np.asarray(images) if np.asarray(images).ndim == 4 else np.asarray(images)[None]
-        out = []
+        current, out = images, []
         for j, instructions in enumerate(turns):
             instructions = [instructions] if isinstance(instructions, str) else list(instructions)
             current = self.edit(current, instructions, seed + j)
@@ -153,7 +143,7 @@ class EditingPipeline:
                               f"{sorted(ODE_SAMPLERS)}")
         if self.mode == "channel_concat":
             raise ConfigError("sdedit needs a text-to-image model; this one reads a concatenated source image")
-        source = to_unit(images)
+        source = preprocess_images(images, "images")
         self._check_shape(source)
         cond, negative = self._text(captions, len(source))
         variables = self.model.variables if variables is None else variables
