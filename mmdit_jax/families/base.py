@@ -22,6 +22,8 @@ name               shape                  meaning
                                           positions (in-context editing; FLUX.1 Kontext); never noised
 ``concat``         (B, H, W, C)           an image concatenated to the noisy input's channels (InstructPix2Pix-
                                           style editing; needs ``model.in_channels`` for 2C)
+``context_frames`` (B, T_c, H, W, C)      clean previous frames of a clip (frame-by-frame video generation):
+                                          their tokens precede the noisy clip in time; never noised
 =================  =====================  =============================================================
 
 A family lists in ``conditioning`` the entries it needs; others are ignored. Because every entry is batched,

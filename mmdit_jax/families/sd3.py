@@ -7,6 +7,8 @@ conditioning entry ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y
 Editing entries: ``reference (B, h, w, C)`` (in-context: its tokens follow the target's, as frame 1 of the
 position table, see ``MMDiT``; the output is the target's), ``concat (B, H, W, C)`` (channel concatenation:
 ``x`` and ``concat`` enter the patch embedding together, so ``model.in_channels = 2 C``, ``out_channels = C``).
+Video: ``x (B, T, H, W, C)`` (``model.temporal_patch_size`` frames per patch) and ``context_frames (B, T_c, H, W,
+C)``, clean previous frames for frame-by-frame generation (see ``MMDiT``).
 Checkpoints: diffusers ``SD3Transformer2DModel`` folders and files and the original Stability layout
 (``mmdit_jax.interop.sd3``).
 """
@@ -80,11 +82,17 @@ class SD3Family(Family):
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
         cfg = self.config
-        if len(data_shape) != 3 or cfg.out_channels != data_shape[-1] or \
+        if len(data_shape) not in (3, 4) or cfg.out_channels != data_shape[-1] or \
                 cfg.in_channels not in (data_shape[-1], 2 * data_shape[-1]):
             raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both equal "
-                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (in_channels 2C "
-                              "for a model that reads an image concatenated to its input)")
+                              f"the channels of the data's (H, W, C) or (T, H, W, C) = {tuple(data_shape)} examples "
+                              "(in_channels 2C for a model that reads an image concatenated to its input)")
+        if len(data_shape) == 4 and data_shape[0] % cfg.temporal_patch_size:
+            raise ConfigError(f"clips of {data_shape[0]} frames are not divisible by model.temporal_patch_size="
+                              f"{cfg.temporal_patch_size}")
+        if len(data_shape) == 3 and cfg.temporal_patch_size != 1:
+            raise ConfigError(f"model.temporal_patch_size={cfg.temporal_patch_size} is for clips (T, H, W, C); the "
+                              f"data's examples are images {tuple(data_shape)}: use 1")
 
     def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         cfg = self.config
@@ -118,13 +126,15 @@ class SD3Family(Family):
         def net(x: Array, t: Array) -> Array:
             return self.module.apply(variables, _with_concat(self.config, x, cond), self.timestep_scale * t,
                                      cond["context"], pooled, skip_layers=skip_layers, remove_pooled=remove_pooled,
-                                     pooled_steering=steering, reference=reference)
+                                     pooled_steering=steering, reference=reference,
+                                     context_frames=cond.get("context_frames"))
 
         return net
 
     def forward_flops(self, batch: int, data_shape: tuple[int, ...], cond_shapes: Mapping[str, tuple]) -> int:
-        height, width, _ = data_shape
-        return mmdit_forward_flops(self.config, batch, height, width, cond_shapes["context"][-2])
+        height, width, _ = data_shape[-3:]
+        frames = data_shape[0] if len(data_shape) == 4 else 0
+        return mmdit_forward_flops(self.config, batch, height, width, cond_shapes["context"][-2], frames)
 
     @classmethod
     def load_pretrained(cls, source: Any, **overrides: Any) -> tuple[MMDiTConfig, dict[str, Any]]:

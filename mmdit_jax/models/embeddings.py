@@ -1,6 +1,7 @@
-"""Embeddings of the MMDiT: patchify / unpatchify, the 2D sin-cos position table, timestep features.
+"""Embeddings of the MMDiT: patchify / unpatchify, the 2D sin-cos position table, frame offsets, timestep features.
 
-Images are NHWC ``(B, H, W, C)``; tokens are row-major over the ``(h, w) = (H/p, W/p)`` patch grid.
+Images are NHWC ``(B, H, W, C)``; tokens are row-major over the ``(h, w) = (H/p, W/p)`` patch grid. Clips are
+``(B, T, H, W, C)``; their tokens are frame-major over ``(tau, h, w)``, ``tau = T / p_t`` temporal patches.
 """
 
 from __future__ import annotations
@@ -59,15 +60,21 @@ def sincos_2d_table(dim: int, grid_size: int, base_size: int, interpolation_scal
     return table.astype(np.float32)
 
 
-def frame_offset_embedding(dim: int, index: int) -> np.ndarray:
-    """``(dim,)`` float32 ``e(f) - e(0)`` of the 1D sin-cos embedding ``e`` at frame ``f = index``.
+def frame_offsets(dim: int, frames: int, start: int = 0) -> np.ndarray:
+    """``(frames, dim)`` float32 rows ``e(f) - e(0)``, ``f = start .. start + frames - 1``, of the 1D sin-cos
+    embedding ``e`` (the temporal factor of the factorised 3D position: ``pos(f, r, c) = pos_2d(r, c) + e(f) - e(0)``).
 
-    Added to the tokens of frame ``f`` (e.g. an editing model's clean reference image, frame 1) on top of their 2D
-    position; frame 0 (the generated image) gets exactly zero, so its tokens are the text-to-image model's.
+    Subtracting ``e(0)`` makes frame 0 exactly the image model's positions, so an image model's weights are a
+    one-frame video model, and an editing model's clean reference image is simply frame 1. Any frame index has an
+    embedding: clips longer than the training ones need no table extension.
     """
-    pos = np.asarray([index, 0])
-    table = _sincos_1d(dim, pos)
-    return (table[0] - table[1]).astype(np.float32)
+    table = _sincos_1d(dim, np.concatenate([np.arange(start, start + frames), [0]]))
+    return (table[:-1] - table[-1:]).astype(np.float32)
+
+
+def frame_offset_embedding(dim: int, index: int) -> np.ndarray:
+    """``(dim,)``: ``frame_offsets`` of the single frame ``index``."""
+    return frame_offsets(dim, 1, index)[0]
 
 
 def crop_position_table(table: Array, h: int, w: int) -> Array:
@@ -83,6 +90,20 @@ def unpatchify(tokens: Array, h: int, w: int, p: int, channels: int) -> Array:
     b = tokens.shape[0]
     x = tokens.reshape(b, h, w, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h * p, w * p, channels)
+
+
+def unpatchify_clip(tokens: Array, tau: int, h: int, w: int, pt: int, p: int, channels: int) -> Array:
+    """``(B, tau*h*w, pt*p*p*C)`` with per-token layout ``(t, p, q, c)`` -> ``(B, tau*pt, h*p, w*p, C)``."""
+    b = tokens.shape[0]
+    x = tokens.reshape(b, tau, h, w, pt, p, p, channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, tau * pt, h * p, w * p, channels)
+
+
+def patchify_clip(x: Array, pt: int, p: int) -> Array:
+    """Inverse of ``unpatchify_clip``: ``(B, T, H, W, C)`` -> ``(B, (T/pt)(H/p)(W/p), pt*p*p*C)``."""
+    b, t, hh, ww, c = x.shape
+    x = x.reshape(b, t // pt, pt, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, (t // pt) * (hh // p) * (ww // p), pt * p * p * c)
 
 
 class MLPEmbedder(nn.Module):

@@ -20,12 +20,15 @@ def _attention(q_len: int, k_len: int, width: int) -> int:
     return 2 * 2 * q_len * k_len * width          # Q K^T and A V
 
 
-def mmdit_forward_flops(cfg: MMDiTConfig, batch: int, height: int, width: int, text_tokens: int) -> int:
-    """Matmul FLOPs of one MMDiT forward pass on ``(batch, height, width, C)`` images and ``text_tokens`` tokens."""
+def mmdit_forward_flops(cfg: MMDiTConfig, batch: int, height: int, width: int, text_tokens: int,
+                        frames: int = 0) -> int:
+    """Matmul FLOPs of one MMDiT forward pass on ``(batch, height, width, C)`` images (``frames > 0``: clips
+    ``(batch, frames, height, width, C)``) and ``text_tokens`` tokens."""
     d, p = cfg.hidden, cfg.patch_size
-    n = (height // p) * (width // p)
+    pt = cfg.temporal_patch_size if frames else 1
+    n = max(frames // pt, 1) * (height // p) * (width // p)
     t = text_tokens
-    f = _linear(n, cfg.in_channels * p * p, d)                                  # patch embedding
+    f = _linear(n, cfg.in_channels * pt * p * p, d)                             # patch embedding
     f += _linear(1, 256, d) + _linear(1, d, d)                                  # timestep MLP
     if cfg.use_pooled:
         f += _linear(1, cfg.pooled_projection_dim, d) + _linear(1, d, d)
@@ -41,7 +44,7 @@ def mmdit_forward_flops(cfg: MMDiTConfig, batch: int, height: int, width: int, t
             f += 2 * _linear(t, d, cfg.mlp_ratio * d)                           # context MLP
         if dual:
             f += _linear(n, d, 3 * d) + _attention(n, n, d) + _linear(n, d, d)
-    f += _linear(1, d, 2 * d) + _linear(n, d, p * p * cfg.out_channels)         # final layer
+    f += _linear(1, d, 2 * d) + _linear(n, d, pt * p * p * cfg.out_channels)    # final layer
     return batch * f
 
 

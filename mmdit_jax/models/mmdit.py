@@ -10,6 +10,13 @@ Variables: ``params`` (trainable) and ``buffers`` (the position table, loaded fr
 The image stream may carry extra token groups after the N patch tokens; the output is always read from the first
 N tokens. In-context editing passes a clean ``reference (B, H', W', C)`` image, embedded like ``x`` and marked as
 frame 1 (``embeddings.frame_offset_embedding``): ``ref_tokens = PatchEmbed(ref) + crop(pos_table) + e(1) - e(0)``.
+
+Video: ``x: (B, T, H, W, C)`` is patched over ``(p_t, p, p)`` (``temporal_patch_size`` frames; with ``p_t = 1``
+the image patch embedding applied per frame) into ``tau = T / p_t`` frames of ``h w`` tokens, one sequence with
+the text; positions are factorised, ``pos(f, r, c) = pos_2d(r, c) + e(f) - e(0)`` (``embeddings.frame_offsets``),
+so frame 0 is the image model's and a one-frame clip is an image. ``context_frames (B, T_c, H, W, C)``, clean
+previous frames, join the stream at frames ``0 .. T_c/p_t - 1``; the noisy clip then starts at frame ``T_c/p_t``
+(frame-by-frame generation); the output is the noisy clip's.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.embeddings import (
-    MLPEmbedder, crop_position_table, frame_offset_embedding, sincos_2d_table, timestep_features, unpatchify,
+    MLPEmbedder, crop_position_table, frame_offset_embedding, frame_offsets, sincos_2d_table, timestep_features,
+    unpatchify, unpatchify_clip,
 )
 from mmdit_jax.models.custom_gradients import custom_gradients_on
 from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
@@ -50,6 +58,7 @@ class MMDiTConfig:
     """Architecture and numerics. ``hidden = num_heads * head_dim``; the context projection width is ``hidden``."""
 
     patch_size: int = 2
+    temporal_patch_size: int = 1             # video: frames per patch (1: the image patch embedding per frame)
     in_channels: int = 16
     out_channels: int = 16
     num_layers: int = 24
@@ -88,7 +97,7 @@ class MMDiTConfig:
         return cfg
 
     def validate(self) -> None:
-        for f in ("patch_size", "in_channels", "out_channels", "num_layers", "num_heads", "head_dim",
+        for f in ("patch_size", "temporal_patch_size", "in_channels", "out_channels", "num_layers", "num_heads", "head_dim",
                   "joint_attention_dim", "pos_embed_max_size", "sample_size", "mlp_ratio", "scan_unroll",
                   "attention_head_groups"):
             check_positive_int(f"model.{f}", getattr(self, f))
@@ -188,7 +197,8 @@ class _ScanBody(nn.Module):
 
 
 class MMDiT(nn.Module):
-    """``(x: (B, H, W, C), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool) | None) -> (B, H, W, C_out)``.
+    """``(x: (B, H, W, C), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool) | None) -> (B, H, W, C_out)``;
+    a clip ``x: (B, F, H, W, C)`` gives ``(B, F, H, W, C_out)`` (``context_frames``: see the module docstring).
 
     ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
     ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
@@ -210,11 +220,15 @@ class MMDiT(nn.Module):
 
     def _check_inputs(self, x: Array, context: Array, pooled: Array | None, remove_pooled: bool = False,
                       pooled_steering: Any = None) -> None:
-        cfg, p = self.config, self.config.patch_size
-        if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-            raise ConfigError(f"x must be NHWC (B, H, W, {cfg.in_channels}) for model.in_channels={cfg.in_channels}, "
-                              f"got shape {x.shape}")
-        _, height, width, _ = x.shape
+        cfg, p, pt = self.config, self.config.patch_size, self.config.temporal_patch_size
+        if x.ndim not in (4, 5) or x.shape[-1] != cfg.in_channels:
+            raise ConfigError(f"x must be an image (B, H, W, {cfg.in_channels}) or a clip (B, T, H, W, "
+                              f"{cfg.in_channels}) for model.in_channels={cfg.in_channels}, got shape {x.shape}")
+        if x.ndim == 4 and pt != 1:
+            raise ConfigError(f"model.temporal_patch_size={pt} patches clips (B, T, H, W, C); images need 1")
+        if x.ndim == 5 and x.shape[1] % pt:
+            raise ConfigError(f"a clip of {x.shape[1]} frames is not divisible by model.temporal_patch_size={pt}")
+        height, width = x.shape[-3:-1]
         if height % p or width % p:
             raise ConfigError(f"x spatial size {height}x{width} is not divisible by model.patch_size={p}")
         m = cfg.pos_embed_max_size
@@ -240,28 +254,56 @@ class MMDiT(nn.Module):
     @nn.compact
     def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
                  skip_layers: Sequence[int] = (), extra_tokens: Array | None = None, remove_pooled: bool = False,
-                 pooled_steering: tuple[Array, Array, Array] | None = None, reference: Array | None = None) -> Array:
+                 pooled_steering: tuple[Array, Array, Array] | None = None, reference: Array | None = None,
+                 context_frames: Array | None = None) -> Array:
         cfg = self.config
         self._check_inputs(x, context, pooled, remove_pooled, pooled_steering)
         if reference is not None:
             self._check_inputs(reference, context, pooled, remove_pooled, pooled_steering)
+        video = x.ndim == 5
+        if context_frames is not None:
+            if not video or context_frames.ndim != 5 or context_frames.shape[0] != x.shape[0] or \
+                    context_frames.shape[2:] != x.shape[2:]:
+                raise ConfigError(f"context_frames must be clean frames (B, T_c, H, W, C) of the clip x {x.shape}, "
+                                  f"got {context_frames.shape}")
+            if reference is not None:
+                raise ConfigError("context_frames (frame-by-frame video) and reference (editing) cannot be combined")
+            self._check_inputs(context_frames, context, pooled, remove_pooled, pooled_steering)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-        d, p = cfg.hidden, cfg.patch_size
-        b, height, width, _ = x.shape
+        d, p, pt = cfg.hidden, cfg.patch_size, cfg.temporal_patch_size
+        b = x.shape[0]
+        height, width = x.shape[-3:-1]
         h, w = height // p, width // p
         dense = lambda n, name: Dense(n, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
 
         # Patch embedding + the centre-cropped sin-cos position table (a buffer: loaded, never trained).
-        patch_embed = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=pdtype,
+        kernel = (pt, p, p) if pt > 1 else (p, p)
+        patch_embed = nn.Conv(d, kernel, strides=kernel, padding="VALID", dtype=dtype, param_dtype=pdtype,
                               name="patch_embed")
-        patches = patch_embed(x.astype(dtype))
         m = cfg.pos_embed_max_size
         # A host callback: abstract initialisation (eval_shape) skips it and a jitted init does not embed the table
         # (0.9 GB at SD3.5-medium size) as a constant.
         table = self.variable("buffers", "pos_embed", lambda: jax.pure_callback(
             lambda: sincos_2d_table(d, m, cfg.sample_size // p)[None],
             jax.ShapeDtypeStruct((1, m * m, d), jnp.float32))).value
-        tokens = patches.reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
+
+        def embed_clip(clip: Array, first_frame: int) -> Array:
+            """``(B, T, H, W, C)`` -> ``(B, T/p_t h w, D)`` tokens at frames ``first_frame ..``."""
+            frames = clip.shape[1] // pt
+            patches = patch_embed(clip.astype(dtype)) if pt > 1 else \
+                patch_embed(clip.reshape(-1, *clip.shape[2:]).astype(dtype))
+            pos = crop_position_table(table, h, w)[:, None] + jnp.asarray(frame_offsets(d, frames, first_frame))[:, None]
+            return (patches.reshape(b, frames, h * w, d) + pos.astype(dtype)).reshape(b, frames * h * w, d)
+
+        num_context = 0 if context_frames is None else context_frames.shape[1] // pt
+        if video:
+            tokens = embed_clip(x, num_context)
+            n_out = tokens.shape[1]
+            if context_frames is not None:
+                tokens = jnp.concatenate([tokens, embed_clip(context_frames, 0)], axis=1)
+        else:
+            tokens = patch_embed(x.astype(dtype)).reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
+            n_out = h * w
         if reference is not None:    # the clean image to edit, as frame 1 (its own positions, never noised)
             _, ref_h, ref_w, _ = reference.shape
             ref = patch_embed(reference.astype(dtype)).reshape(b, (ref_h // p) * (ref_w // p), d)
@@ -306,5 +348,7 @@ class MMDiT(nn.Module):
             tokens, _ = last_block(tokens, c, y)
 
         scale, shift = jnp.split(dense(2 * d, "norm_out")(nn.silu(y)), 2, axis=-1)  # diffusers: scale first
-        out = dense(p * p * cfg.out_channels, "proj_out")(modulate(layer_norm(tokens[:, :h * w]), shift, scale))
+        out = dense(pt * p * p * cfg.out_channels, "proj_out")(modulate(layer_norm(tokens[:, :n_out]), shift, scale))
+        if video:
+            return unpatchify_clip(out, n_out // (h * w), h, w, pt, p, cfg.out_channels)
         return unpatchify(out, h, w, p, cfg.out_channels)
