@@ -1,17 +1,19 @@
 """Data sets by name: ``data.name`` in a config picks one; each entry validates its own options.
 
-===============  ================================================  ==========  ============================
-name             what                                              examples    options (defaults)
-===============  ================================================  ==========  ============================
-``shapes``       procedural captioned shapes, generated locally    (S, S, 3)   image_size, num_train, ...
-``shape_edits``  shapes edits: the target image, captioned by the  (S, S, 3)   image_size, num_train, ...
-                 instruction, conditioned on the source image
-``edit_scenes``  the edit data's target scenes and their captions  (S, S, 3)   image_size, num_train, ...
-                 (text-to-image data for an editing model's base)
-``digits``       sklearn's 8x8 handwritten digits, captioned       (S, S, 3)   image_size
-``toy2d``        the NCSN 2D Gaussian mixture, no captions         (2,)        num_train, num_test, seed
-``tfds``         any TFDS image data set prepared locally          (S, S, 3)   tfds_name, image_size
-===============  ================================================  ==========  ============================
+=================  ================================================  ============  ============================
+name               what                                              examples      options (defaults)
+=================  ================================================  ============  ============================
+``shapes``         procedural captioned shapes, generated locally    (S, S, 3)     image_size, num_train, ...
+``shape_edits``    shapes edits: the target image, captioned by the  (S, S, 3)     image_size, num_train, ...
+                   instruction, conditioned on the source image
+``edit_scenes``    the edit data's target scenes and their captions  (S, S, 3)     image_size, num_train, ...
+                   (text-to-image data for an editing model's base)
+``moving_shapes``  clips of one shapes object moving in a straight   (T, S, S, 3)  image_size, num_frames, ...
+                   line, captioned with its direction and speed
+``digits``         sklearn's 8x8 handwritten digits, captioned       (S, S, 3)     image_size
+``toy2d``          the NCSN 2D Gaussian mixture, no captions         (2,)          num_train, num_test, seed
+``tfds``           any TFDS image data set prepared locally          (S, S, 3)     tfds_name, image_size
+=================  ================================================  ============  ============================
 
 Every data section also has ``name``, ``batch_size``, ``num_workers`` and ``data_dir`` (``COMMON``). Adding a
 data set is one ``DatasetSpec`` and one line: an entry in ``DATASETS`` or ``register_dataset(name, spec)``.
@@ -27,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
+from mmdit_jax.data.motion import check_fits, clip_strip
 from mmdit_jax.data.render import scatter, to_grid
 
 COMMON: dict[str, Any] = {"batch_size": 32, "num_workers": 0, "data_dir": ""}
@@ -100,6 +103,22 @@ def _validate_edits(cfg: Any) -> None:
                           f"1..{MAX_OBJECTS}")
 
 
+def _moving_shapes_builder(cfg: Any, data_dir: str) -> Any:
+    from mmdit_jax.data.builders.moving_shapes import MovingShapes, moving_shapes_config
+
+    return _named_config(MovingShapes, moving_shapes_config(cfg.image_size, cfg.num_frames, cfg.num_train,
+                                                            cfg.num_test, cfg.seed), data_dir)
+
+
+def _video(record: dict) -> np.ndarray:
+    return record["video"].astype(np.float32) / 127.5 - 1.0
+
+
+def _validate_motion(cfg: Any) -> None:
+    _positive("image_size", "num_frames", "num_train", "num_test")(cfg)
+    check_fits(cfg.image_size, cfg.num_frames, prefix="data.")
+
+
 def _digits_builder(cfg: Any, data_dir: str) -> Any:
     from mmdit_jax.data.builders.digits import Digits, digits_config
 
@@ -151,6 +170,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "edit_scenes": DatasetSpec(
         fields=_EDIT_FIELDS, builder=_shape_edits_builder, example_shape=_square_image, to_example=_image,
         render=to_grid, validate=_validate_edits, record_map=_target_scene),
+    "moving_shapes": DatasetSpec(
+        fields={"image_size": 32, "num_frames": 8, "num_train": 10_000, "num_test": 1_000, "seed": 0},
+        builder=_moving_shapes_builder, example_shape=lambda cfg: (cfg.num_frames, *_square_image(cfg)),
+        to_example=_video, render=clip_strip, validate=_validate_motion),
     "digits": DatasetSpec(
         fields={"image_size": 32}, builder=_digits_builder, example_shape=_square_image, to_example=_image,
         render=to_grid, validate=_positive("image_size")),
