@@ -40,8 +40,9 @@ SCHEMA: dict[str, set[str] | None] = {
     "finetune": None,     # validated by mmdit_jax.adapters.finetune
     "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
     "edit": None,         # validated by mmdit_jax.pipelines.edit_setup
+    "video": None,        # validated by mmdit_jax.pipelines.video_setup
 }
-OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit"}
+OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit", "video"}
 
 
 def model_config(config: Any) -> Any:
@@ -63,6 +64,7 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.pipelines.components import data_shape, family_from_config, uses_text
     from mmdit_jax.pipelines.edit_setup import validate_edit_config
     from mmdit_jax.pipelines.latent import validate_latent_config
+    from mmdit_jax.pipelines.video_setup import validate_video_config
     from mmdit_jax.train.state import learning_rate_schedule
 
     check_keys("config", config.keys(), SCHEMA)
@@ -108,6 +110,7 @@ def validate_config(config: Any) -> None:
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
     validate_edit_config(config)
+    validate_video_config(config, data_shape(config))
     validate_finetune_config(config)
     validate_dreambooth_config(config)
     model = config.model

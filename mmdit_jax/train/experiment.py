@@ -40,6 +40,7 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
+from mmdit_jax.pipelines.video_setup import training_view
 from mmdit_jax.pipelines.edit_setup import SOURCE, chain_dropouts, image_dropout, parent_model_fields, source_entry
 from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_records, encode_split, latent_spec
 from mmdit_jax.pipelines.text import TextConditioner
@@ -138,7 +139,8 @@ class Experiment:
         compose = None if self.frozen is None else self.finetune.compose
         text_encode = None if self.token_table is None else self.text.encoders.encode_clip_tokens
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
-                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose, text_encode)
+                               learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose, text_encode,
+                               training_view(cfg))
         shardings = (self.state_shardings, self.batch_shardings(), None)
         frozen = self.frozen
         if frozen is None:

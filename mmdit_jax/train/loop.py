@@ -15,6 +15,7 @@ from mmdit_jax.data.captions import caption_text
 from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import TrainedModel
+from mmdit_jax.pipelines.video import VideoPipeline
 from mmdit_jax.reporting import MetricWriter, Progress, report
 from mmdit_jax.train.experiment import build
 
@@ -46,6 +47,19 @@ def save_grid(workdir: str, writer: MetricWriter, step: int, grid: np.ndarray) -
     return path
 
 
+def save_clips(workdir: str, writer: MetricWriter, step: int, clips: np.ndarray) -> str:
+    """A video run's samples ``(N, T, H, W, 3)`` uint8: the frame strip (one clip per row) as ``step_<step>.png``
+    and TensorBoard image, and the clips animated side by side as ``step_<step>.gif``."""
+    from mmdit_jax.data.motion import clip_strip
+    from mmdit_jax.pipelines.video import clip_grid, write_gif
+
+    path = save_grid(workdir, writer, step, clip_strip(clips.astype(np.float32) / 127.5 - 1.0))
+    frames = clip_grid(clips)
+    gif = os.path.join(workdir, "samples", f"step_{step:07d}.gif")
+    write_gif(gif, frames, scale=max(1, 256 // frames.shape[1]))
+    return gif
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Train until ``train.num_steps``, resuming from the newest checkpoint. Returns a summary."""
     exp, start, data_state = build(config, workdir)
@@ -63,6 +77,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     if cfg.train.sample_every:
         model = TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text, exp.latent)
         pipeline = EditingPipeline(model) if "edit" in cfg else SamplingPipeline(model)
+        if len(exp.data_shape) == 4:
+            pipeline = VideoPipeline(pipeline)
     state, pending = exp.state, []
     t_start, last_good, rates = time.time(), start, []
 
@@ -99,7 +115,14 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             exp.checkpointer.save(done, state, {"iterator": it.get_state()}, exp.config_json())
         if pipeline is not None and (done % cfg.train.sample_every == 0 or done == total):
             variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
-            pipeline.model.text = exp.text_conditioner(state.ema_params)
+            text = exp.text_conditioner(state.ema_params)
+            if isinstance(pipeline, VideoPipeline):
+                pipeline.sampling.model.text = text
+                clips = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
+                if primary:
+                    report(f"sample clips: {save_clips(workdir, writer, done, clips)}")
+                continue
+            pipeline.model.text = text
             if isinstance(pipeline, EditingPipeline):
                 grid = edit_grid(pipeline, exp.sources["test"], variables)
             else:
@@ -116,4 +139,4 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["train", "edit_grid", "NonFiniteLossError"]
+__all__ = ["train", "edit_grid", "save_clips", "NonFiniteLossError"]

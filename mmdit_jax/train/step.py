@@ -40,12 +40,15 @@ def bucket_losses(per_example: Array, t: Array, t_max: float, num_buckets: int) 
 def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: optax.GradientTransformation,
                     config: Any, lr_fn: Callable[[Array], Array], dropout: Dropout | None = None,
                     compose: Callable[[Any, Any], Any] | None = None,
-                    text_encode: Callable[[Any, Any, Array], tuple[Array, Array]] | None = None):
+                    text_encode: Callable[[Any, Any, Array], tuple[Array, Array]] | None = None,
+                    view: Callable[[Array, Array, dict], tuple[Array, dict]] | None = None):
     """``train_step(state, batch, key, frozen=None) -> (state, metrics)``; ``non_trainable`` are the family's other
     collections (e.g. the MMDiT's position table), ``dropout`` the conditioning dropout (None: none),
     ``compose(frozen, trained) -> params`` how the trained tree makes the model's params (None: it is them).
     ``text_encode(clip_params, tokens, context) -> (context, pooled)``: the text encoders are trained too; the
-    state's trained tree is then ``{"model": ..., "text": clip_params}`` and batches carry ``tokens``."""
+    state's trained tree is then ``{"model": ..., "text": clip_params}`` and batches carry ``tokens``.
+    ``view(key, x, cond) -> (x, cond)``: what the model is trained on of each batch (a video run's random window
+    of context and target frames, ``pipelines.video_setup``); None: the batch as it is."""
     loss_fn = make_loss_fn(config.loss.name, family.schedule, config.model_parameterization)
     decay = config.train.ema_decay
     num_buckets = config.train.loss_buckets
@@ -55,8 +58,12 @@ def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: op
         key = jax.random.fold_in(key, state.step)
         key_drop, key_loss = jax.random.split(key)
 
+        x, batch_cond = batch["x"], batch["cond"]
+        if view is not None:
+            x, batch_cond = view(jax.random.fold_in(key_drop, 1), x, batch_cond)
+
         def objective(trained):
-            cond = batch["cond"]
+            cond = batch_cond
             if text_encode is not None:
                 trained, clip_params = trained["model"], trained["text"]
                 context, pooled = text_encode(clip_params, batch["tokens"], cond["context"])
@@ -65,7 +72,7 @@ def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: op
                 cond = dropout(key_drop, cond)
             params = trained if compose is None else compose(frozen, trained)
             variables = family.prepare({"params": params, **non_trainable})   # once, outside any scan
-            per, t = loss_fn(family.net(variables, cond), batch["x"], key_loss)
+            per, t = loss_fn(family.net(variables, cond), x, key_loss)
             weight = batch.get("loss_weight")           # per-example weights (prior preservation), else 1
             return jnp.mean(per if weight is None else weight * per), (per, t)
 
