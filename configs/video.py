@@ -1,8 +1,11 @@
 """Text-to-video on ``moving_shapes`` clips (8 frames of 32x32): the default MMDiT made a video model.
 
-``--config=configs/video.py:joint``        the whole clip denoised as one sequence with the text
-``--config=configs/video.py:next_chunk``   frame-by-frame: 2 frames at a time given the 2 clean frames before them;
-                                           rolls out clips of any length, and image-to-video
+``--config=configs/video.py:joint``        the whole clip denoised as one sequence with the text (temporal patches
+                                           of 2 frames: 4 x 64 = 256 tokens)
+``--config=configs/video.py:next_chunk``   frame-by-frame: 2 frames at a time given the 2 clean frames before them
+                                           (4 x 64 = 256 tokens); rolls out clips of any length, and image-to-video
+``--config=configs/video.py:per_frame``    the lower bound: an image model trained on single clip frames (its clips
+                                           are frames sampled independently; no temporal modelling)
 Append ``,flux`` for the FLUX-style family (3D RoPE over (t, h, w)) and ``,tiny`` for the smoke-test size, e.g.
 ``configs/video.py:next_chunk,tiny``. Positions: factorised sin-cos (sd3) / 3D RoPE (flux); see docs/video.md.
 """
@@ -22,8 +25,12 @@ def get_config(arg: str = "joint") -> ml_collections.ConfigDict:
     parts = [a for a in arg.split(",") if a]
     mode = parts[0] if parts else "joint"
     options = set(parts[1:])
+    per_frame = mode == "per_frame"
+    if per_frame:
+        mode = "joint"
     if mode not in MODES or not options <= {"tiny", "flux"}:
-        raise ValueError(f"configs/video.py: unknown argument {arg!r}; valid: <mode>[,tiny][,flux], mode in {MODES}")
+        raise ValueError(f"configs/video.py: unknown argument {arg!r}; valid: <mode>[,tiny][,flux], mode in "
+                         f"{(*MODES, 'per_frame')}")
     c = default_config()
     c.data = data_config("moving_shapes", image_size=32, num_frames=8, num_train=10_000, num_test=1_000, seed=0,
                          batch_size=16)
@@ -36,10 +43,17 @@ def get_config(arg: str = "joint") -> ml_collections.ConfigDict:
         c.model = family_config("flux", in_channels=12, out_channels=12, num_layers=2, num_single_layers=2,
                                 num_heads=4, head_dim=32, axes_dims_rope=(8, 12, 12), joint_attention_dim=96,
                                 pooled_projection_dim=96, guidance_embeds=False)
+    if mode == "joint" and not per_frame:
+        # the same 256 tokens per example as next_chunk's 4 frames; FLUX's token width counts the frames
+        c.model.temporal_patch_size = 2
+        if "flux" in options:
+            c.model.update(in_channels=24, out_channels=24)
+    if per_frame:
+        c.data.num_frames = 1
     c.sample.prompts, c.sample.per_prompt = PROMPTS, 2
     c.train.update(num_steps=4000, sample_every=1000)
     if "tiny" in options:
-        c.data.update(num_train=64, num_test=16, batch_size=4, num_frames=4)
+        c.data.update(num_train=64, num_test=16, batch_size=4, num_frames=1 if per_frame else 4)
         c.video.update(context_frames=1, chunk_frames=2)
         if "flux" in options:
             c.model.update(num_layers=1, num_single_layers=1, num_heads=2, head_dim=16, axes_dims_rope=(4, 6, 6))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -86,10 +86,14 @@ class ShapesClassifier:
 
 
 def train_classifier(num_train: int = 10_000, steps: int = 800, batch_size: int = 64, learning_rate: float = 2e-3,
-                     seed: int = 1234, image_size: int = 32, module: AttributeClassifier | None = None) -> ShapesClassifier:
-    """Cross-entropy on all four heads, AdamW + cosine decay, on ``num_train`` generated images of stream ``seed``."""
+                     seed: int = 1234, image_size: int = 32, module: AttributeClassifier | None = None,
+                     labelled: Callable[[int, int, int], tuple[np.ndarray, dict[str, np.ndarray]]] = labelled_images,
+                     ) -> ShapesClassifier:
+    """Cross-entropy on all four heads, AdamW + cosine decay, on ``num_train`` generated images of stream ``seed``,
+    ``labelled(n, seed, image_size) -> (images, {attribute: ids})`` (default: still ``shapes`` scenes; video
+    frames: ``eval.motion.labelled_frames``)."""
     module = module or AttributeClassifier()
-    images, labels = labelled_images(num_train, seed, image_size)
+    images, labels = labelled(num_train, seed, image_size)
     key = jax.random.PRNGKey(seed)
     variables = module.init(key, jnp.zeros((1, image_size, image_size, 3)))
     opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10), max(steps, 2),

@@ -20,7 +20,8 @@ Centres are ``(y, x)`` in pixels with pixel i covering [i, i + 1), the data's co
                       classifier (flattened conv features, no translation invariance) misreads objects between
                       cells: one trained on still ``shapes`` reads ground-truth clip frames at shape 0.28, colour
                       0.73, size 0.57; the same network and recipe trained on 20,000 clip frames (1,500 steps,
-                      position label = the nearest cell) at 0.999 / 0.999 / 1.0. Score clips with such a classifier
+                      position label = the nearest cell) at 0.999 / 0.999 / 1.0. Score clips with such a classifier:
+                      ``train_classifier(labelled=labelled_frames)``
   subject_consistency VBench's: per clip the mean over t >= 1 of (max(0, cos(f_0, f_t)) + max(0, cos(f_{t-1}, f_t)))
                       / 2 on per-frame features f (the classifier's embedding). That embedding also encodes where
                       the object is, so a moving object scores below 1 even when drawn perfectly (ground-truth
@@ -64,6 +65,23 @@ def _frames(videos: Any) -> np.ndarray:
     if x.ndim != 5:
         raise ConfigError(f"videos must have shape (N, T, S, S, 3), got {x.shape}")
     return x.reshape(-1, *x.shape[2:])
+
+
+def labelled_frames(n: int, seed: int, image_size: int = 32, num_frames: int = 8) -> tuple[np.ndarray, dict]:
+    """``(frames (n, S, S, 3) uint8, {attribute: ids (n,)})``: the frames of ``moving_shapes`` clips of stream
+    ``seed``, labelled with their clip's shape, colour and size and the 3x3 cell nearest the object's centre (the
+    classifier's position head; not scored on clips). The training data of a classifier that reads clip frames."""
+    from mmdit_jax.data.captions import POSITIONS
+    from mmdit_jax.data.motion import motion_example
+    from mmdit_jax.data.shapes import _cell_centre
+
+    cells = np.array([_cell_centre(p, image_size) for p in POSITIONS])
+    records = [motion_example(i, seed, image_size, num_frames) for i in range(-(-n // num_frames))]
+    frames = np.concatenate([r["video"] for r in records])[:n]
+    centres = np.concatenate([r["centres"] for r in records])[:n]
+    labels = {a: np.repeat([r[a] for r in records], num_frames)[:n] for a in ("shape", "colour", "size")}
+    labels["position"] = np.argmin(((centres[:, None] - cells[None]) ** 2).sum(-1), axis=1)
+    return frames, labels
 
 
 def centre_track(videos: Any) -> np.ndarray:

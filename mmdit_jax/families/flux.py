@@ -16,6 +16,12 @@ tokens, so ``net`` stays ``(H, W, C) -> (H, W, C)``. The reference is never nois
 Optional ``concat (B, H, W, C)`` (channel concatenation, InstructPix2Pix-style editing; FLUX.1 Fill's layout): the
 packed ``concat`` follows the packed ``x`` in every token's features, so ``model.in_channels = 2 * 4C`` and
 ``out_channels = 4C``; the first ``4C`` input rows of ``x_embedder`` are the text-to-image model's.
+Video (docs/flux.md "Video"): ``x: (B, T, H, W, C)`` clips are packed by ``pack_clip`` into ``T/p_t * H/2 * W/2``
+tokens of ``p_t = model.temporal_patch_size`` frames each, with ids ``(t, row, col)`` on the three RoPE axes (an
+image's are ``(0, row, col)``: a one-frame clip with ``p_t = 1`` is the image model, same weights). Optional
+``context_frames (B, T_c, H, W, C)``: clean previous frames (frame-by-frame generation), packed the same way and
+appended after the clip's tokens at times ``0 .. T_c/p_t - 1``, the clip's times starting at ``T_c/p_t``; the output
+is the clip's. Clips take no ``reference`` (its index 1 is a time on the first axis).
 Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``.
 Checkpoints: diffusers folders / files and the original BFL layout (``mmdit_jax.interop.flux``).
 """
@@ -32,7 +38,8 @@ import numpy as np
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families.base import Conditioning, Family, Net
 from mmdit_jax.models.flux import (
-    FluxConfig, FluxTransformer, latent_image_ids, pack_latents, text_ids, unpack_latents,
+    FluxConfig, FluxTransformer, latent_clip_ids, latent_image_ids, pack_clip, pack_latents, text_ids, unpack_clip,
+    unpack_latents,
 )
 from mmdit_jax.models.flux_params import flux_forward_flops
 from mmdit_jax.models.mmdit_params import cast_kernels
@@ -42,11 +49,12 @@ Array = jax.Array
 
 def forward_mode_config(cfg: FluxConfig) -> FluxConfig:
     """``cfg`` usable under ``jax.jvp``: cuDNN's fused attention is a ``custom_vjp`` function, which forward-mode
-    autodiff cannot go through, so ``attention_impl=None`` becomes 'xla' and an explicit 'cudnn' is rejected."""
+    autodiff cannot go through, so ``attention_impl=None`` becomes 'xla' and an explicit 'cudnn' is rejected
+    ('chunked' is kept: its FLUX path is plain autodiff)."""
     if cfg.attention_impl == "cudnn":
         raise ConfigError("this loss differentiates the model forward (jax.jvp), which cuDNN attention does not "
-                          "support: set model.attention_impl to None or 'xla' (got 'cudnn')")
-    return dataclasses.replace(cfg, attention_impl="xla")
+                          "support: set model.attention_impl to None, 'xla' or 'chunked' (got 'cudnn')")
+    return dataclasses.replace(cfg, attention_impl="chunked" if cfg.attention_impl == "chunked" else "xla")
 
 
 def image_ids(height: int, width: int, reference: tuple[int, int] | None = None) -> np.ndarray:
@@ -76,15 +84,23 @@ class FluxFamily(Family):
         return FluxConfig.from_dict(fields)
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
-        cfg = self.config
-        if len(data_shape) != 3 or 4 * data_shape[-1] != cfg.out_channels or \
+        """Images ``(H, W, C)`` or clips ``(T, H, W, C)``: H, W even, T divisible by ``temporal_patch_size``, and
+        the token widths ``4 p_t C`` (in_channels ``8 p_t C`` with a concatenated image)."""
+        cfg, pt = self.config, self.config.temporal_patch_size
+        if len(data_shape) not in (3, 4) or 4 * pt * data_shape[-1] != cfg.out_channels or \
                 cfg.in_channels not in (cfg.out_channels, 2 * cfg.out_channels):
             raise ConfigError(f"model.in_channels/out_channels ({cfg.in_channels}/{cfg.out_channels}) must both be 4x "
-                              f"the channels of the data's (H, W, C) = {tuple(data_shape)} examples (2x2 packing; "
-                              "in_channels 8x for a model that reads an image concatenated to its input)")
-        if data_shape[0] % 2 or data_shape[1] % 2:
+                              f"the channels of the data's (H, W, C) or (T, H, W, C) = {tuple(data_shape)} examples "
+                              f"times model.temporal_patch_size={pt} (a token packs {pt} frame(s) of 2x2 latent pixels; "
+                              "in_channels twice that for a model that reads an image concatenated to its input)")
+        if len(data_shape) == 3 and pt != 1:
+            raise ConfigError(f"model.temporal_patch_size={pt} is for clips (T, H, W, C); the data's examples are "
+                              f"images {tuple(data_shape)}: use 1")
+        if len(data_shape) == 4 and data_shape[0] % pt:
+            raise ConfigError(f"clips of {data_shape[0]} frames are not divisible by model.temporal_patch_size={pt}")
+        if data_shape[-3] % 2 or data_shape[-2] % 2:
             raise ConfigError(f"the FLUX family packs 2x2 patches: the data's height and width must be even, got "
-                              f"{tuple(data_shape[:2])}")
+                              f"{tuple(data_shape[-3:-1])}")
 
     def check_conditioning(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         cfg = self.config
@@ -92,6 +108,9 @@ class FluxFamily(Family):
                                    ("pooled", "pooled_projection_dim", cfg.pooled_projection_dim)):
             if name in shapes and shapes[name][-1] != width:
                 raise ConfigError(f"the text encoders give {name} width {shapes[name][-1]}, but model.{field}={width}")
+        if "context_frames" in shapes and shapes["context_frames"][-4] % cfg.temporal_patch_size:
+            raise ConfigError(f"context_frames of {shapes['context_frames'][-4]} frames are not divisible by "
+                              f"model.temporal_patch_size={cfg.temporal_patch_size}")
 
     def _guidance(self, cond: Conditioning, batch: int, guidance: float) -> Array | None:
         if not self.config.guidance_embeds:
@@ -99,28 +118,40 @@ class FluxFamily(Family):
         g = cond.get("guidance")
         return jnp.full((batch,), guidance, jnp.float32) if g is None else g
 
+    def _pack(self, x: Array) -> Array:
+        """An image ``(B, H, W, C)`` or a clip ``(B, T, H, W, C)`` as tokens (``pack_latents`` / ``pack_clip``)."""
+        pt = self.config.temporal_patch_size
+        if x.ndim == 4 and pt != 1:
+            raise ConfigError(f"model.temporal_patch_size={pt} packs clips (B, T, H, W, C); images need 1, got an "
+                              f"image of shape {tuple(x.shape)}")
+        if x.ndim not in (4, 5):
+            raise ConfigError(f"x must be latents (B, H, W, C) or a clip (B, T, H, W, C), got shape {tuple(x.shape)}")
+        return pack_latents(x) if x.ndim == 4 else pack_clip(x, pt)
+
     def _tokens(self, x: Array, cond: Conditioning) -> Array:
         """``pack(x)``, followed in each token by ``pack(cond["concat"])`` for a channel-concatenating model."""
-        tokens = pack_latents(x)
+        tokens = self._pack(x)
         concat = cond.get("concat")
         if self.config.in_channels == tokens.shape[-1] and concat is None:
             return tokens
         if concat is None or concat.shape != x.shape or self.config.in_channels != 2 * tokens.shape[-1]:
             raise ConfigError(f"model.in_channels={self.config.in_channels} for {x.shape[-1]}-channel latents needs "
-                              f"cond['concat'] shaped like x {tuple(x.shape)} (and in_channels = 8C), got "
-                              f"{None if concat is None else tuple(concat.shape)}")
-        return jnp.concatenate([tokens, pack_latents(concat.astype(x.dtype))], axis=-1)
+                              f"cond['concat'] shaped like x {tuple(x.shape)} (and in_channels = 8C per frame of a "
+                              f"token), got {None if concat is None else tuple(concat.shape)}")
+        return jnp.concatenate([tokens, self._pack(concat.astype(x.dtype))], axis=-1)
 
     def init(self, key: Array, x: Array, cond: Conditioning) -> dict[str, Any]:
         self._require(cond, *self.conditioning)
         self.check_data(tuple(x.shape[1:]))
-        b, height, width, _ = x.shape
+        b, height, width = x.shape[0], x.shape[-3], x.shape[-2]
         context = cond["context"]
-        if self.config.in_channels == 8 * x.shape[-1] and "concat" not in cond:   # shapes are all init needs
+        if self.config.in_channels == 2 * self.config.out_channels and "concat" not in cond:   # shapes suffice
             cond = {**cond, "concat": jnp.zeros_like(x)}
+        # the parameters do not depend on the sequence: a clip initialises on its own tokens, context frames or not
+        ids = latent_image_ids(height, width) if x.ndim == 4 else \
+            latent_clip_ids(x.shape[1], height, width, self.config.temporal_patch_size)
         variables = self.module.init(key, self._tokens(x, cond), jnp.zeros((b,)), context, cond["pooled"],
-                                     latent_image_ids(height, width), text_ids(context.shape[1]),
-                                     self._guidance(cond, b, 1.0))
+                                     ids, text_ids(context.shape[1]), self._guidance(cond, b, 1.0))
         return {"params": variables["params"]}
 
     def prepare(self, variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,8 +170,48 @@ class FluxFamily(Family):
                                       or reference.shape[1] % 2 or reference.shape[2] % 2):
             raise ConfigError(f"cond['reference'] must be (B, h, w, {self.config.latent_channels}) latents with h, w "
                               f"even, got shape {tuple(reference.shape)}")
+        context_frames = cond.get("context_frames")
+        if context_frames is not None and reference is not None:
+            raise ConfigError("cond['context_frames'] (frame-by-frame video) and cond['reference'] (Kontext editing) "
+                              "cannot be combined: the reference's index 1 is a time on the clip's time axis")
+        if context_frames is not None and self.config.in_channels != self.config.out_channels:
+            raise ConfigError("cond['context_frames'] needs a model whose input is the clip alone; this one reads "
+                              f"{self.config.in_channels} features for {self.config.out_channels}")
+
+        def clip_net(x: Array, t: Array) -> Array:
+            """``x: (B, T, H, W, C)``: the clip's tokens at times ``T_c/p_t ..``, then the context frames' at
+            ``0 .. T_c/p_t - 1``; the output is read from the clip's tokens."""
+            b, frames, height, width, _ = x.shape
+            pt = self.config.temporal_patch_size
+            if reference is not None:
+                raise ConfigError("cond['reference'] (Kontext, index 1 on the first RoPE axis) cannot go with a clip, "
+                                  "whose first axis is time: condition on earlier frames with cond['context_frames']")
+            tokens = self._tokens(x, cond)
+            n, first = tokens.shape[1], 0
+            if context_frames is not None:
+                if context_frames.ndim != 5 or context_frames.shape[0] != b or context_frames.shape[2:] != x.shape[2:]:
+                    raise ConfigError(f"cond['context_frames'] must be clean frames (B, T_c, H, W, C) of the clip x "
+                                      f"{tuple(x.shape)}, got {tuple(context_frames.shape)}")
+                if context_frames.shape[1] % pt:
+                    raise ConfigError(f"cond['context_frames'] has {context_frames.shape[1]} frames, not divisible by "
+                                      f"model.temporal_patch_size={pt}")
+                first = context_frames.shape[1] // pt
+                tokens = jnp.concatenate([tokens, pack_clip(context_frames.astype(tokens.dtype), pt)], axis=1)
+            ids = latent_clip_ids(frames, height, width, pt, first)
+            if context_frames is not None:
+                ids = np.concatenate([ids, latent_clip_ids(context_frames.shape[1], height, width, pt)])
+            out = self.module.apply(variables, tokens, t, context, cond.get("pooled"), ids,
+                                    text_ids(context.shape[1]), self._guidance(cond, b, guidance),
+                                    remove_pooled=remove_pooled, pooled_steering=steering,
+                                    time_scale=self.timestep_scale)
+            return unpack_clip(out[:, :n], frames, height, width, pt)
 
         def net(x: Array, t: Array) -> Array:
+            if x.ndim == 5:
+                return clip_net(x, t)
+            if context_frames is not None:
+                raise ConfigError(f"cond['context_frames'] are frames of a clip: x must be (B, T, H, W, C), got "
+                                  f"{tuple(x.shape)}")
             b, height, width, _ = x.shape
             tokens = self._tokens(x, cond)
             if reference is not None:
@@ -155,8 +226,20 @@ class FluxFamily(Family):
         return net
 
     def forward_flops(self, batch: int, data_shape: tuple[int, ...], cond_shapes: Mapping[str, tuple]) -> int:
-        height, width, _ = data_shape
-        return flux_forward_flops(self.config, batch, height, width, cond_shapes["context"][-2])
+        """Images: ``flux_forward_flops``. Clips ``(T, H, W, C)``: the same count over the clip's
+        ``T/p_t * H/2 * W/2`` tokens plus those of ``context_frames`` when the run provides them (the model embeds
+        and projects every image-stream token)."""
+        if len(data_shape) == 3:
+            height, width, _ = data_shape
+            return flux_forward_flops(self.config, batch, height, width, cond_shapes["context"][-2])
+        pt = self.config.temporal_patch_size
+        frames, height, width, _ = data_shape
+        tokens = (frames // pt) * (height // 2) * (width // 2)
+        if "context_frames" in cond_shapes:
+            cf, ch, cw, _ = cond_shapes["context_frames"][-4:]
+            tokens += (cf // pt) * (ch // 2) * (cw // 2)
+        # flux_forward_flops counts the (h/2)(w/2) tokens of an (h, w) latent: a (2, 2 n) one has exactly n
+        return flux_forward_flops(self.config, batch, 2, 2 * tokens, cond_shapes["context"][-2])
 
     @classmethod
     def load_pretrained(cls, source: Any, **overrides: Any) -> tuple[FluxConfig, dict[str, Any]]:

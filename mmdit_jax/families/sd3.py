@@ -41,7 +41,7 @@ def forward_mode_config(cfg: MMDiTConfig) -> MMDiTConfig:
     if cfg.custom_gradients or cfg.attention_impl in ("einsum_vjp", "cudnn"):
         raise ConfigError("this loss differentiates the model forward (jax.jvp), which hand-written gradients and "
                           "cuDNN attention do not support: set model.custom_gradients to None or False (got "
-                          f"{cfg.custom_gradients!r}) and model.attention_impl to None, 'einsum' or 'xla' (got "
+                          f"{cfg.custom_gradients!r}) and model.attention_impl to None, 'einsum', 'xla' or 'chunked' (got "
                           f"{cfg.attention_impl!r})")
     impl = cfg.attention_impl
     if impl is None and attention_backend(None, cfg.dtype, cfg.head_dim) == "cudnn":

@@ -11,6 +11,11 @@
 The model works on packed tokens like diffusers; ``pack_latents`` / ``unpack_latents`` / ``latent_image_ids``
 convert NHWC latents ``(B, H, W, C)`` (H, W even) to the ``(B, H/2 * W/2, 4C)`` tokens (per token ``(c, ph, pw)``,
 diffusers' ``_pack_latents``) and their ``(index=0, row, col)`` ids.
+
+Video (docs/flux.md "Video"): ``pack_clip`` / ``unpack_clip`` / ``latent_clip_ids`` convert clips ``(B, T, H, W, C)``
+to ``(B, T/p_t * H/2 * W/2, p_t * 4C)`` tokens (``p_t = temporal_patch_size`` frames per token, time outermost,
+each frame's features in the image order) and their ``(t, row, col)`` ids on the same three RoPE axes, so frame 0
+of a clip has exactly the image ids and a one-frame clip (``p_t = 1``) is an image.
 """
 
 from __future__ import annotations
@@ -28,22 +33,30 @@ from mmdit_jax.models.embeddings import MLPEmbedder, timestep_features
 from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
 from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
 from mmdit_jax.models.mmdit import DTYPES, REMAT_POLICIES
-from mmdit_jax.models.rope import rope_tables
+from mmdit_jax.models.rope import grid_ids, rope_tables
 
 Array = jax.Array
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+# The FLUX blocks have no hand-written gradients, so the einsum paths (whose point is the CPU custom gradient) are
+# not offered; 'chunked' is the linear-memory path for long clips.
+ATTENTION_IMPLS = ("xla", "cudnn", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
 class FluxConfig:
     """Architecture and numerics; the defaults are FLUX.1-dev. ``hidden = num_heads * head_dim``.
 
-    ``in_channels`` is the packed token width, 4x the latent channels (2x2 packing), as in diffusers' config.
+    ``in_channels`` / ``out_channels`` are the packed token widths (the rows of ``x_embedder``, the columns of
+    ``proj_out``), as in diffusers' config: a token is ``temporal_patch_size`` frames x 2 x 2 latent pixels, so both
+    are ``4 * temporal_patch_size * C`` for ``C`` latent channels (in_channels twice that for a model that also
+    reads an image concatenated to its input). With ``temporal_patch_size = 1`` (images, and clips patched frame by
+    frame) they are the image model's ``4C`` and its weights apply unchanged. Counting the whole token keeps the
+    model, its converters and its parameter and FLOP counts unaware of the temporal patching.
     """
 
     in_channels: int = 64
     out_channels: int = 64
+    temporal_patch_size: int = 1                 # video: frames per token (1: every frame packed like an image)
     num_layers: int = 19                         # double-stream blocks
     num_single_layers: int = 38                  # single-stream blocks
     num_heads: int = 24
@@ -69,7 +82,7 @@ class FluxConfig:
     @property
     def latent_channels(self) -> int:
         # the output's: a channel-concatenating model (FLUX.1 Fill, InstructPix2Pix-style editing) reads more
-        return self.out_channels // 4
+        return self.out_channels // (4 * self.temporal_patch_size)
 
     @classmethod
     def from_dict(cls, d: Any) -> "FluxConfig":
@@ -82,13 +95,16 @@ class FluxConfig:
         return cfg
 
     def validate(self) -> None:
-        for f in ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "joint_attention_dim",
-                  "pooled_projection_dim", "mlp_ratio", "scan_unroll"):
+        for f in ("in_channels", "out_channels", "temporal_patch_size", "num_layers", "num_heads", "head_dim",
+                  "joint_attention_dim", "pooled_projection_dim", "mlp_ratio", "scan_unroll"):
             check_positive_int(f"model.{f}", getattr(self, f))
         if not isinstance(self.num_single_layers, int) or self.num_single_layers < 0:
             raise ConfigError(f"model.num_single_layers must be a non-negative int, got {self.num_single_layers!r}")
-        if self.in_channels % 4:
-            raise ConfigError(f"model.in_channels={self.in_channels} must be 4x the latent channels (2x2 packing)")
+        pt = self.temporal_patch_size
+        for f in ("in_channels", "out_channels"):
+            if getattr(self, f) % (4 * pt):
+                raise ConfigError(f"model.{f}={getattr(self, f)} must be 4 x model.temporal_patch_size={pt} x the "
+                                  "latent channels (a token packs temporal_patch_size frames of 2x2 latent pixels)")
         dims = tuple(self.axes_dims_rope)
         if any(int(a) <= 0 or int(a) % 2 for a in dims) or sum(dims) != self.head_dim:
             raise ConfigError(f"model.axes_dims_rope={dims} must be positive even dims summing to model.head_dim="
@@ -146,6 +162,38 @@ def latent_image_ids(height: int, width: int, index: int = 0) -> np.ndarray:
     ids[..., 1] = np.arange(h, dtype=np.float32)[:, None]
     ids[..., 2] = np.arange(w, dtype=np.float32)[None, :]
     return ids.reshape(h * w, 3)
+
+
+def pack_clip(x: Array, temporal_patch_size: int = 1) -> Array:
+    """``(B, T, H, W, C) -> (B, T/p_t * H/2 * W/2, p_t * 4C)``, ``p_t = temporal_patch_size``: tokens ordered
+    ``(t, i, j)`` row-major (time outermost, then the image's row-major grid), each token's features
+    ``(f, c, ph, pw)``: the ``p_t`` frames' image features (``pack_latents``) one after the other. With ``p_t = 1``
+    frame ``t``'s tokens are exactly ``pack_latents(x[:, t])``."""
+    b, frames, height, width, c = x.shape
+    pt = temporal_patch_size
+    if frames % pt:
+        raise ConfigError(f"a clip of {frames} frames is not divisible by model.temporal_patch_size={pt}")
+    x = x.reshape(b, frames // pt, pt, height // 2, 2, width // 2, 2, c).transpose(0, 1, 3, 5, 2, 7, 4, 6)
+    return x.reshape(b, (frames // pt) * (height // 2) * (width // 2), pt * 4 * c)
+
+
+def unpack_clip(tokens: Array, frames: int, height: int, width: int, temporal_patch_size: int = 1) -> Array:
+    """The inverse of ``pack_clip``: ``(B, T/p_t * H/2 * W/2, p_t * 4C) -> (B, T, H, W, C)``."""
+    b, _, f = tokens.shape
+    pt = temporal_patch_size
+    c = f // (4 * pt)
+    x = tokens.reshape(b, frames // pt, height // 2, width // 2, pt, c, 2, 2).transpose(0, 1, 4, 2, 6, 3, 7, 5)
+    return x.reshape(b, frames, height, width, c)
+
+
+def latent_clip_ids(frames: int, height: int, width: int, temporal_patch_size: int = 1, first: int = 0) -> np.ndarray:
+    """``(T/p_t * H/2 * W/2, 3)`` float32 ids ``(t, row, col)`` of ``pack_clip``'s tokens, ``t = first, first + 1,
+    ..`` counting temporal patches (``first``: the temporal patches of context frames before the clip). With
+    ``first = 0`` the first temporal patch has exactly ``latent_image_ids(H, W)``."""
+    if frames % temporal_patch_size:
+        raise ConfigError(f"a clip of {frames} frames is not divisible by model.temporal_patch_size="
+                          f"{temporal_patch_size}")
+    return grid_ids((frames // temporal_patch_size, height // 2, width // 2), (first, 0, 0))
 
 
 def text_ids(tokens: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.layers import (
-    Dense, DenseParams, FeedForward, RMSNorm, layer_norm, modulate, padded_dot_product_attention,
+    Dense, DenseParams, FeedForward, RMSNorm, backend_attention, layer_norm, modulate,
 )
 from mmdit_jax.models.rope import apply_rope
 
@@ -23,12 +23,11 @@ Dtype = Any
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, implementation: str) -> Array:
-    """``softmax(q k^T / sqrt(d)) v`` through ``jax.nn.dot_product_attention``; ``q, k, v: (B, L, H, d)``.
-    ``implementation``: 'xla', or 'cudnn' (the sequence padded to a multiple of 64 and masked: cuDNN's flash
-    kernel rejects odd lengths, and FLUX's 512 + N text-plus-image lengths are often odd multiples)."""
-    if implementation == "cudnn":
-        return padded_dot_product_attention(q, k, v, "cudnn")
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    """``softmax(q k^T / sqrt(d)) v``; ``q, k, v: (B, L, H, d)``, through the shared ``layers.backend_attention``.
+    ``implementation``: 'xla', 'cudnn' (the sequence padded to a multiple of 64 and masked: cuDNN's flash kernel
+    rejects odd lengths, and FLUX's 512 + N text-plus-image lengths are often odd multiples) or 'chunked' (memory
+    linear in the sequence length, autodiff gradients: long clips)."""
+    return backend_attention(q, k, v, implementation)
 
 
 class FluxAttention(nn.Module):

@@ -12,10 +12,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.models.chunked_attention import chunked_attention
 from mmdit_jax.models.custom_gradients import attention, attention_core, bias_gelu_tanh, linear
 
 Array = jax.Array
 Dtype = Any
+
+# The values of ``model.attention_impl`` besides None (attention_backend).
+ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "einsum_vjp", "chunked")
 
 
 def _product(x: Array, kernel: Array, custom_gradient: bool) -> Array:
@@ -128,8 +133,16 @@ def attention_backend(impl: str | None, dtype: Any, head_dim: int, custom_gradie
     """The attention path ``model.attention_impl`` names; None picks per platform: einsum on a CPU, with the
     hand-written gradient unless ``custom_gradient`` is False (the fastest train step there; measurements in
     experiments/benchmarks/RESULTS.md), cuDNN flash attention on an NVIDIA GPU in bf16/fp16 with a head dim it
-    supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere."""
+    supports (JAX's own None still means the O(N^2)-memory XLA path), XLA elsewhere.
+
+    "chunked" (``chunked_attention``: memory linear in the sequence length, for sequences whose ``(B, H, L, L)``
+    probabilities do not fit) is never picked by None, whose choices are the train-step paths measured fastest at
+    image lengths.
+    Raises ConfigError for a name not in ``ATTENTION_IMPLS``."""
     if impl is not None:
+        if impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention_impl={impl!r} is not valid; choose None (picked per platform) or "
+                              f"one of {list(ATTENTION_IMPLS)}")
         return impl
     platform = jax.default_backend()
     if platform == "cpu":
@@ -138,6 +151,21 @@ def attention_backend(impl: str | None, dtype: Any, head_dim: int, custom_gradie
             and head_dim <= 128:
         return "cudnn"
     return "xla"
+
+
+def backend_attention(q: Array, k: Array, v: Array, backend: str, custom_gradient: bool = False,
+                      groups: int = 1) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` on the path ``backend`` names (one of ``ATTENTION_IMPLS``; ``attention_backend``
+    resolves None): ``q: (B, L_q, H, d)``, ``k, v: (B, L_k, H, d)`` -> ``(B, L_q, H, d)``. The one dispatch every
+    model's attention can route through. ``custom_gradient``: 'chunked' with its flash-attention ``custom_vjp``
+    (no ``jax.jvp``) instead of autodiff; ``groups``: the einsum paths' head groups (``einsum_attention``)."""
+    if backend == "cudnn":
+        return padded_dot_product_attention(q, k, v, "cudnn")
+    if backend == "chunked":
+        return chunked_attention(q, k, v, custom_gradient=custom_gradient)
+    if backend in ("einsum", "einsum_vjp"):
+        return einsum_attention([(q, k, v)], custom_gradient=backend == "einsum_vjp", groups=groups)[0]
+    return jax.nn.dot_product_attention(q, k, v, implementation=backend)
 
 
 def layer_norm(x: Array, eps: float = 1e-6) -> Array:
@@ -204,7 +232,8 @@ class Attention(nn.Module):
     context_out: bool = True
     attention_impl: str | None = None
     head_groups: int = 1                  # einsum paths only: see einsum_attention
-    custom_gradient: bool = False         # projections: custom_gradients.linear; attention=None: einsum_vjp on CPU
+    custom_gradient: bool = False         # projections: custom_gradients.linear; attention=None: einsum_vjp on CPU;
+                                          # attention 'chunked': its flash-attention custom_vjp
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -237,14 +266,14 @@ class Attention(nn.Module):
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
             self.sow("attention", "weights", jax.nn.softmax(logits, axis=-1))
         backend = attention_backend(self.attention_impl, self.dtype, self.head_dim, self.custom_gradient)
-        if backend in ("einsum", "einsum_vjp"):
+        if backend in ("einsum", "einsum_vjp"):  # per stream: no concatenated (B, N + T, H, d) copies
             outs = einsum_attention(streams, custom_gradient=backend == "einsum_vjp", groups=self.head_groups)
         else:
             q, k, v = joined(0), joined(1), joined(2)
             if backend == "cudnn":
-                o = padded_dot_product_attention(*(a.astype(self.dtype) for a in (q, k, v)), "cudnn")
-            else:
-                o = jax.nn.dot_product_attention(q, k, v, implementation=backend)
+                q, k, v = (a.astype(self.dtype) for a in (q, k, v))
+            # 'chunked': the flash backward where hand-written gradients are on (no jax.jvp), else autodiff.
+            o = backend_attention(q, k, v, backend, custom_gradient=self.custom_gradient)
             outs = jax.lax.split(o, lengths, axis=1)
         dense = lambda name: Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,  # noqa: E731
                                    custom_gradient=self.custom_gradient, name=name)

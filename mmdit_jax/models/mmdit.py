@@ -33,7 +33,7 @@ from mmdit_jax.models.embeddings import (
     unpatchify, unpatchify_clip,
 )
 from mmdit_jax.models.custom_gradients import custom_gradients_on
-from mmdit_jax.models.layers import Dense, Attention, FeedForward, layer_norm, modulate
+from mmdit_jax.models.layers import ATTENTION_IMPLS, Dense, Attention, FeedForward, layer_norm, modulate
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
@@ -50,7 +50,6 @@ REMAT_POLICIES = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "einsum_vjp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +78,7 @@ class MMDiTConfig:
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
     scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS
+                                             # ("chunked": linear memory in the sequence length, for long clips)
     attention_head_groups: int = 4           # einsum attention: the B*H heads as this many concurrent groups
     custom_gradients: bool | None = None     # hand-written gradients (models/custom_gradients.py); None: on a CPU
 

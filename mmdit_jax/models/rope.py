@@ -11,6 +11,10 @@ axis ``a`` (axes take ``d_a / 2`` consecutive pairs, ``sum_a d_a = head_dim``) a
 The tables hold ``cos`` and ``sin`` per dimension (each pair's value repeated twice, diffusers'
 ``repeat_interleave_real``): ``(L, head_dim)`` for ``L`` tokens.
 
+Video uses the same three axes as ``(t, row, col)``: ``grid_ids`` builds the ids of a ``(t, row, col)`` token grid,
+time outermost (HunyuanVideo's and Wan's token order, whose rotary tables these equal, docs/flux.md "Video").
+RoPE rotates by ``p_a w_k`` for any position, so a table extends to clips longer than any seen in training.
+
 Precision: diffusers (``FluxPosEmbed``) forms ``w_k`` and the angles in float64 and rounds cos / sin to float32.
 ``rope_tables`` does the same on the host when the ids are concrete (numpy): bit-for-bit the same tables up to
 float64 cos / sin ulps, which float32 rounding removes. Ids that are traced values (``jax.Array`` under ``jit``)
@@ -33,6 +37,20 @@ def rope_frequencies(axes_dims: Sequence[int], theta: float = 10000.0) -> list[n
     """Per axis ``a``: ``w_k = 1 / theta^(2k / d_a)``, ``k < d_a / 2``, in float64 (diffusers'
     ``get_1d_rotary_pos_embed`` with ``freqs_dtype=float64``)."""
     return [1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d)) for d in axes_dims]
+
+
+def grid_ids(sizes: Sequence[int], offsets: Sequence[int] | None = None) -> np.ndarray:
+    """``(prod(sizes), len(sizes))`` float32 ids of a token grid, row-major (the last axis fastest): token
+    ``(i_0, .., i_{A-1})`` has ids ``(offsets_0 + i_0, .., offsets_{A-1} + i_{A-1})``.
+
+    ``grid_ids((F, h, w))`` are the ``(t, row, col)`` ids of ``F`` frames of ``h x w`` tokens, time outermost;
+    ``offsets=(t0, 0, 0)`` starts the time axis at ``t0`` (a clip after ``t0`` temporal patches of context).
+    """
+    offsets = (0,) * len(sizes) if offsets is None else tuple(offsets)
+    if len(offsets) != len(sizes):
+        raise ValueError(f"offsets {offsets} and sizes {tuple(sizes)} must have one entry per axis")
+    axes = np.meshgrid(*(o + np.arange(n, dtype=np.float32) for n, o in zip(sizes, offsets)), indexing="ij")
+    return np.stack([a.reshape(-1) for a in axes], axis=-1).astype(np.float32)
 
 
 def rope_tables(ids: np.ndarray | Array, axes_dims: Sequence[int], theta: float = 10000.0) -> tuple[Array, Array]:
