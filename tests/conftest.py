@@ -21,3 +21,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 from mmdit_jax.runtime import configure_runtime  # noqa: E402
 
 configure_runtime()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base_run(tmp_path_factory):
+    """``(config, workdir)`` of a trained ``configs/default.py:tiny`` run (6 steps, checkpoints 3 and 6), the base
+    of the fine-tuning tests and the workdir of the generate tests. Read-only: a test that trains it further or
+    deletes from it needs its own run."""
+    from configs.default import get_config as default_config
+    from mmdit_jax.train import loop
+
+    workdir = str(tmp_path_factory.mktemp("tiny_base"))
+    cfg = default_config("tiny")
+    cfg.train.sample_every = 0
+    loop.train(cfg, workdir)
+    return cfg, workdir

@@ -10,20 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.default import get_config
 from mmdit_jax import generate as gen_cli
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.pipelines.sampling import SamplingPipeline
-from mmdit_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("run"))
-    loop.train(get_config("tiny"), path)
-    return path
+def workdir(tiny_base_run):
+    return tiny_base_run[1]
 
 
 def test_workdir_images_carry_prompt_and_seed_and_are_reproducible(workdir, tmp_path):
