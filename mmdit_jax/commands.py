@@ -19,21 +19,34 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.captions import caption_text
 from mmdit_jax.data.pipeline import build_sources, default_data_dir
 from mmdit_jax.diffusion.losses import LOSSES, denoising_loss
+from mmdit_jax.pipelines.components import data_shape
 from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
+from mmdit_jax.pipelines.video import VideoPipeline
+from mmdit_jax.pipelines.video_setup import training_view
 from mmdit_jax.reporting import MetricWriter, report
-from mmdit_jax.train.loop import edit_grid, save_grid, train
+from mmdit_jax.train.loop import edit_grid, save_clips, save_grid, train
 
 __all__ = ["train", "sample", "evaluate", "export_lora"]
 
 
 def sample(config: Any, workdir: str, prompts: Sequence[str] | None = None, allow_untrained: bool = False) -> str:
-    """Draw the run's sample picture (``SamplingPipeline.grid``; an editing run's: ``loop.edit_grid``) from the
+    """Draw the run's sample picture (``SamplingPipeline.grid``; an editing run's: ``loop.edit_grid``; a video run's
+    clips: ``loop.save_clips``, the returned path is the GIF) from the
     newest checkpoint's EMA weights with the configured sampler into ``<workdir>/samples/step_<step>.png`` and TensorBoard; returns its path."""
     if "edit" in config:    # an editor's picture: test sources and their edits (the data set is read for them)
         pipe = EditingPipeline(load_trained(config, workdir, allow_untrained))
         grid = edit_grid(pipe, build_sources(config.data, config.data.data_dir or default_data_dir(workdir))["test"])
+    elif len(data_shape(config)) == 4:   # a video run: clips (joint or rolled out), as a frame strip and a GIF
+        video = VideoPipeline.from_workdir(config, workdir, allow_untrained=allow_untrained)
+        cfg = video.config
+        clips = video.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        path = save_clips(workdir, writer, video.sampling.model.step, clips)
+        writer.close()
+        report(f"sample clips: {path}")
+        return path
     else:
         pipe = SamplingPipeline.from_workdir(config, workdir, allow_untrained)
         cfg = pipe.model.config
@@ -61,6 +74,9 @@ def evaluate(config: Any, workdir: str, allow_untrained: bool = False) -> dict[s
         x0 = jnp.concatenate([model.latent.encode(x0[i:i + cfg.latent.batch_size])
                               for i in range(0, n, cfg.latent.batch_size)])
     cond = model.text.encode([caption_text(r) for r in records]) if model.text is not None else {}
+    view = training_view(cfg)
+    if view is not None:       # a frame-by-frame model is scored on the windows it is trained on (fixed draw)
+        x0, cond = view(jax.random.PRNGKey(cfg.seed), x0, cond)
 
     @jax.jit
     def level_loss(t, key):

@@ -49,6 +49,16 @@ def test_a_frame_by_frame_run_trains_and_writes_animated_samples(next_chunk_run)
     assert strip.size[0] > strip.size[1]                                 # frames along the rows
 
 
+def test_sample_and_eval_modes_on_a_frame_by_frame_run(next_chunk_run):
+    from mmdit_jax import commands
+
+    cfg, workdir, _ = next_chunk_run
+    path = commands.sample(cfg, workdir, ["a green ring moving slowly down"])
+    assert path.endswith(".gif") and Image.open(path).n_frames == cfg.data.num_frames
+    losses = commands.evaluate(cfg, workdir)
+    assert len(losses) == cfg.train.loss_buckets and all(np.isfinite(v) for v in losses.values())
+
+
 def test_rollouts_extend_past_the_training_length_chain_their_chunks_and_start_from_a_given_frame(next_chunk_run):
     cfg, workdir, _ = next_chunk_run
     pipe = VideoPipeline.from_workdir(cfg, workdir)
