@@ -16,6 +16,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# Most of the suite's CPU time is XLA compiling small programs. LLVM optimisation level 1 instead of XLA:CPU's
+# default keeps the same floating-point semantics (no fast-math either way: no reassociation, no contraction), and
+# measured on this suite's tests it takes ~10% less CPU time in compile-bound and run-bound tests alike (level 0
+# halves compile time but doubles the run time of the training-heavy tests). Set here, before JAX starts, so the
+# xdist workers and the subprocess tests inherit it; a user's own XLA_FLAGS choice of the option wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+
 # What the training entry point does before its first JAX computation (mmdit_jax/runtime.py): without it
 # every compiled call re-faults its temporaries page by page.
 from mmdit_jax.runtime import configure_runtime  # noqa: E402
