@@ -131,5 +131,13 @@ def workdir_config(workdir: str) -> Any:
         raise ConfigError(f"{workdir} has no config.json: it is not a training workdir of `python -m mmdit_jax`")
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    # Data options added after the run was made are filled with their defaults (which keep the old behaviour), so
+    # older workdirs keep loading.
+    if "data" in config and "name" in config.data:
+        from mmdit_jax.data.registry import dataset_spec
+
+        for key, value in dataset_spec(config.data.name).fields.items():
+            if key not in config.data:
+                config.data[key] = value
     validate_config(config)
     return config

@@ -1,8 +1,8 @@
 """Moving ``shapes``: clips of one object gliding over a black background, captioned with its motion.
 
 A clip is one object (shape, colour, size of the ``shapes`` vocabulary) moving in a straight line in one of
-``DIRECTIONS`` at one of ``SPEEDS``, drawn anti-aliased at its continuous centre in every frame. Deterministic by
-``(index, stream)`` like ``edits.edit_example``.
+``DIRECTIONS`` at one of ``SPEEDS`` (with ``bounce``, reflected off the walls), drawn anti-aliased at its
+continuous centre in every frame. Deterministic by ``(index, stream)`` like ``edits.edit_example``.
 
 Scale. Objects have the single-object radius of ``shapes.object_radius(size, S, crowded=False)``, the scale of
 the still ``shapes`` images, so the sizes mean what they mean there (the still-image attribute classifier still
@@ -10,20 +10,33 @@ needs retraining on clip frames: it has only seen objects at the 9 cell centres,
 are not shrunk; the speeds are chosen so that this scale leaves room to move: at 32 px "slowly" is 1 px / frame and
 "quickly" 2 px / frame (scaled by S / 32), and a large object (radius 0.22 S + 0.5) has S - 2 radius = 0.56 S - 1
 pixels of travel, of which a quick clip uses ``(num_frames - 1) * 2 S / 32``: 8 frames fit from 9 px up, 9
-frames at 32 px, 10 at no size (``check_fits``); longer clips are rollouts, for which ``track`` bounces.
+frames at 32 px, 10 at no size (``check_fits``); longer clips bounce off the walls (rollouts, and the data with
+``bounce``).
 
 Walls. ``track`` reflects the centre off the walls ``[r, S - r]`` (r the object's radius), so the object never
-leaves the image however long a clip is asked for (autoregressive rollouts). The data set's clips never bounce:
-``motion_example`` draws the start so the whole clip stays inside the walls and the caption's direction holds in
-every frame.
+leaves the image however long a clip is asked for (autoregressive rollouts). By default the data set's clips never
+bounce: ``motion_example`` draws the start so the whole clip stays inside the walls and the caption's direction
+holds in every frame.
+
+Bounce (``bounce=True``). Clips of any length: the start is drawn inside the walls and the clip follows ``track``,
+reflecting off them; the caption says the object is bouncing (``BOUNCE_TEMPLATES``, e.g. "a red circle bouncing
+quickly to the right") and names its *initial* direction. That is the direction ``eval/motion.motion_of_track``
+reads, from the median step over the first half of the clip (its first ``ceil((T - 1) / 2)`` steps), only if
+the object has not bounced by then: with starts drawn anywhere, a bounce early in the first half flips the read
+(16-frame clips: a third of the directions misread). So along the motion the start leaves room for the first
+half's travel, and the first bounce comes after the first half: every size and speed allows that for clips of up
+to 17 frames at 32 px and up (15 at 16 px). Where the walls leave less room than the first half's travel (longer
+clips), the start is the wall behind the object (the first bounce as late as it can be) and ``motion_of_track``
+may misread the clip. Across the motion the start is any centre inside the walls.
 
 A record (``motion_example``), T = num_frames, S = image_size:
   video      (T, S, S, 3) uint8   the frames
-  caption    str                  names colour, shape, direction and speed (size in most templates)
+  caption    str                  names colour, shape, direction and speed (size in most templates); with
+                                  bounce, "bouncing" and the initial direction
   centres    (T, 2) float32       the object's (y, x) centre per frame, pixels, y down (pixel i covers [i, i+1))
   shape, colour, size             int64 ids into captions.SHAPES / COLOURS / SIZES
   direction, speed                int64 ids into DIRECTIONS / SPEEDS
-  template   int64                index into MOTION_TEMPLATES
+  template   int64                index into MOTION_TEMPLATES (BOUNCE_TEMPLATES with bounce)
   radius     float32              the object's radius in pixels
 """
 
@@ -60,6 +73,17 @@ MOTION_TEMPLATES = (
     "a video of a {z} {c} {s} that moves {v} {d}",
     "a short clip in which a {z} {c} {s} travels {v} {d} over a plain black canvas",
 )
+# The same slots for clips that bounce off the walls ({d}: the initial direction); every one says "bouncing".
+# The longest is 43 toy-CLIP tokens (45 with the start and end tokens), within configs/video.py's 48.
+BOUNCE_TEMPLATES = (
+    "{c} {s} bouncing {v} {d}",
+    "a {c} {s} bouncing {v} {d}",
+    "a {c} {s} bouncing {v} {d} off the walls",
+    "a {z} {c} {s} bouncing {d} {v}",
+    "a {z} {c} {s} bouncing {v} {d} across a black background",
+    "a video of a {z} {c} {s} bouncing {v} {d}",
+    "a short clip in which a {z} {c} {s} is bouncing {v} {d} over a plain black canvas",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +112,7 @@ def motion_radius(size: str, image_size: int) -> float:
 def check_fits(image_size: int, num_frames: int, prefix: str = "") -> None:
     """Raise ConfigError unless a large object moving quickly fits ``num_frames`` frames without a bounce
     (``(num_frames - 1) * quick speed <= image_size - 2 * large radius``); ``prefix`` goes before the field
-    names (``"data."`` for a config section)."""
+    names (``"data."`` for a config section). Clips with ``bounce`` fit at any length and skip this check."""
     check_positive_int(f"{prefix}image_size", image_size)
     check_positive_int(f"{prefix}num_frames", num_frames)
     room = image_size - 2 * motion_radius("large", image_size)
@@ -98,7 +122,8 @@ def check_fits(image_size: int, num_frames: int, prefix: str = "") -> None:
         raise ConfigError(
             f"{prefix}num_frames={num_frames} does not fit {prefix}image_size={image_size}: a large object moving "
             f"quickly travels {travel:.2f} px but has {room:.2f} px between the walls; use "
-            f"{prefix}num_frames <= {longest} at this size (no size fits more than 9 frames)")
+            f"{prefix}num_frames <= {longest} at this size (no size fits more than 9 frames), or "
+            f"{prefix}bounce=True")
 
 
 def _fold(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -144,12 +169,14 @@ def render_clip(motion: Motion, num_frames: int, image_size: int) -> np.ndarray:
     return np.clip(np.round(np.stack(frames)), 0, 255).astype(np.uint8)
 
 
-def motion_caption(motion: Motion, template: int) -> str:
-    """The caption of ``motion`` with ``MOTION_TEMPLATES[template]``."""
-    if not 0 <= template < len(MOTION_TEMPLATES):
-        raise ConfigError(f"template={template} is not valid; valid: 0..{len(MOTION_TEMPLATES) - 1}")
-    return MOTION_TEMPLATES[template].format(c=motion.colour, s=motion.shape, z=motion.size, v=motion.speed,
-                                             d=DIRECTION_PHRASES[motion.direction])
+def motion_caption(motion: Motion, template: int, bounce: bool = False) -> str:
+    """The caption of ``motion`` with ``MOTION_TEMPLATES[template]`` (``BOUNCE_TEMPLATES[template]`` if
+    ``bounce``: the direction named is the initial one)."""
+    templates = BOUNCE_TEMPLATES if bounce else MOTION_TEMPLATES
+    if not 0 <= template < len(templates):
+        raise ConfigError(f"template={template} is not valid; valid: 0..{len(templates) - 1}")
+    return templates[template].format(c=motion.colour, s=motion.shape, z=motion.size, v=motion.speed,
+                                      d=DIRECTION_PHRASES[motion.direction])
 
 
 def parse_motion(text: str) -> dict[str, int]:
@@ -165,16 +192,30 @@ def parse_motion(text: str) -> dict[str, int]:
     return found
 
 
-def sample_motion(rng: np.random.Generator, image_size: int, num_frames: int) -> Motion:
-    """A random object and motion whose ``num_frames`` frames stay inside the walls without a bounce: along the
-    motion the start leaves room for the whole travel, across it any centre inside the walls."""
-    check_fits(image_size, num_frames)
+def first_half_steps(num_frames: int) -> int:
+    """``ceil((num_frames - 1) / 2)`` (at least 1): the steps ``eval/motion.motion_of_track`` reads a clip's
+    direction and speed from, and that a bouncing clip makes before its first bounce."""
+    return max(1, -(-(num_frames - 1) // 2))
+
+
+def sample_motion(rng: np.random.Generator, image_size: int, num_frames: int, bounce: bool = False) -> Motion:
+    """A random object and motion. Without ``bounce`` its ``num_frames`` frames stay inside the walls without a
+    bounce: along the motion the start leaves room for the whole travel. With ``bounce`` it leaves room for the
+    first half's travel only (``first_half_steps``; the wall behind the object when even that does not fit), so
+    the first bounce comes after the first half (module docstring). Across the motion: any centre inside the
+    walls. The same random draws either way."""
+    if not bounce:
+        check_fits(image_size, num_frames)
     shape, colour = SHAPES[rng.integers(len(SHAPES))], COLOURS[rng.integers(len(COLOURS))]
     size, direction = SIZES[rng.integers(len(SIZES))], DIRECTIONS[rng.integers(len(DIRECTIONS))]
     speed = SPEEDS[rng.integers(len(SPEEDS))]
     r = motion_radius(size, image_size)
     lo, hi = r, image_size - r
-    travel = (num_frames - 1) * speed_pixels(speed, image_size)
+    if bounce:
+        # never more than the room between the walls: then the start range is the wall behind the object
+        travel = min(first_half_steps(num_frames) * speed_pixels(speed, image_size), max(hi - lo, 0.0))
+    else:
+        travel = (num_frames - 1) * speed_pixels(speed, image_size)
     dy, dx = DIRECTION_VECTORS[direction]
     start = []
     for d in (dy, dx):
@@ -183,14 +224,16 @@ def sample_motion(rng: np.random.Generator, image_size: int, num_frames: int) ->
     return Motion(shape, colour, size, direction, speed, (start[0], start[1]))
 
 
-def motion_example(index: int, stream: int, image_size: int = 32, num_frames: int = 8) -> dict:
-    """Record ``index`` of stream ``stream`` (fields in the module docstring)."""
+def motion_example(index: int, stream: int, image_size: int = 32, num_frames: int = 8,
+                   bounce: bool = False) -> dict:
+    """Record ``index`` of stream ``stream`` (fields in the module docstring); ``bounce``: a clip that may
+    bounce off the walls after its first half, captioned as bouncing."""
     rng = np.random.default_rng([stream, index])
-    motion = sample_motion(rng, image_size, num_frames)
-    template = int(rng.integers(len(MOTION_TEMPLATES)))
+    motion = sample_motion(rng, image_size, num_frames, bounce)
+    template = int(rng.integers(len(BOUNCE_TEMPLATES if bounce else MOTION_TEMPLATES)))
     return {
         "video": render_clip(motion, num_frames, image_size),
-        "caption": motion_caption(motion, template),
+        "caption": motion_caption(motion, template, bounce),
         "centres": track(motion, num_frames, image_size).astype(np.float32),
         "shape": np.int64(SHAPES.index(motion.shape)), "colour": np.int64(COLOURS.index(motion.colour)),
         "size": np.int64(SIZES.index(motion.size)), "direction": np.int64(DIRECTIONS.index(motion.direction)),

@@ -10,6 +10,7 @@ name               what                                              examples   
                    (text-to-image data for an editing model's base)
 ``moving_shapes``  clips of one shapes object moving in a straight   (T, S, S, 3)  image_size, num_frames, ...
                    line, captioned with its direction and speed
+                   (``bounce``: off the walls, clips of any length)
 ``digits``         sklearn's 8x8 handwritten digits, captioned       (S, S, 3)     image_size
 ``toy2d``          the NCSN 2D Gaussian mixture, no captions         (2,)          num_train, num_test, seed
 ``tfds``           any TFDS image data set prepared locally          (S, S, 3)     tfds_name, image_size
@@ -107,7 +108,7 @@ def _moving_shapes_builder(cfg: Any, data_dir: str) -> Any:
     from mmdit_jax.data.builders.moving_shapes import MovingShapes, moving_shapes_config
 
     return _named_config(MovingShapes, moving_shapes_config(cfg.image_size, cfg.num_frames, cfg.num_train,
-                                                            cfg.num_test, cfg.seed), data_dir)
+                                                            cfg.num_test, cfg.seed, cfg.bounce), data_dir)
 
 
 def _video(record: dict) -> np.ndarray:
@@ -116,7 +117,10 @@ def _video(record: dict) -> np.ndarray:
 
 def _validate_motion(cfg: Any) -> None:
     _positive("image_size", "num_frames", "num_train", "num_test")(cfg)
-    check_fits(cfg.image_size, cfg.num_frames, prefix="data.")
+    if not isinstance(cfg.bounce, bool):
+        raise ConfigError(f"data.bounce must be True or False, got {cfg.bounce!r}")
+    if not cfg.bounce:    # bouncing clips fit at any length
+        check_fits(cfg.image_size, cfg.num_frames, prefix="data.")
 
 
 def _digits_builder(cfg: Any, data_dir: str) -> Any:
@@ -171,7 +175,8 @@ DATASETS: dict[str, DatasetSpec] = {
         fields=_EDIT_FIELDS, builder=_shape_edits_builder, example_shape=_square_image, to_example=_image,
         render=to_grid, validate=_validate_edits, record_map=_target_scene),
     "moving_shapes": DatasetSpec(
-        fields={"image_size": 32, "num_frames": 8, "num_train": 10_000, "num_test": 1_000, "seed": 0},
+        fields={"image_size": 32, "num_frames": 8, "num_train": 10_000, "num_test": 1_000, "seed": 0,
+                "bounce": False},
         builder=_moving_shapes_builder, example_shape=lambda cfg: (cfg.num_frames, *_square_image(cfg)),
         to_example=_video, render=clip_strip, validate=_validate_motion),
     "digits": DatasetSpec(

@@ -70,7 +70,15 @@ def family_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigError(f"model ({name}) has unknown keys {unknown}; valid keys are {sorted(defaults)}")
-    return ml_collections.ConfigDict({"name": name, **defaults, **overrides})
+    section = {"name": name, **defaults, **overrides}
+    # A field left at None (e.g. attention_impl: picked per platform) is a typed placeholder, so that
+    # ``--config.model.<field>=...`` can set it from the command line (ml_collections refuses to retype a plain None).
+    for f in dataclasses.fields(cls.Config):
+        if section[f.name] is None:
+            kind = next((t for t in (bool, int, float, str) if t.__name__ in str(f.type)), None)
+            if kind is not None:
+                section[f.name] = ml_collections.config_dict.placeholder(kind)
+    return ml_collections.ConfigDict(section)
 
 
 def model_config(config: Mapping[str, Any]) -> Any:

@@ -1,19 +1,37 @@
-"""Moving-shapes clips: determinism, centres as drawn, no bounce within a clip, wall reflection, captions, builder."""
+"""Moving-shapes clips: determinism, centres as drawn, no bounce within a clip, wall reflection, captions, builder;
+the ``bounce`` option (clips of any length that bounce after their first half, captioned as bouncing)."""
+
+import itertools
 
 import numpy as np
 import pytest
 
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.data.builders.moving_shapes import moving_shapes_config
 from mmdit_jax.data.captions import COLOURS, SHAPES, SIZES
-from mmdit_jax.data.motion import (DIRECTION_VECTORS, DIRECTIONS, MOTION_TEMPLATES, SPEEDS, Motion, check_fits,
-                                   clip_strip, motion_caption, motion_example, motion_radius, parse_motion,
-                                   render_clip, speed_pixels, track)
+from mmdit_jax.data.motion import (BOUNCE_TEMPLATES, DIRECTION_PHRASES, DIRECTION_VECTORS, DIRECTIONS,
+                                   MOTION_TEMPLATES, SPEEDS, Motion, check_fits, clip_strip, first_half_steps,
+                                   motion_caption, motion_example, motion_radius, parse_motion, render_clip,
+                                   speed_pixels, track)
 from mmdit_jax.data.pipeline import build_sources, example_transform
 from mmdit_jax.data.registry import data_config, validate_data_config
+from mmdit_jax.eval.motion import motion_accuracy
 
 
-def _records(n, stream=0, image_size=32, num_frames=8):
-    return [motion_example(i, stream, image_size, num_frames) for i in range(n)]
+def _records(n, stream=0, image_size=32, num_frames=8, bounce=False):
+    return [motion_example(i, stream, image_size, num_frames, bounce) for i in range(n)]
+
+
+def _step(record, image_size):
+    """The record's ``(dy, dx)`` step per frame before any bounce."""
+    return np.asarray(DIRECTION_VECTORS[DIRECTIONS[record["direction"]]]) * speed_pixels(SPEEDS[record["speed"]],
+                                                                                           image_size)
+
+
+def _centroid_offset(record):
+    # The triangle (apex up at -r, base at +0.8 r, half-width r at the base) has its centroid 0.2 r below the
+    # centre; every other shape is symmetric about it.
+    return np.array([0.2 * record["radius"], 0.0]) if SHAPES[record["shape"]] == "triangle" else 0.0
 
 
 def _centroids(video):
@@ -37,10 +55,7 @@ def test_examples_are_deterministic_and_differ_by_index_and_stream():
 
 def test_frames_are_drawn_at_the_stored_centres():
     for r in _records(100):
-        # The triangle (apex up at -r, base at +0.8 r, half-width r at the base) has its centroid 0.2 r below
-        # the centre; every other shape is symmetric about it.
-        offset = np.array([0.2 * r["radius"], 0.0]) if SHAPES[r["shape"]] == "triangle" else 0.0
-        np.testing.assert_allclose(_centroids(r["video"]), r["centres"] + offset, atol=0.1)
+        np.testing.assert_allclose(_centroids(r["video"]), r["centres"] + _centroid_offset(r), atol=0.1)
         np.testing.assert_allclose(r["radius"], motion_radius(SIZES[r["size"]], 32), rtol=1e-6)
 
 
@@ -48,8 +63,7 @@ def test_frames_are_drawn_at_the_stored_centres():
 def test_no_clip_of_the_data_bounces(image_size, num_frames):
     records = _records(120, 1, image_size, num_frames)
     for r in records:
-        step = np.asarray(DIRECTION_VECTORS[DIRECTIONS[r["direction"]]]) * speed_pixels(SPEEDS[r["speed"]],
-                                                                                         image_size)
+        step = _step(r, image_size)
         steps = np.diff(r["centres"].astype(np.float64), axis=0)
         np.testing.assert_allclose(steps, np.broadcast_to(step, steps.shape), atol=1e-4)
         assert r["centres"].min() >= r["radius"] - 1e-4 and r["centres"].max() <= image_size - r["radius"] + 1e-4
@@ -135,3 +149,115 @@ def test_bad_configs_name_the_field():
     check_fits(32, 9)
     with pytest.raises(ConfigError, match="direction='sideways'"):
         track(Motion("circle", "red", "small", "sideways", "slowly", (16.0, 16.0)), 4, 32)
+
+
+def test_records_without_bounce_are_those_made_before_the_option():
+    # values of records generated before the bounce option existed: the default data did not change
+    expected = [("orange ring moving slowly to the left", (5.963113784790039, 23.810598373413086), 229448),
+                ("a video of a large cyan diamond that moves slowly up", (24.02861785888672, 8.531768798828125),
+                 426480),
+                ("a small red ring sliding slowly to the left across a black background",
+                 (7.496601581573486, 12.975805282592773), 87664)]
+    for i, (caption, start, mass) in enumerate(expected):
+        r = motion_example(i, 0)
+        assert r["caption"] == caption
+        np.testing.assert_array_equal(r["centres"][0], np.float32(start))
+        assert abs(int(r["video"].astype(np.int64).sum()) - mass) <= 8     # a few rounding flips at most
+        explicit = motion_example(i, 0, 32, 8, bounce=False)
+        for k in r:
+            np.testing.assert_array_equal(explicit[k], r[k], err_msg=k)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_bounce_clips_are_valid_bounce_after_their_first_half_and_read_right(image_size):
+    records = _records(120 if image_size == 32 else 48, 1, image_size, 16, bounce=True)
+    half = first_half_steps(16)
+    bounced = 0
+    for r in records:
+        assert r["video"].shape == (16, image_size, image_size, 3) and r["centres"].shape == (16, 2)
+        c = r["centres"].astype(np.float64)
+        assert c.min() >= r["radius"] - 1e-4 and c.max() <= image_size - r["radius"] + 1e-4
+        np.testing.assert_allclose(_centroids(r["video"]), c + _centroid_offset(r), atol=0.1)
+        motion = Motion(SHAPES[r["shape"]], COLOURS[r["colour"]], SIZES[r["size"]], DIRECTIONS[r["direction"]],
+                        SPEEDS[r["speed"]], (c[0, 0], c[0, 1]))
+        np.testing.assert_allclose(c, track(motion, 16, image_size), atol=1e-4)       # the walls' billiard path
+        steps, step = np.diff(c, axis=0), _step(r, image_size)
+        np.testing.assert_allclose(steps[:half], np.broadcast_to(step, (half, 2)), atol=1e-4)   # no early bounce
+        bounced += not np.allclose(steps, step, atol=1e-4)
+    assert bounced >= 0.6 * len(records)                      # about 0.8 of 16-frame clips bounce
+    assert {int(r["direction"]) for r in records} == set(range(len(DIRECTIONS)))
+    assert {int(r["speed"]) for r in records} == set(range(len(SPEEDS)))
+    videos = np.stack([r["video"] for r in records])
+    accuracy = motion_accuracy(videos, [r["direction"] for r in records], [r["speed"] for r in records])
+    assert accuracy == {"direction": 1.0, "speed": 1.0, "both": 1.0}
+
+
+def test_bounce_draws_the_same_object_and_motion_as_without():
+    for i in range(30):
+        a, b = motion_example(i, 3, 32, 8), motion_example(i, 3, 32, 8, bounce=True)
+        for k in ("shape", "colour", "size", "direction", "speed", "template", "radius"):
+            assert a[k] == b[k], k
+
+
+def test_long_bounce_clips_stay_inside_and_start_at_the_back_wall():
+    # 40 frames at 32 px: the first half's 20 quick steps (40 px) exceed every size's room between the walls
+    for r in _records(40, 2, 32, 40, bounce=True):
+        c, radius = r["centres"].astype(np.float64), float(r["radius"])
+        assert c.min() >= radius - 1e-4 and c.max() <= 32 - radius + 1e-4
+        if SPEEDS[r["speed"]] == "quickly":
+            dy, dx = DIRECTION_VECTORS[DIRECTIONS[r["direction"]]]
+            axis, sign = (0, dy) if dy else (1, dx)
+            np.testing.assert_allclose(c[0, axis], radius if sign > 0 else 32 - radius, atol=1e-4)
+
+
+def test_bounce_captions_say_bouncing_and_name_the_initial_motion():
+    assert len(BOUNCE_TEMPLATES) == len(MOTION_TEMPLATES)
+    seen = set()
+    for r in _records(200, 0, 32, 16, bounce=True):
+        text, template = r["caption"], BOUNCE_TEMPLATES[r["template"]]
+        words = text.split()
+        assert "bouncing" in words
+        assert SHAPES[r["shape"]] in words and COLOURS[r["colour"]] in words
+        assert (SIZES[r["size"]] in words) == ("{z}" in template)
+        assert parse_motion(text) == {"direction": r["direction"], "speed": r["speed"]}
+        seen.add(int(r["template"]))
+    assert seen == set(range(len(BOUNCE_TEMPLATES)))
+    right = Motion("circle", "red", "small", "right", "quickly", (16.0, 16.0))
+    assert motion_caption(right, 1, bounce=True) == "a red circle bouncing quickly to the right"
+    assert motion_caption(right, 1) == "a red circle moving quickly to the right"
+    with pytest.raises(ConfigError, match="template=7"):
+        motion_caption(right, 7, bounce=True)
+
+
+def test_bounce_captions_fit_the_video_configs_clip_context():
+    from configs.video import get_config
+    from mmdit_jax.models.text.tokenizer_assets import TOY_CLIP_DIRS
+    from mmdit_jax.models.text.tokenizers import PromptTokenizer
+
+    limit = get_config("joint").text.clip_l.max_length
+    tok = PromptTokenizer(TOY_CLIP_DIRS["clip_l"], "clip", limit)
+    longest = max(tok.count_tokens(t.format(c=c, s=s, z=z, v=v, d=d))
+                  for t in BOUNCE_TEMPLATES[-3:]
+                  for c, s, z, v, d in itertools.product(COLOURS, SHAPES, SIZES, SPEEDS, DIRECTION_PHRASES.values()))
+    assert longest + 2 <= limit                              # + the start and end tokens
+
+
+def test_bounce_config_validates_names_its_folder_and_builds(tmp_path):
+    with pytest.raises(ConfigError, match="data.num_frames=16 does not fit.*or data.bounce=True"):
+        validate_data_config(data_config("moving_shapes", num_frames=16))
+    cfg = data_config("moving_shapes", num_frames=16, image_size=64, bounce=True)
+    assert validate_data_config(cfg).example_shape(cfg) == (16, 64, 64, 3)
+    with pytest.raises(ConfigError, match="data.bounce must be True or False"):
+        validate_data_config(data_config("moving_shapes", bounce=1))
+    assert moving_shapes_config().name == "s32_t8_n10000_1000_seed0"
+    assert moving_shapes_config(bounce=True).name == "s32_t8_n10000_1000_seed0_bounce"
+    cfg = data_config("moving_shapes", num_frames=12, num_train=3, num_test=2, seed=1, bounce=True)
+    src = build_sources(cfg, str(tmp_path))
+    for split, stream in (("train", 2), ("test", 3)):
+        expected = {r["caption"] + str(r["centres"][0]): r for r in _records(len(src[split]), stream, 32, 12, True)}
+        for i in range(len(src[split])):
+            rec = src[split][i]
+            gen = expected.pop(rec["caption"].decode() + str(rec["centres"][0]))
+            np.testing.assert_array_equal(rec["video"], gen["video"])
+            np.testing.assert_array_equal(rec["centres"], gen["centres"])
+        assert not expected

@@ -1,5 +1,6 @@
 """TFDS builder of the ``moving_shapes`` clips (video, caption, per-frame centres, attribute and motion ids),
-generated locally (``data/motion.py``). Train: stream 2 * seed; test: stream 2 * seed + 1."""
+generated locally (``data/motion.py``). Train: stream 2 * seed; test: stream 2 * seed + 1. ``bounce``: clips
+that may bounce off the walls after their first half (any length), captioned as bouncing."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ class MovingShapesConfig(tfds.core.BuilderConfig):
     num_train: int = 10_000
     num_test: int = 1_000
     seed: int = 0
+    bounce: bool = False
 
 
 def moving_shapes_config(image_size: int = 32, num_frames: int = 8, num_train: int = 10_000, num_test: int = 1_000,
-                         seed: int = 0) -> MovingShapesConfig:
-    """A config whose name encodes every generation parameter (so different data never share a folder)."""
-    name = f"s{image_size}_t{num_frames}_n{num_train}_{num_test}_seed{seed}"
+                         seed: int = 0, bounce: bool = False) -> MovingShapesConfig:
+    """A config whose name encodes every generation parameter (so different data never share a folder); clips
+    without bounce keep the name they had before the option existed, so their prepared folders stay valid."""
+    name = f"s{image_size}_t{num_frames}_n{num_train}_{num_test}_seed{seed}" + ("_bounce" if bounce else "")
     return MovingShapesConfig(name=name, version="1.0.0", image_size=image_size, num_frames=num_frames,
-                              num_train=num_train, num_test=num_test, seed=seed)
+                              num_train=num_train, num_test=num_test, seed=seed, bounce=bool(bounce))
 
 
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
@@ -53,4 +56,4 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, stream: int, n: int):
         cfg = self.builder_config
         for i in range(n):
-            yield i, motion_example(i, stream, cfg.image_size, cfg.num_frames)
+            yield i, motion_example(i, stream, cfg.image_size, cfg.num_frames, cfg.bounce)
