@@ -19,8 +19,8 @@ the two attentions alternating step by step so a slow moment of a shared machine
 --config=configs/video.py:joint`` (batch 16, 6 steps, no sampling) under ``/usr/bin/time -v``, each in a fresh
 temporary workdir, and records peak RSS, wall time, exit and the logged losses; ``dense_untuned`` /
 ``chunked_untuned`` add ``--tuned_runtime=false`` (glibc's default malloc instead of ``mmdit_jax.runtime``'s
-retained heap). ml_collections' flags cannot override a field whose default is None (``model.attention_impl``),
-so the chunked runs read a two-line config file that imports ``configs/video.py`` and sets it.
+retained heap). The chunked runs read a two-line config file that imports ``configs/video.py`` and sets
+``model.attention_impl`` (``--config.model.attention_impl=chunked`` does the same from the command line).
 
 Run: ``python experiments/benchmarks/video_step.py [--repeats 3] [--memory_only] [--cli dense,chunked]`` (about 4
 minutes on a 2-core CPU without ``--cli``; each CLI run adds 1-3 minutes); the table is appended to RESULTS.md as
