@@ -99,3 +99,26 @@ def test_registering_a_family_under_a_taken_name_fails_and_a_new_name_works():
         assert family_config("mlp_alias", hidden=8).hidden == 8
     finally:
         FAMILIES.pop("mlp_alias", None)
+
+
+
+def test_fields_left_at_none_can_be_set_from_the_command_line():
+    # ml_collections' --config.<field>=... cannot retype a plain None; family_config makes such fields typed
+    # placeholders, so e.g. the linear-memory attention is one flag away. The flags as the CLI parses them.
+    import subprocess
+    import sys
+
+    script = ("from absl import app, flags\n"
+              "from ml_collections import config_flags\n"
+              "config_flags.DEFINE_config_file('config')\n"
+              "def main(_):\n"
+              "    m = flags.FLAGS.config.model\n"
+              "    print(m.attention_impl, m.custom_gradients)\n"
+              "app.run(main)\n")
+    out = subprocess.run([sys.executable, "-c", script, "--config=configs/default.py:tiny",
+                          "--config.model.attention_impl=chunked", "--config.model.custom_gradients=False"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["chunked", "False"]
+    assert model_config(family_config("sd3", attention_impl="chunked")).attention_impl == "chunked"
+    assert model_config(family_config("sd3")).attention_impl is None          # the default is still None
