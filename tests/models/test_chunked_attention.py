@@ -86,7 +86,8 @@ def results():
     return _run(run, inputs)
 
 
-def _close(a, ref, rel, what=""):
+def _assert_close(a, ref, rel, what=""):
+    """``|a - ref| <= rel * max |ref|`` elementwise (np.testing raises otherwise)."""
     ref = np.asarray(ref, np.float32)
     np.testing.assert_allclose(np.asarray(a, np.float32), ref, atol=rel * float(np.abs(ref).max()), err_msg=what)
 
@@ -94,25 +95,32 @@ def _close(a, ref, rel, what=""):
 @pytest.mark.parametrize("case", [*CASES, "mask"])
 @pytest.mark.parametrize("variant", ["autodiff", "custom"])
 def test_values_and_gradients_equal_dot_product_attention(results, case, variant):
-    for name, got, ref in zip(("out", "dq", "dk", "dv"), results[case][variant], results[case]["ref"]):
-        _close(got, ref, 1e-5, name)
+    got_all, ref_all = results[case][variant], results[case]["ref"]
+    assert len(got_all) == len(ref_all) == 4                      # the output and dq, dk, dv
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), got_all, ref_all):
+        assert got.shape == ref.shape, name
+        _assert_close(got, ref, 1e-5, name)
 
 
 def test_bfloat16_inputs_give_bfloat16_results_close_to_float32(results):
     # The casts in and out are the same code for both gradients; the custom_vjp is the one the MMDiT runs on a CPU.
     for got, ref in zip(results["bf16"]["custom"], results["bf16"]["ref"]):
         assert got.dtype == jnp.bfloat16
-        _close(got, ref, 1e-2)  # bf16 rounding of the results (8 mantissa bits); the maths runs in float32
+        _assert_close(got, ref, 1e-2)  # bf16 rounding of the results (8 mantissa bits); the maths runs in float32
 
 
 def test_forward_mode_autodiff_of_the_default_gradient(results):
-    _close(results["jvp"]["autodiff"], results["jvp"]["ref"], 1e-5)
+    tangent, ref = results["jvp"]["autodiff"], results["jvp"]["ref"]
+    assert tangent.shape == ref.shape and float(np.abs(ref).max()) > 0   # a non-trivial tangent is compared
+    _assert_close(tangent, ref, 1e-5)
 
 
 def test_backend_attention_dispatches_every_cpu_path_to_the_same_result(results):
     ref = results["not_divisible"]["ref"][0]
+    assert set(results["backends"]) == {"xla", "einsum", "einsum_vjp", "chunked"}
     for backend, out in results["backends"].items():
-        _close(out, ref, 1e-5, backend)
+        assert out.shape == ref.shape, backend
+        _assert_close(out, ref, 1e-5, backend)
 
 
 def test_chunks_are_balanced_and_never_exceed_the_bound():
@@ -145,7 +153,7 @@ def test_mmdit_with_chunked_attention_equals_xla(monkeypatch):
     ref, out = _run(lambda v: [MMDiT(dataclasses.replace(base, attention_impl=impl)).apply(v, x, t, c, y)
                                for impl in ("xla", "chunked")], variables)
     assert float(np.abs(ref).max()) > 0.1
-    _close(out, ref, 1e-5)
+    _assert_close(out, ref, 1e-5)
 
 
 def test_compiled_memory_of_a_long_sequence_is_linear_not_quadratic():
