@@ -6,7 +6,8 @@ and pooled_steering.
 
 Stages are cached in the workdir and shared: the toy CLIP (contrastive pretraining of the tiny text towers),
 the attribute classifier, and the two MMDiTs (``mmdit`` below with y = e_t + h_y, and the same with y = e_t).
-``:tiny`` is the smoke-test size.
+``:tiny`` is the smoke-test size. ``:large`` trains bigger study models (D = 192, 6 layers, 5,000 steps) for
+the question of how much model short prompts ("a red triangle") need to give one coherent object.
 """
 
 import ml_collections
@@ -38,13 +39,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         pairs=(("colour", "red", "blue", "a blue circle", "a red circle"),
                ("shape", "circle", "square", "a white square", "a white circle"),
                ("size", "small", "large", "a large green circle", "a small green circle"),
-               ("position", "left", "right", "a red circle in the right", "a red circle in the left"))))
+               ("position", "left", "right", "a red circle in the right", "a red circle in the left")),
+        # Steering what the prompt leaves free (experiments/pooled_steering/unspecified.py): (attribute, target,
+        # contrast, template that omits it, template that names it); p+ / p- are each scene's own description
+        # with the attribute set to target / contrast.
+        unspecified=(("size", "large", "small", 1, 2), ("size", "small", "large", 3, 4),
+                     ("position", "right", "left", 2, 4), ("position", "top left", "bottom right", 1, 3))))
+    if arg == "large":
+        c.mmdit.model.update(num_layers=6, num_heads=6)                  # D = 6 x 32 = 192
+        c.mmdit.train.num_steps = 5000
     if arg == "tiny":
         c.toy_clip.update(steps=4, batch_size=16, num_train=64, eval_examples=32)
         c.classifier.update(steps=4, batch_size=16, num_train=64, eval_examples=32)
         c.removal.update(num_scenes=2, seeds=(0,), grid_scenes=2)
         c.quality.update(num_samples=8, seeds=(0,), num_real=16)
-        c.steering.update(weights=(0.0, 2.0), num_scenes=2, templates=(1,), seeds=(0,), grid_scenes=2)
-    elif arg:
-        raise ValueError(f"configs/pooled_study.py: unknown argument {arg!r}; valid: '' or 'tiny'")
+        c.steering.update(weights=(0.0, 2.0), num_scenes=2, templates=(1,), seeds=(0,), grid_scenes=2,
+                          unspecified=(("size", "large", "small", 1, 2),))
+    elif arg not in ("", "large"):
+        raise ValueError(f"configs/pooled_study.py: unknown argument {arg!r}; valid: '', 'large' or 'tiny'")
     return c

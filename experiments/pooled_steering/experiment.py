@@ -23,6 +23,8 @@ from mmdit_jax.study import figures, report, stages
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.study.scenes import edited, prompts, scenes
 
+from experiments.pooled_steering import unspecified
+
 
 TEMPLATE_FIELD = {"shape": "{s}", "colour": "{c}", "size": "{z}", "position": "{p}"}
 
@@ -72,7 +74,7 @@ def run_pair(cfg, gen, classifier, deviation, index: int, pair, outdir: str) -> 
 
 def markdown(cfg, results: dict, seconds: float) -> str:
     s = cfg.steering
-    parts = []
+    parts = ["## Steering a named attribute (the contrast: the prompt's own tokens disagree)\n"]
     for (attribute, source, target, positive, negative), res in zip(s.pairs, results["pairs"]):
         parts.append(f"### {attribute}: {source} → {target}   (p+ = \"{positive}\", p− = \"{negative}\")\n")
         for t in s.templates:
@@ -100,6 +102,14 @@ three attributes read as in the original generation; deviation = classifier-feat
 (the offline stand-in for DreamSim). The w = 0 row is the original itself (0 flips unless the original already
 has the target value).
 
+## Steering what the prompt leaves free
+
+{unspecified.__doc__.split(chr(10) + chr(10), 1)[1].strip()}
+
+![target rate](free_target_vs_w.png)
+
+{unspecified.markdown(results["unspecified"])}
+
 ![flip rate](flip_vs_w.png)
 ![deviation](deviation_vs_w.png)
 
@@ -117,7 +127,12 @@ def run(cfg, workdir: str, outdir: str) -> dict:
     if 0.0 not in weights:
         raise ValueError("steering.weights must include 0.0 (the original generation)")
     pairs = [run_pair(cfg, gen, classifier, deviation, i, p, outdir) for i, p in enumerate(cfg.steering.pairs)]
-    results = {"pairs": pairs, "classifier_accuracy": accuracy}
+    free = [unspecified.run_setting(cfg, gen, classifier, deviation, i, e, outdir)
+            for i, e in enumerate(cfg.steering.unspecified)]
+    results = {"pairs": pairs, "unspecified": free, "classifier_accuracy": accuracy}
+    figures.line_plot(weights, {f"{r['attribute']} → {r['target']} (t{r['template']})": tuple(
+        zip(*[v["target_rate"] for v in r["weights"].values()])) for r in free}, "steering weight w",
+        "target rate (attribute left free by the prompt)", os.path.join(outdir, "free_target_vs_w.png"))
     for key, path, label in (("flip", "flip_vs_w.png", "flip rate"), ("deviation", "deviation_vs_w.png", "deviation")):
         series = {}
         for p, r in zip(cfg.steering.pairs, pairs):

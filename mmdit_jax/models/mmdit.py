@@ -238,6 +238,10 @@ class MMDiT(nn.Module):
         if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
             raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
                               f"{cfg.joint_attention_dim}, got shape {context.shape}")
+        if remove_pooled and not cfg.use_pooled:
+            # Removing a path the model does not have would silently sample the unchanged model.
+            raise ConfigError("remove_pooled=True on a model without a pooled path (model.use_pooled=False: y = e_t "
+                              "already); remove_pooled applies to models with model.use_pooled=True")
         uses_pooled = cfg.use_pooled and not remove_pooled
         if uses_pooled and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_projection_dim)):
             raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="

@@ -26,7 +26,8 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     steering = pooled_steering(cfg, work, str(tmp_path / "steering"))
 
     for name, figures in (("removal", ("three_panel.png", "deviation_vs_tokens.png", "adherence_vs_tokens.png")),
-                          ("steering", ("flip_vs_w.png", "deviation_vs_w.png", "steer_colour_t1.png"))):
+                          ("steering", ("flip_vs_w.png", "deviation_vs_w.png", "steer_colour_t1.png",
+                                        "free_target_vs_w.png", "free_size_large.png"))):
         out = tmp_path / name
         assert (out / "RESULTS.md").read_text().count("|---") >= 2
         for f in figures:
@@ -42,5 +43,26 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
         r = pair["template_1"]
         assert r["max_abs_diff_w0_vs_original"] == 0          # w = 0 reproduces the original sample exactly
         assert r["weights"]["0"]["deviation"][0] == 0.0
+    (free,) = steering["unspecified"]                          # size left free by "a {c} {s}"
+    assert free["max_abs_diff_w0_vs_original"] == 0
+    assert free["weights"]["0"]["kept"][0] == 1.0 and free["weights"]["0"]["deviation"][0] == 0.0
+    assert free["named"] == ["shape", "colour"]
+    assert "size" not in free["example"][0] and "large" in free["example"][1] and "small" in free["example"][2]
+    assert "Steering what the prompt leaves free" in (tmp_path / "steering" / "RESULTS.md").read_text()
     # Stages are cached and shared: the second experiment reused the first one's models.
     assert sorted(os.listdir(work)) == ["classifier.msgpack", "mmdit_no_pooled", "mmdit_pooled", "toy_clip"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    (("size", "large", "small", 2, 4), "names the size"),             # template 2 says "a {z} {c} {s}"
+    (("size", "large", "small", 1, 3), "does not name the size"),
+    (("size", "huge", "small", 1, 2), "valid"),
+    (("hue", "red", "blue", 1, 2), "attribute 'hue'"),
+    (("size", "large", "small", 1), "entries are"),
+])
+def test_unspecified_steering_settings_are_checked(entry, message):
+    from experiments.pooled_steering.unspecified import check_setting
+
+    assert check_setting(("position", "right", "left", 2, 4)) == ("position", "right", "left", 2, 4)
+    with pytest.raises(ValueError, match=message):
+        check_setting(entry)

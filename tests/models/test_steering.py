@@ -64,6 +64,21 @@ def test_remove_pooled_is_the_model_without_the_pooled_path():
         model.apply(v, x, t, c, p, pooled_steering=(p[:1], p, 1.0))
 
 
+def test_a_model_without_a_pooled_path_refuses_removal_and_steering():
+    # y = e_t by construction (the no-pooled control): neither switch may be a silent no-op there.
+    model, v, x, c, (p, plus, minus) = _setup(4)
+    t = jnp.array([250.0, 500.0, 750.0])
+    no_pooled = MMDiT(model_config({**get_config("tiny"), "use_pooled": False}))
+    params = {k: w for k, w in v["params"].items() if k != "text_embedder"}
+    variables = {"params": params, "buffers": v["buffers"]}
+    out = no_pooled.apply(variables, x, t, c)
+    assert out.shape == x.shape
+    with pytest.raises(ConfigError, match="remove_pooled=True on a model without a pooled path.*use_pooled"):
+        no_pooled.apply(variables, x, t, c, remove_pooled=True)
+    with pytest.raises(ConfigError, match="pooled_steering needs the pooled path"):
+        no_pooled.apply(variables, x, t, c, pooled_steering=(plus, minus, 1.0))
+
+
 @pytest.mark.parametrize("sampler", [{"name": "flow_euler", "n_steps": 3}, {"name": "ode", "method": "heun", "n_steps": 3},
                                      {"name": "pc", "n_steps": 3}], ids=["flow_euler", "ode_heun", "pc"])
 def test_every_sampler_takes_steering_and_zero_weight_is_exact(sampler):
