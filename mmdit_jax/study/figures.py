@@ -1,21 +1,23 @@
-"""Figures of the study: labelled image grids (columns = conditions) and metric-vs-x line plots."""
+"""Figures of the study: labelled image grids (columns = conditions) and metric-vs-x line plots.
+
+Drawn on ``matplotlib.figure.Figure`` objects, not through pyplot, so importing this module leaves a notebook's
+inline backend alone.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def panel_grid(columns: dict[str, np.ndarray], path: str, row_labels: Sequence[str] | None = None) -> None:
     """``columns = {title: images (R, H, W, 3) uint8}`` -> one PNG, a column per condition and a row per scene."""
     titles = list(columns)
     rows = len(next(iter(columns.values())))
-    fig, axes = plt.subplots(rows, len(titles), figsize=(1.6 * len(titles), 1.6 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * len(titles), 1.6 * rows + 0.4))
+    axes = fig.subplots(rows, len(titles), squeeze=False)
     for j, title in enumerate(titles):
         for i in range(rows):
             ax = axes[i, j]
@@ -28,13 +30,13 @@ def panel_grid(columns: dict[str, np.ndarray], path: str, row_labels: Sequence[s
                 ax.set_ylabel(row_labels[i], fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def line_plot(x: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
               ylabel: str, path: str, title: str = "") -> None:
     """``series = {label: (mean, std)}`` over ``x``, with error bars."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     for label, (mean, std) in series.items():
         ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xlabel(xlabel)
@@ -45,4 +47,3 @@ def line_plot(x: Sequence[float], series: dict[str, tuple[Sequence[float], Seque
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -25,3 +25,39 @@ def test_notebook_executes_and_is_stripped(path, monkeypatch):
     client.execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+# ---- steering_explorer.ipynb on its other sources (the test above runs its default: a tiny untrained SD3-style run)
+
+STEERING = os.path.join(ROOT, "notebooks", "steering_explorer.ipynb")
+
+
+def _run_steering_explorer(monkeypatch, **env):
+    """Execute the steering explorer in tiny mode with ``MMDIT_STEERING_<KEY>`` set from ``env``; its printed text."""
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(STEERING, as_version=4)
+    monkeypatch.setenv("MMDIT_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for key, value in env.items():
+        monkeypatch.setenv(f"MMDIT_STEERING_{key.upper()}", value)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+
+
+def test_steering_explorer_on_a_pipeline_folder(tmp_path, monkeypatch):
+    diffusers = pytest.importorskip("diffusers")
+    from tests.pipelines.tiny_flux import components
+
+    diffusers.FluxPipeline(**components("dev")).save_pretrained(tmp_path / "flux")
+    text = _run_steering_explorer(monkeypatch, source="pipeline", pipeline=str(tmp_path / "flux"))
+    assert "`FluxPipeline` folder" in text
+    assert "max |w = 0 − unsteered| = 0 (uint8 levels)" in text
+    assert "max |no pooled − unsteered| = " in text and "not available" not in text
+
+
+def test_steering_explorer_without_pooled_path(monkeypatch):
+    text = _run_steering_explorer(monkeypatch, config="configs/shapes_no_pooled.py:tiny")
+    assert "steering is not available for this model: pooled_steering needs the pooled path" in text
+    assert "remove_pooled is not available for this model: remove_pooled=True on a model without a pooled path" in text
