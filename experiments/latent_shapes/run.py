@@ -26,13 +26,11 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from configs.flux_shapes import get_config as flux_config
-from configs.latent_shapes import get_config as latent_mmdit_config
-from configs.vae_shapes import get_config as vae_config
+from experiments.latent_shapes.stages import MODELS, classifier_64, train_model, train_vae
 from mmdit_jax.data.captions import SHAPES
 from mmdit_jax.data.pipeline import build_sources
 from mmdit_jax.eval.adherence import prompt_adherence
-from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
+from mmdit_jax.eval.classifier import ShapesClassifier
 from mmdit_jax.pipelines.latent import LatentSpace
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.reporting import machine, quiet_library_logs, report
@@ -40,41 +38,10 @@ from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.study.scenes import prompts, scenes
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/latent_shapes", "Where the stages are cached.")
-_MODEL = flags.DEFINE_enum("model", "sd3", ["sd3", "flux"], "The family trained on the latents.")
+_MODEL = flags.DEFINE_enum("model", "sd3", list(MODELS), "The family trained on the latents.")
 _PER_SHAPE = flags.DEFINE_integer("per_shape", 24, "Scenes per shape and prompt template.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", "experiments/latent_shapes", "Where results.json and samples.png go.")
-
-
-def train_vae(workdir: str) -> str:
-    folder = os.path.join(workdir, "vae")
-    export = os.path.join(folder, "vae")
-    if not os.path.isfile(os.path.join(export, "config.json")):
-        from mmdit_jax.train.autoencoder import train_autoencoder
-
-        train_autoencoder(vae_config(), folder)
-    return export
-
-
-def train_model(workdir: str, vae: str, model: str):
-    from mmdit_jax.config_schema import validate_config
-    from mmdit_jax.train.loop import train
-
-    cfg = latent_mmdit_config() if model == "sd3" else flux_config()
-    cfg.latent.vae = vae
-    validate_config(cfg)
-    folder = os.path.join(workdir, model)
-    train(cfg, folder)          # resumes; returns at once when the run is complete
-    return cfg, folder
-
-
-def classifier_64(workdir: str) -> ShapesClassifier:
-    path = os.path.join(workdir, "classifier64.msgpack")
-    if os.path.exists(path):
-        return ShapesClassifier.load(path)
-    classifier = train_classifier(image_size=64)
-    classifier.save(path)
-    return classifier
 
 
 def real_image_scores(cfg, workdir: str, classifier: ShapesClassifier, n: int = 512) -> dict[str, float]:

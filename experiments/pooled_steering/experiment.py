@@ -16,15 +16,13 @@ import time
 
 import numpy as np
 
+from experiments.pooled_steering import unspecified
 from mmdit_jax import reporting
 from mmdit_jax.data.captions import TEMPLATES
 from mmdit_jax.eval.attributes import ATTRIBUTES
-from mmdit_jax.study import figures, report, stages
 from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.study import figures, report, stages
 from mmdit_jax.study.scenes import edited, prompts, scenes
-
-from experiments.pooled_steering import unspecified
-
 
 TEMPLATE_FIELD = {"shape": "{s}", "colour": "{c}", "size": "{z}", "position": "{p}"}
 

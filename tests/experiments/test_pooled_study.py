@@ -49,6 +49,31 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     assert free["named"] == ["shape", "colour"]
     assert "size" not in free["example"][0] and "large" in free["example"][1] and "small" in free["example"][2]
     assert "Steering what the prompt leaves free" in (tmp_path / "steering" / "RESULTS.md").read_text()
+    # The family comparison's per-family evaluation on the same two models: the y = e_t model is the control.
+    from configs.pooled_families import get_config as families_config
+    from experiments.pooled_families.experiment import evaluate_family, write
+    from mmdit_jax.eval.classifier import ShapesClassifier
+    from mmdit_jax.eval.deviation import make_deviation
+    from mmdit_jax.pipelines.sampling import SamplingPipeline
+    from mmdit_jax.study import stages
+
+    fcfg = families_config("tiny")
+    fcfg.steering.pairs = fcfg.steering.pairs[:1]
+    clf = ShapesClassifier.load(os.path.join(work, "classifier.msgpack"))
+    paths = stages.evaluators(cfg, work).toy_clip["paths"]
+    families = {}
+    for name, pooled in (("sd3", True), ("sd3_no_pooled", False)):
+        gen = SamplingPipeline.from_workdir(*stages.mmdit(cfg, work, paths, pooled))
+        families[name] = evaluate_family(fcfg, gen, clf, make_deviation("features", clf), str(tmp_path / name))
+    write(fcfg, families, str(tmp_path / "families"), "tiny models", 1.0)
+    assert families["sd3"]["pooled_path"] and not families["sd3_no_pooled"]["pooled_path"]
+    assert families["sd3"]["unspecified"][0]["max_abs_diff_w0_vs_original"] == 0
+    refused = families["sd3_no_pooled"]["refusals"]
+    assert "pooled_steering needs the pooled path" in refused["steering"]
+    assert "remove_pooled=True on a model without a pooled path" in refused["remove_pooled"]
+    table = (tmp_path / "families" / "RESULTS.md").read_text()
+    assert "| sd3_no_pooled |" in table and "steering refused (no pooled path)" in table
+    assert 0.0 <= families["sd3_no_pooled"]["quality"]["short"]["all"][0] <= 1.0
     # Stages are cached and shared: the second experiment reused the first one's models.
     assert sorted(os.listdir(work)) == ["classifier.msgpack", "mmdit_no_pooled", "mmdit_pooled", "toy_clip"]
 

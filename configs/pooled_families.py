@@ -1,0 +1,31 @@
+"""Pooled steering across model families (experiments/pooled_families): the SD3-style and FLUX-style models of
+experiments/latent_shapes (same 16x16x4 latents of 64x64 ``shapes``, text towers, schedule, optimiser and budget)
+and the SD3-style model without a pooled path (y = e_t), the control where steering is impossible by construction.
+
+    python -m experiments.pooled_families.run --workdir=runs/latent_shapes --outdir=experiments/pooled_families
+
+The steering settings are the pooled study's (``configs/pooled_study.py``): named-attribute pairs and attributes
+the prompt leaves free. ``:tiny`` is the smoke-test size.
+"""
+
+import ml_collections
+
+from configs.pooled_study import get_config as study_config
+
+FAMILIES = ("sd3", "flux", "sd3_no_pooled")
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    if arg not in ("", "tiny"):
+        raise ValueError(f"configs/pooled_families.py: unknown argument {arg!r}; valid: '' or 'tiny'")
+    c = ml_collections.ConfigDict()
+    c.families = FAMILIES
+    c.steering = study_config(arg).steering
+    # Base quality of each family, read by the 64x64 attribute classifier: short ("a red circle") and long prompts.
+    c.quality = ml_collections.ConfigDict(dict(num_scenes=96, scene_seed=5151, seeds=(0, 1), short_template=1,
+                                               long_template=7))
+    if arg == "tiny":
+        c.quality.update(num_scenes=2, seeds=(0,))
+    else:
+        c.steering.weights = (0.0, 1.0, 2.0, 4.0, 6.0)
+    return c
