@@ -1,6 +1,6 @@
 """Latent-space models on ``shapes`` at 64x64, scored next to the pixel-space default, in one command.
 
-    python -m experiments.latent_shapes.run --workdir=runs/latent_shapes [--model=sd3|flux]
+    python -m experiments.latent_shapes.run --workdir=runs/latent_shapes [--model=sd3|flux|sd3_no_pooled|sd3_large]
 
 Stages (each skipped when its output exists, so a rerun only redoes what is missing):
 
@@ -8,7 +8,8 @@ Stages (each skipped when its output exists, so a rerun only redoes what is miss
    ``vae/vae/`` with its measured latent shift and scale.
 2. ``sd3/`` (``--model=sd3``): the default MMDiT trained by rectified flow on the cached, normalised latents
    (``configs/latent_shapes.py``; the same transformer and 8x8 token grid as the pixel default), or ``flux/``
-   (``--model=flux``): a FLUX-style model of about the same size on the same latents (``configs/flux_shapes.py``).
+   (``--model=flux``): a FLUX-style model of about the same size on the same latents (``configs/flux_shapes.py``);
+   ``sd3_no_pooled`` the SD3-style model with y = e_t, ``sd3_large`` a bigger one (D = 192, 6 layers, 5,000 steps).
 3. ``results_<model>.json`` + ``samples_<model>.png``: prompt adherence with a 64x64 attribute classifier (trained here on
    generated ground truth) for short (``a {colour} {shape}``) and long (template 7) prompts over six shapes, the
    classifier's accuracy on real test images and on their VAE reconstructions (what the autoencoder alone

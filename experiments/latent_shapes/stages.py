@@ -11,7 +11,7 @@ from configs.latent_shapes import get_config as latent_mmdit_config
 from configs.vae_shapes import get_config as vae_config
 from mmdit_jax.eval.classifier import ShapesClassifier, train_classifier
 
-MODELS = ("sd3", "flux", "sd3_no_pooled")
+MODELS = ("sd3", "flux", "sd3_no_pooled", "sd3_large")
 
 
 def train_vae(workdir: str) -> str:
@@ -33,6 +33,9 @@ def train_model(workdir: str, vae: str, model: str):
     cfg = flux_config() if model == "flux" else latent_mmdit_config()
     if model == "sd3_no_pooled":
         cfg.model.use_pooled = False        # y = e_t: the pooled study's control (experiments/pooled_families)
+    if model == "sd3_large":                # how much model short prompts need (D = 192, 6 layers, 5,000 steps)
+        cfg.model.update(num_layers=6, num_heads=6)
+        cfg.train.num_steps = 5000
     cfg.latent.vae = vae
     validate_config(cfg)
     folder = os.path.join(workdir, model)

@@ -74,31 +74,41 @@ def w0_exact(result: dict) -> int:
     return max(diffs)
 
 
-def family_table(cfg: Any, results: dict[str, dict]) -> str:
-    """One row per family: base quality, then per setting the rate at the largest w (and what was kept)."""
+def family_table(cfg: Any, results: dict[str, dict], w_mid: str = "2") -> str:
+    """Rows = base quality and every steering setting, columns = families. A steering cell reads the rate at
+    w = 0 → ``w_mid`` → the largest w, and what was kept at ``w_mid`` / the largest w."""
     s = cfg.steering
     w = f"{max(float(x) for x in s.weights):g}"
-    free_heads = [f"{e[0]} → {e[1]} (t{e[3]})" for e in s.unspecified]
-    named_heads = [f"{p[0]} {p[1]} → {p[2]} (t{t})" for p in s.pairs for t in s.templates]
-    head = ("| family | short adherence (all) | long adherence (all) | " + " | ".join(free_heads + named_heads)
-            + " | max \\|w=0 − original\\| |\n|" + "---|" * (4 + len(free_heads) + len(named_heads)))
-    rows = []
-    for name, r in results.items():
-        q = r["quality"]
-        cells = [name, report.fmt(q["short"]["all"]), report.fmt(q["long"]["all"])]
-        if not r["pooled_path"]:
-            cells += ["steering refused (no pooled path)"] * (len(free_heads) + len(named_heads)) + ["—"]
-        else:
-            for f in r["unspecified"]:
-                v0, v = f["weights"]["0"], f["weights"][w]
-                cells.append(f"{v0['target_rate'][0]:.2f} → {v['target_rate'][0]:.2f} (kept {v['kept'][0]:.2f})")
-            for p in r["pairs"]:
-                for t in s.templates:
-                    v = p[f"template_{t}"]["weights"][w]
-                    cells.append(f"{v['flip'][0]:.2f} (kept {v['preserved'][0]:.2f})")
-            cells.append(str(w0_exact(r)))
-        rows.append("| " + " | ".join(cells) + " |")
-    return head + "\n" + "\n".join(rows)
+    w_mid = w_mid if w_mid in {f"{float(x):g}" for x in s.weights} else w
+    names = list(results)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def row(label: str, cell) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(results[n]) for n in names) + " |")
+
+    def steered(get) -> Any:
+        def cell(r: dict) -> str:
+            if not r["pooled_path"]:
+                return "refused (no pooled path)"
+            v0, vm, v = get(r, "0"), get(r, w_mid), get(r, w)
+            return f"{v0[0]:.2f} → {vm[0]:.2f} → {v[0]:.2f} (kept {vm[1]:.2f} / {v[1]:.2f})"
+        return cell
+
+    for length in ("short", "long"):
+        t = cfg.quality.short_template if length == "short" else cfg.quality.long_template
+        row(f"base: {length} prompts (t{t}), all named attributes read back",
+            lambda r, length=length: report.fmt(r["quality"][length]["all"]))
+    for i, e in enumerate(s.unspecified):
+        row(f"free: {e[0]} → {e[1]} (t{e[3]}), target rate",
+            steered(lambda r, k, i=i: (r["unspecified"][i]["weights"][k]["target_rate"][0],
+                                       r["unspecified"][i]["weights"][k]["kept"][0])))
+    for i, p in enumerate(s.pairs):
+        for t in s.templates:
+            row(f"named: {p[0]} {p[1]} → {p[2]} (t{t}), flip rate",
+                steered(lambda r, k, i=i, t=t: (r["pairs"][i][f"template_{t}"]["weights"][k]["flip"][0],
+                                                r["pairs"][i][f"template_{t}"]["weights"][k]["preserved"][0])))
+    row("max \\|w = 0 − unsteered\\| (uint8)", lambda r: str(w0_exact(r)) if r["pooled_path"] else "—")
+    return "\n".join(lines)
 
 
 def markdown(cfg: Any, results: dict[str, dict], setup: str, seconds: float) -> str:
@@ -122,8 +132,9 @@ Wall time: {seconds / 60:.1f} min (cached stages excluded). Base quality: {q.num
 {q.short_template} (`{TEMPLATES[q.short_template]}`), long = template {q.long_template}, sampling seeds
 {list(q.seeds)}; adherence "all" = every attribute the prompt names is read back. Steering: the pooled study's
 settings, {s.num_scenes} scenes each, weights {list(s.weights)}, seeds {list(s.seeds)}, steering at every model call
-(both CFG branches). Free attributes: target rate at w = 0 → w = {w} (kept = the attributes the prompt names read as
-in the original). Named pairs: flip rate at w = {w} (kept = the other three attributes).
+(both CFG branches). Steering cells: the rate at w = 0 → 2 → {w}, and (kept at w = 2 / {w}): for a free attribute the
+target rate and the attributes the prompt names read as in the original; for a named pair the flip rate and the
+other three attributes.
 
 {family_table(cfg, results)}
 

@@ -74,6 +74,11 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     table = (tmp_path / "families" / "RESULTS.md").read_text()
     assert "| sd3_no_pooled |" in table and "steering refused (no pooled path)" in table
     assert 0.0 <= families["sd3_no_pooled"]["quality"]["short"]["all"][0] <= 1.0
+    from experiments.clip_removal.base_quality import base_quality
+
+    quality = base_quality(cfg, work, [1, 7], 2, [0])          # the pooled model's adherence by template
+    assert set(quality[1]) == {"shape", "colour", "all"} and set(quality[7]) == {"shape", "colour", "size",
+                                                                                "position", "all"}
     # Stages are cached and shared: the second experiment reused the first one's models.
     assert sorted(os.listdir(work)) == ["classifier.msgpack", "mmdit_no_pooled", "mmdit_pooled", "toy_clip"]
 
