@@ -72,7 +72,7 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     assert "pooled_steering needs the pooled path" in refused["steering"]
     assert "remove_pooled=True on a model without a pooled path" in refused["remove_pooled"]
     table = (tmp_path / "families" / "RESULTS.md").read_text()
-    assert "| sd3_no_pooled |" in table and "steering refused (no pooled path)" in table
+    assert "| | sd3 | sd3_no_pooled |" in table and "| refused (no pooled path) |" in table
     assert 0.0 <= families["sd3_no_pooled"]["quality"]["short"]["all"][0] <= 1.0
     from experiments.clip_removal.base_quality import base_quality
 
