@@ -25,13 +25,6 @@ from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.study import report, stages
 from mmdit_jax.study.scenes import prompts, scenes
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pooled_study.py", "Study configuration.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/pooled_study", "Cache of the study's stages (shared).")
-_OUTDIR = flags.DEFINE_string("outdir", "experiments/clip_removal/base_quality", "Where RESULTS.md goes.")
-_TEMPLATES = flags.DEFINE_list("templates", ["1", "2", "7"], "Prompt templates to score (0 = shortest).")
-_SCENES = flags.DEFINE_integer("num_scenes", 256, "Random scenes per template.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Sampling seeds.")
-
 
 def base_quality(cfg, workdir: str, templates: list[int], num_scenes: int, seeds: list[int]) -> dict:
     """``{template: {attribute or 'all': (mean, std)}}`` for the study's pooled model of ``cfg``."""
@@ -47,7 +40,7 @@ def base_quality(cfg, workdir: str, templates: list[int], num_scenes: int, seeds
     return out
 
 
-def markdown(cfg, results: dict, command: str, seconds: float) -> str:
+def markdown(cfg, results: dict, command: str, seconds: float, num_scenes: int, seeds: list[int]) -> str:
     m = cfg.mmdit
     rows = []
     for t, r in results.items():
@@ -61,7 +54,7 @@ def markdown(cfg, results: dict, command: str, seconds: float) -> str:
 Machine: {machine()}. Model: the study's y = e_t + h_y MMDiT, {m.model.num_layers} layers, D =
 {m.model.num_heads * m.model.head_dim}, patch {m.model.patch_size}, {m.train.num_steps} steps of batch
 {m.data.batch_size}; sampler {m.sample.sampler.name} {m.sample.sampler.n_steps} steps, CFG {m.sample.guidance_scale}.
-{_SCENES.value} random scenes per template, sampling seeds {[int(x) for x in _SEEDS.value]}, mean ± std over seeds. Sampling and
+{num_scenes} random scenes per template, sampling seeds {seeds}, mean ± std over seeds. Sampling and
 scoring time: {seconds / 60:.1f} min (training excluded).
 
 | template | text | shape | colour | size | position | all named |
@@ -70,19 +63,31 @@ scoring time: {seconds / 60:.1f} min (training excluded).
 """
 
 
-def main(_):
-    configure_runtime()  # before the first JAX computation
-    quiet_library_logs()
-    start = time.time()
-    templates = [int(t) for t in _TEMPLATES.value]
-    results = base_quality(_CONFIG.value, _WORKDIR.value, templates, _SCENES.value, [int(s) for s in _SEEDS.value])
-    command = ("python -m experiments.clip_removal.base_quality "
-               + " ".join(f"--{k}={v}" for k, v in (("config", config_flags.get_config_filename(flags.FLAGS["config"])),
-                                                     ("workdir", _WORKDIR.value), ("outdir", _OUTDIR.value))))
-    report.write(_OUTDIR.value, "Study model quality by prompt length", {"templates": results},
-                 markdown(_CONFIG.value, results, command, time.time() - start))
-    print(open(os.path.join(_OUTDIR.value, "RESULTS.md")).read())
+def main() -> None:
+    # Flags are defined here, not at import, so the scoring function can be imported without a command line.
+    config = config_flags.DEFINE_config_file("config", "configs/pooled_study.py", "Study configuration.")
+    workdir = flags.DEFINE_string("workdir", "runs/pooled_study", "Cache of the study's stages (shared).")
+    outdir = flags.DEFINE_string("outdir", "experiments/clip_removal/base_quality", "Where RESULTS.md goes.")
+    templates = flags.DEFINE_list("templates", ["1", "2", "7"], "Prompt templates to score (0 = shortest).")
+    num_scenes = flags.DEFINE_integer("num_scenes", 256, "Random scenes per template.")
+    seeds = flags.DEFINE_list("seeds", ["0", "1"], "Sampling seeds.")
+
+    def run(_):
+        configure_runtime()  # before the first JAX computation
+        quiet_library_logs()
+        start = time.time()
+        seed_list = [int(x) for x in seeds.value]
+        results = base_quality(config.value, workdir.value, [int(t) for t in templates.value], num_scenes.value,
+                               seed_list)
+        command = (f"python -m experiments.clip_removal.base_quality "
+                   f"--config={config_flags.get_config_filename(flags.FLAGS['config'])} "
+                   f"--workdir={workdir.value} --outdir={outdir.value}")
+        report.write(outdir.value, "Study model quality by prompt length", {"templates": results},
+                     markdown(config.value, results, command, time.time() - start, num_scenes.value, seed_list))
+        print(open(os.path.join(outdir.value, "RESULTS.md")).read())
+
+    app.run(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
