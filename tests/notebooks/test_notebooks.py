@@ -55,9 +55,3 @@ def test_steering_explorer_on_a_pipeline_folder(tmp_path, monkeypatch):
     assert "`FluxPipeline` folder" in text
     assert "max |w = 0 − unsteered| = 0 (uint8 levels)" in text
     assert "max |no pooled − unsteered| = " in text and "not available" not in text
-
-
-def test_steering_explorer_without_pooled_path(monkeypatch):
-    text = _run_steering_explorer(monkeypatch, config="configs/shapes_no_pooled.py:tiny")
-    assert "steering is not available for this model: pooled_steering needs the pooled path" in text
-    assert "remove_pooled is not available for this model: remove_pooled=True on a model without a pooled path" in text
