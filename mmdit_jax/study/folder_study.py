@@ -34,6 +34,7 @@ from mmdit_jax.pipelines.flux import FluxPipeline
 from mmdit_jax.pipelines.generator import PIPELINES
 from mmdit_jax.pipelines.text_to_image import Steering, to_uint8
 from mmdit_jax.study import figures, report
+from mmdit_jax.study.stages import mean_std
 
 # Increasing length, from 2 to about 40 words, within what CLIP reads (75 tokens besides BOS / EOS).
 DEFAULT_PROMPTS = (
@@ -259,11 +260,6 @@ def choose_metric(dreamsim_dir: str) -> Metric:
 def by_tokens(prompts: Sequence[str], count: Callable[[str], int]) -> list[tuple[str, int]]:
     """``[(prompt, tokens)]`` in increasing token count (ties keep the given order)."""
     return sorted(((p, count(p)) for p in prompts), key=lambda pt: pt[1])
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> int:
