@@ -1,19 +1,23 @@
 """Latent-space models on ``shapes`` at 64x64, scored next to the pixel-space default, in one command.
 
-    python -m experiments.latent_shapes.run --workdir=runs/latent_shapes [--model=sd3|flux|sd3_no_pooled|sd3_large]
+    python -m experiments.latent_shapes.run --workdir=runs/latent_shapes [--model=NAME]
 
-Stages (each skipped when its output exists, so a rerun only redoes what is missing):
+NAME: sd3 (default), flux, sd3_no_pooled, sd3_large or sd3_study. Stages (each skipped when its output exists,
+so a rerun only redoes what is missing):
 
 1. ``vae/``: a KL autoencoder trained on the 64x64 training images (``configs/vae_shapes.py``), exported to
    ``vae/vae/`` with its measured latent shift and scale.
 2. ``sd3/`` (``--model=sd3``): the default MMDiT trained by rectified flow on the cached, normalised latents
    (``configs/latent_shapes.py``; the same transformer and 8x8 token grid as the pixel default), or ``flux/``
    (``--model=flux``): a FLUX-style model of about the same size on the same latents (``configs/flux_shapes.py``);
-   ``sd3_no_pooled`` the SD3-style model with y = e_t, ``sd3_large`` a bigger one (D = 192, 6 layers, 5,000 steps).
-3. ``results_<model>.json`` + ``samples_<model>.png``: prompt adherence with a 64x64 attribute classifier (trained here on
-   generated ground truth) for short (``a {colour} {shape}``) and long (template 7) prompts over six shapes, the
-   classifier's accuracy on real test images and on their VAE reconstructions (what the autoencoder alone
-   loses: the ceiling of any latent model), and the VAE's reconstruction error.
+   ``sd3_no_pooled`` the SD3-style model with y = e_t; ``sd3_large`` a bigger SD3-style model (D = 192,
+   6 layers, 5,000 steps); ``sd3_study`` the same trained 12,000 steps on captions that at times leave the colour
+   or the shape unnamed (``data.captions="partial"``).
+3. ``results_<model>.json`` + ``samples_<model>.png``: prompt adherence with a 64x64 attribute classifier (trained
+   here on generated ground truth) for short prompts (``a {colour} {shape}``; ``short_sized``:
+   ``a {size} {colour} {shape}``) and long ones (template 7) over six shapes, the classifier's accuracy on real
+   test images and on their VAE reconstructions (what the autoencoder alone loses: the ceiling of any latent
+   model), and the VAE's reconstruction error.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def main(_):
 
     pipe = SamplingPipeline.from_workdir(cfg, folder)
     objs = [o for i, s in enumerate(SHAPES) for o in scenes(_PER_SHAPE.value, 777 + i, shape=s)]
-    for t, name in ((1, "short"), (7, "long")):
+    for t, name in ((1, "short"), (2, "short_sized"), (7, "long")):
         texts = prompts(objs, t)
         adh = prompt_adherence(classifier, pipe(texts, _SEED.value), texts)
         results.update({f"{name}/{k}": v for k, v in adh.items()})

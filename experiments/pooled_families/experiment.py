@@ -111,7 +111,10 @@ def family_table(cfg: Any, results: dict[str, dict], w_mid: str = "2") -> str:
     return "\n".join(lines)
 
 
-def markdown(cfg: Any, results: dict[str, dict], setup: str, seconds: float) -> str:
+COMMAND = "python -m experiments.pooled_families.run --workdir=runs/latent_shapes --outdir=experiments/pooled_families"
+
+
+def markdown(cfg: Any, results: dict[str, dict], setup: str, seconds: float, command: str = COMMAND) -> str:
     s, q = cfg.steering, cfg.quality
     w = f"{max(float(x) for x in s.weights):g}"
     control = [f"- `{name}`: steering → `{r['refusals']['steering']}`; remove_pooled → "
@@ -124,7 +127,7 @@ def markdown(cfg: Any, results: dict[str, dict], setup: str, seconds: float) -> 
                            f"grids: `{name}/steer_<attribute>_t<template>.png`.\n")
     return f"""Command:
 
-    python -m experiments.pooled_families.run --workdir=runs/latent_shapes --outdir=experiments/pooled_families
+    {command}
 
 {setup}
 
@@ -151,7 +154,7 @@ def summarise_numbers(results: dict[str, dict]) -> dict[str, Any]:
                    "w0_exact": w0_exact(r) if r["pooled_path"] else None} for name, r in results.items()}
 
 
-def write(cfg: Any, results: dict[str, dict], outdir: str, setup: str, seconds: float) -> None:
+def write(cfg: Any, results: dict[str, dict], outdir: str, setup: str, seconds: float, command: str = COMMAND) -> None:
     report.write(outdir, "Pooled steering across model families (toy scale)",
                  {"families": results, "summary": summarise_numbers(results)},
-                 markdown(cfg, results, setup, seconds))
+                 markdown(cfg, results, setup, seconds, command))

@@ -9,12 +9,13 @@ SD3-style and FLUX-style models) plus the SD3-style model without a pooled path;
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.latent_shapes.stages import classifier_64, train_model, train_vae
+from experiments.latent_shapes.stages import DESCRIPTIONS, classifier_64, train_model, train_vae
 from experiments.pooled_families.experiment import evaluate_family, write
 from mmdit_jax.eval.deviation import make_deviation
 from mmdit_jax.pipelines.sampling import SamplingPipeline
@@ -39,12 +40,12 @@ def main(_):
     for name, gen in gens.items():
         report(f"evaluating {name}")
         results[name] = evaluate_family(cfg, gen, classifier, deviation, os.path.join(outdir, name))
-    setup = (f"Machine: {machine()}. Models (experiments/latent_shapes): the default MMDiT's transformer (SD3-style: "
-             "4 joint blocks, D = 128, patch 2) and a FLUX-style model of the same width and token grid (2 double- + "
-             "2 single-stream blocks, RoPE), and the SD3-style model with use_pooled=False (y = e_t), each trained "
-             "4,000 steps on the 16x16x4 latents of 64x64 `shapes` with the shipped toy CLIP towers; sampler flow "
-             "Euler 40 steps, CFG 3.0. Read by the 64x64 attribute classifier; deviation = its feature distance.")
-    write(cfg, results, outdir, setup, time.time() - start)
+    models = "; ".join(f"`{name}`: {DESCRIPTIONS[name]}" for name in cfg.families)
+    setup = (f"Machine: {machine()}. Models (experiments/latent_shapes), each trained on the 16x16x4 latents of 64x64 "
+             f"`shapes` with the shipped toy CLIP towers: {models}. Sampler flow Euler 40 steps, CFG 3.0. Read by "
+             "the 64x64 attribute classifier; deviation = its feature distance.")
+    command = " ".join(["python -m experiments.pooled_families.run", *sys.argv[1:]])
+    write(cfg, results, outdir, setup, time.time() - start, command)
     print(open(os.path.join(outdir, "RESULTS.md")).read())
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mmdit_jax.data.captions import TEMPLATES
+from mmdit_jax.data.captions import ALL_TEMPLATES
 from mmdit_jax.eval.attributes import ATTRIBUTES, parse_caption
 from mmdit_jax.study import figures, report, stages
 from mmdit_jax.study.scenes import prompts, scenes
@@ -42,11 +42,11 @@ def check_setting(entry: Any) -> tuple[str, str, str, int, int]:
     for name, value in (("target", target), ("contrast", contrast)):
         if value not in ATTRIBUTES[attribute]:
             raise ValueError(f"steering.unspecified {name} {value!r} is not a {attribute}: valid {ATTRIBUTES[attribute]}")
-    if FIELD[attribute] in TEMPLATES[template]:
-        raise ValueError(f"steering.unspecified template {template} (`{TEMPLATES[template]}`) names the {attribute}: "
+    if FIELD[attribute] in ALL_TEMPLATES[template]:
+        raise ValueError(f"steering.unspecified template {template} (`{ALL_TEMPLATES[template]}`) names the {attribute}: "
                          "choose a template that leaves it free")
-    if FIELD[attribute] not in TEMPLATES[edit_template]:
-        raise ValueError(f"steering.unspecified edit_template {edit_template} (`{TEMPLATES[edit_template]}`) does "
+    if FIELD[attribute] not in ALL_TEMPLATES[edit_template]:
+        raise ValueError(f"steering.unspecified edit_template {edit_template} (`{ALL_TEMPLATES[edit_template]}`) does "
                          f"not name the {attribute}")
     return attribute, target, contrast, int(template), int(edit_template)
 
@@ -107,7 +107,7 @@ def markdown(results: list[dict]) -> str:
         name = f"free_{r['attribute']}_{r['target'].replace(' ', '_')}.png"
         parts.append(
             f"### {r['attribute']} → {r['target']}, left free by template {r['template']} "
-            f"(`{TEMPLATES[r['template']]}`)\n\nExample: p = \"{text}\", p+ = \"{plus}\", p− = \"{minus}\"; kept = "
+            f"(`{ALL_TEMPLATES[r['template']]}`)\n\nExample: p = \"{text}\", p+ = \"{plus}\", p− = \"{minus}\"; kept = "
             f"{', '.join(r['named'])} as in the original; w = 0 vs the unsteered sample: max |Δ| = "
             f"{r['max_abs_diff_w0_vs_original']} (uint8).\n\n| | target rate | flipped (originals not at target) | kept "
             f"| deviation |\n|---|---|---|---|---|\n" + "\n".join(rows) + f"\n\n![{name}]({name})\n")

@@ -39,6 +39,16 @@ TEMPLATES = (
     "there is a {z} {c} {s} in the {p} of the image, drawn on a plain black background",
     "a simple drawing that shows one {z} {c} {s}, located in the {p} part of an otherwise empty black canvas",
 )
+# Templates that leave the colour, or the shape, unnamed: a scene described by its other attributes, the prompts
+# whose free attribute pooled steering can set. Their indices continue TEMPLATES'; only a data set with
+# ``captions="partial"`` draws them, so the default data (every caption names colour and shape) is unchanged.
+PARTIAL_TEMPLATES = (
+    "a {z} {s} in the {p}",
+    "a {z} {c} shape in the {p}",
+)
+ALL_TEMPLATES = TEMPLATES + PARTIAL_TEMPLATES
+# Caption sets of the ``shapes`` data: how many of ALL_TEMPLATES a record's template is drawn from.
+CAPTION_SETS = {"full": len(TEMPLATES), "partial": len(ALL_TEMPLATES)}
 
 
 def caption_text(record: dict) -> str:
@@ -48,8 +58,8 @@ def caption_text(record: dict) -> str:
 
 
 def describe(obj: ShapeObject, template: int) -> str:
-    """One object's phrase with template ``template`` (0 = shortest)."""
-    return TEMPLATES[template].format(s=obj.shape, c=obj.colour, z=obj.size, p=obj.position)
+    """One object's phrase with template ``template`` (an index of ``ALL_TEMPLATES``; 0 = shortest)."""
+    return ALL_TEMPLATES[template].format(s=obj.shape, c=obj.colour, z=obj.size, p=obj.position)
 
 
 def caption(objects: tuple[ShapeObject, ...], template: int) -> str:

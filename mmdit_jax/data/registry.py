@@ -75,7 +75,7 @@ def _shapes_builder(cfg: Any, data_dir: str) -> Any:
     from mmdit_jax.data.builders.shapes import Shapes, shapes_config
 
     return _named_config(Shapes, shapes_config(cfg.image_size, cfg.num_train, cfg.num_test, cfg.max_objects,
-                                               cfg.seed), data_dir)
+                                               cfg.seed, cfg.captions), data_dir)
 
 
 def _shape_edits_builder(cfg: Any, data_dir: str) -> Any:
@@ -151,6 +151,13 @@ def _positive(*names: str) -> Callable[[Any], None]:
     return validate
 
 
+def _validate_shapes(cfg: Any) -> None:
+    _positive("image_size", "num_train", "num_test", "max_objects")(cfg)
+    from mmdit_jax.data.captions import CAPTION_SETS
+
+    check_choice("data.captions", cfg.captions, CAPTION_SETS)
+
+
 def _validate_tfds(cfg: Any) -> None:
     if not cfg.tfds_name:
         raise ConfigError("data.name='tfds' needs data.tfds_name (a TFDS dataset prepared locally)")
@@ -165,9 +172,10 @@ _EDIT_FIELDS = {"image_size": 32, "num_train": 10_000, "num_test": 1_000, "max_o
 
 DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(
-        fields={"image_size": 32, "num_train": 10_000, "num_test": 1_000, "max_objects": 1, "seed": 0},
+        fields={"image_size": 32, "num_train": 10_000, "num_test": 1_000, "max_objects": 1, "seed": 0,
+                "captions": "full"},
         builder=_shapes_builder, example_shape=_square_image, to_example=_image, render=to_grid,
-        validate=_positive("image_size", "num_train", "num_test", "max_objects")),
+        validate=_validate_shapes),
     "shape_edits": DatasetSpec(
         fields=_EDIT_FIELDS, builder=_shape_edits_builder, example_shape=_square_image, to_example=_image,
         render=to_grid, validate=_validate_edits, conditions=_edit_source),

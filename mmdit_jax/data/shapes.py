@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmdit_jax.data.captions import COLOURS, COLOUR_RGB, POSITIONS, SHAPES, SIZES, TEMPLATES, ShapeObject, caption
+from mmdit_jax.data.captions import CAPTION_SETS, COLOURS, COLOUR_RGB, POSITIONS, SHAPES, SIZES, ShapeObject, caption
 
 SIZE_FRACTION = {"small": 0.11, "medium": 0.16, "large": 0.22}   # object radius / image side (one object)
 
@@ -106,11 +106,12 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 1) -> tuple[ShapeO
                              SIZES[rng.integers(len(SIZES))], POSITIONS[c]) for c in cells)
 
 
-def example(index: int, seed: int, size: int = 32, max_objects: int = 1) -> dict:
-    """Example ``index`` of the stream ``seed``: image, caption and attribute ids of the first object."""
+def example(index: int, seed: int, size: int = 32, max_objects: int = 1, captions: str = "full") -> dict:
+    """Example ``index`` of the stream ``seed``: image, caption and attribute ids of the first object; the template
+    is drawn uniformly from the caption set ``captions`` (``captions.CAPTION_SETS``)."""
     rng = np.random.default_rng([seed, index])
     objects = sample_scene(rng, max_objects)
-    template = int(rng.integers(len(TEMPLATES)))
+    template = int(rng.integers(CAPTION_SETS[captions]))
     first = objects[0]
     return {
         "image": render(objects, size),

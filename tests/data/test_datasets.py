@@ -37,6 +37,31 @@ def test_shapes_examples_are_deterministic_and_match_their_attributes():
         assert np.abs(top - np.asarray(COLOUR_RGB[COLOURS[e["colour"]]])).max() <= 1
 
 
+def test_partial_captions_leave_colour_or_shape_unnamed_and_the_default_data_is_unchanged():
+    from mmdit_jax.data.builders.shapes import shapes_config
+    from mmdit_jax.data.captions import ALL_TEMPLATES
+    from mmdit_jax.eval.attributes import parse_caption
+
+    for i in range(20):                        # the default caption set draws exactly what it always drew
+        full = example(i, seed=2, captions="full")
+        assert full["caption"] == example(i, seed=2)["caption"] and full["template"] < len(TEMPLATES)
+    seen = set()
+    for i in range(300):
+        e = example(i, seed=2, captions="partial")
+        np.testing.assert_array_equal(e["image"], example(i, seed=2)["image"])    # same scenes, other words
+        named = parse_caption(e["caption"])
+        assert all(named[a] == e[a] for a in named), e["caption"]                  # every word true to the image
+        t = ALL_TEMPLATES[e["template"]]
+        assert set(named) == {a for a, f in (("shape", "{s}"), ("colour", "{c}"), ("size", "{z}"),
+                                              ("position", "{p}")) if f in t}, e["caption"]
+        seen.add(e["template"])
+    assert {len(TEMPLATES), len(TEMPLATES) + 1} <= seen                           # both partial templates drawn
+    assert shapes_config(captions="full").name == shapes_config().name == "s32_n20000_1000_o1_seed0"
+    assert shapes_config(captions="partial").name.endswith("_partial")
+    with pytest.raises(ConfigError, match=r"data.captions='some' is not valid; choose one of \['full', 'partial'\]"):
+        validate_data_config(data_cfg(captions="some"))
+
+
 def test_larger_size_attribute_covers_more_pixels():
     areas = {z: [] for z in SIZES}
     for i in range(300):

@@ -89,10 +89,13 @@ def test_clip_removal_and_steering_run_and_report(tmp_path):
     (("size", "huge", "small", 1, 2), "valid"),
     (("hue", "red", "blue", 1, 2), "attribute 'hue'"),
     (("size", "large", "small", 1), "entries are"),
+    (("colour", "blue", "red", 10, 4), "names the colour"),          # template 10 leaves the shape free, not colour
+    (("shape", "square", "circle", 10, 10), "does not name the shape"),
 ])
 def test_unspecified_steering_settings_are_checked(entry, message):
     from experiments.pooled_steering.unspecified import check_setting
 
     assert check_setting(("position", "right", "left", 2, 4)) == ("position", "right", "left", 2, 4)
+    assert check_setting(("colour", "blue", "red", 9, 4)) == ("colour", "blue", "red", 9, 4)   # partial captions
     with pytest.raises(ValueError, match=message):
         check_setting(entry)

@@ -17,14 +17,17 @@ class ShapesConfig(tfds.core.BuilderConfig):
     num_test: int = 1_000
     max_objects: int = 1
     seed: int = 0
+    captions: str = "full"
 
 
 def shapes_config(image_size: int = 32, num_train: int = 20_000, num_test: int = 1_000, max_objects: int = 1,
-                  seed: int = 0) -> ShapesConfig:
-    """A config whose name encodes every generation parameter (so different data never share a folder)."""
+                  seed: int = 0, captions: str = "full") -> ShapesConfig:
+    """A config whose name encodes every generation parameter (so different data never share a folder; the default
+    caption set adds nothing, so folders written before caption sets existed keep their names)."""
     name = f"s{image_size}_n{num_train}_{num_test}_o{max_objects}_seed{seed}"
+    name += "" if captions == "full" else f"_{captions}"
     return ShapesConfig(name=name, version="1.0.0", image_size=image_size, num_train=num_train,
-                        num_test=num_test, max_objects=max_objects, seed=seed)
+                        num_test=num_test, max_objects=max_objects, seed=seed, captions=captions)
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -49,4 +52,4 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, stream: int, n: int):
         cfg = self.builder_config
         for i in range(n):
-            yield i, example(i, stream, cfg.image_size, cfg.max_objects)
+            yield i, example(i, stream, cfg.image_size, cfg.max_objects, cfg.captions)
