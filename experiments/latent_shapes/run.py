@@ -15,7 +15,8 @@ so a rerun only redoes what is missing):
    or the shape unnamed (``data.captions="partial"``).
 3. ``results_<model>.json`` + ``samples_<model>.png``: prompt adherence with a 64x64 attribute classifier (trained
    here on generated ground truth) for short prompts (``a {colour} {shape}``; ``short_sized``:
-   ``a {size} {colour} {shape}``) and long ones (template 7) over six shapes, the classifier's accuracy on real
+   ``a {size} {colour} {shape}``) and long ones (template 7) over six shapes, with the share of samples that show
+   exactly one object (``eval/objects.py``: one connected piece, not fragments), the classifier's accuracy on real
    test images and on their VAE reconstructions (what the autoencoder alone loses: the ceiling of any latent
    model), and the VAE's reconstruction error.
 """
@@ -36,6 +37,7 @@ from mmdit_jax.data.captions import SHAPES
 from mmdit_jax.data.pipeline import build_sources
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.classifier import ShapesClassifier
+from mmdit_jax.eval.objects import one_object_rate
 from mmdit_jax.pipelines.latent import LatentSpace
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.reporting import machine, quiet_library_logs, report
@@ -86,7 +88,9 @@ def main(_):
     objs = [o for i, s in enumerate(SHAPES) for o in scenes(_PER_SHAPE.value, 777 + i, shape=s)]
     for t, name in ((1, "short"), (2, "short_sized"), (7, "long")):
         texts = prompts(objs, t)
-        adh = prompt_adherence(classifier, pipe(texts, _SEED.value), texts)
+        images = pipe(texts, _SEED.value)
+        adh = prompt_adherence(classifier, images, texts)
+        adh["one_object"] = one_object_rate(images)
         results.update({f"{name}/{k}": v for k, v in adh.items()})
         report(f"{name} prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in adh.items()))
     grid = pipe.grid(list(cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
