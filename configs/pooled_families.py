@@ -26,14 +26,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.families = ("sd3_study",) if arg == "study" else FAMILIES
     c.steering = study_config("tiny" if arg == "tiny" else "").steering
-    if arg == "study":
-        # colour left free by "a {z} {s} in the {p}" (template 9), shape by "a {z} {c} shape in the {p}" (10)
-        c.steering.unspecified += (("colour", "blue", "red", 9, 4), ("shape", "square", "circle", 10, 4))
+    c.table_weight = 2.0                 # the middle w of the comparison table (every w is in the per-setting tables)
     # Base quality of each family, read by the 64x64 attribute classifier: short ("a red circle") and long prompts.
     c.quality = ml_collections.ConfigDict(dict(num_scenes=96, scene_seed=5151, seeds=(0, 1), short_template=1,
                                                long_template=7))
     if arg == "tiny":
         c.quality.update(num_scenes=2, seeds=(0,))
+    elif arg == "study":
+        # colour left free by "a {z} {s} in the {p}" (template 9), shape by "a {z} {c} shape in the {p}" (10)
+        c.steering.unspecified += (("colour", "blue", "red", 9, 4), ("shape", "square", "circle", 10, 4))
+        # this model's pooled path moves samples more per unit w: at w = 2 most samples have already collapsed
+        c.steering.weights = (0.0, 0.5, 1.0, 1.5, 2.0)
+        c.table_weight = 1.0
     else:
         c.steering.weights = (0.0, 1.0, 2.0, 4.0, 6.0)
     return c

@@ -51,6 +51,17 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", "experiments/latent_shapes", "Where results.json and samples.png go.")
 
 
+def training_throughput(folder: str) -> float | None:
+    """The median examples/s the training loop logged in ``folder/metrics.jsonl``: the run's own record, so a
+    command that finds the model already trained reports the same number as the one that trained it."""
+    path = os.path.join(folder, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rates = [r["examples_per_second"] for r in map(json.loads, f) if "examples_per_second" in r]
+    return round(float(np.median(rates)), 1) if rates else None
+
+
 def real_image_scores(cfg, workdir: str, classifier: ShapesClassifier, n: int = 512) -> dict[str, float]:
     """Classifier accuracy on real test images and on their VAE reconstructions; reconstruction L1 in [0, 1]."""
     from mmdit_jax.eval.attributes import ATTRIBUTES
@@ -81,7 +92,9 @@ def main(_):
     cfg, folder = train_model(workdir, vae, model)
     classifier = classifier_64(workdir)
     results: dict[str, object] = {"machine": machine(), "model": model, "per_shape": _PER_SHAPE.value,
-                                  "seed": _SEED.value, "train_command_seconds": round(time.time() - start, 1)}
+                                  "seed": _SEED.value, "train_steps": cfg.train.num_steps,
+                                  "train_examples_per_second": training_throughput(folder),
+                                  "train_stage_seconds_this_command": round(time.time() - start, 1)}
     results.update(real_image_scores(cfg, workdir, classifier))
 
     pipe = SamplingPipeline.from_workdir(cfg, folder)

@@ -74,12 +74,12 @@ def w0_exact(result: dict) -> int:
     return max(diffs)
 
 
-def family_table(cfg: Any, results: dict[str, dict], w_mid: str = "2") -> str:
+def family_table(cfg: Any, results: dict[str, dict]) -> str:
     """Rows = base quality and every steering setting, columns = families. A steering cell reads the rate at
     w = 0 → ``w_mid`` → the largest w, and what was kept at ``w_mid`` / the largest w."""
     s = cfg.steering
     w = f"{max(float(x) for x in s.weights):g}"
-    w_mid = w_mid if w_mid in {f"{float(x):g}" for x in s.weights} else w
+    w_mid = f"{float(cfg.table_weight):g}"
     names = list(results)
     lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
 
@@ -116,7 +116,7 @@ COMMAND = "python -m experiments.pooled_families.run --workdir=runs/latent_shape
 
 def markdown(cfg: Any, results: dict[str, dict], setup: str, seconds: float, command: str = COMMAND) -> str:
     s, q = cfg.steering, cfg.quality
-    w = f"{max(float(x) for x in s.weights):g}"
+    w, w_mid = f"{max(float(x) for x in s.weights):g}", f"{float(cfg.table_weight):g}"
     control = [f"- `{name}`: steering → `{r['refusals']['steering']}`; remove_pooled → "
                f"`{r['refusals']['remove_pooled']}`" for name, r in results.items() if not r["pooled_path"]]
     details = []
@@ -135,7 +135,7 @@ Wall time: {seconds / 60:.1f} min (cached stages excluded). Base quality: {q.num
 {q.short_template} (`{TEMPLATES[q.short_template]}`), long = template {q.long_template}, sampling seeds
 {list(q.seeds)}; adherence "all" = every attribute the prompt names is read back. Steering: the pooled study's
 settings, {s.num_scenes} scenes each, weights {list(s.weights)}, seeds {list(s.seeds)}, steering at every model call
-(both CFG branches). Steering cells: the rate at w = 0 → 2 → {w}, and (kept at w = 2 / {w}): for a free attribute the
+(both CFG branches). Steering cells: the rate at w = 0 → {w_mid} → {w}, and (kept at w = {w_mid} / {w}): for a free attribute the
 target rate and the attributes the prompt names read as in the original; for a named pair the flip rate and the
 other three attributes.
 
