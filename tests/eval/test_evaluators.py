@@ -95,3 +95,42 @@ def test_dreamsim_hook_needs_local_weights(tmp_path):
         make_deviation("lpips")
     with pytest.raises(ConfigError, match="classifier"):
         make_deviation("features")
+
+
+def test_dreamsim_path_loads_from_the_folder_refuses_downloads_and_scores_uint8_pairs(tmp_path, monkeypatch):
+    """The real package fetches backbone weights at import of a model, so a stand-in module with its interface
+    (``dreamsim(pretrained, device, cache_dir) -> (model, preprocess)``) checks our side of the wiring."""
+    import sys
+    import types
+
+    import torch
+
+    from mmdit_jax.eval.deviation import DREAMSIM_LAYOUTS
+
+    calls = []
+
+    def dreamsim(pretrained, device, cache_dir):
+        calls.append((pretrained, device, cache_dir))
+        if cache_dir.endswith("fetching"):                          # a package version that wants more files
+            torch.hub.download_url_to_file("https://example.invalid/weights.zip", cache_dir)
+        preprocess = lambda im: torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1)[None]  # noqa
+        return (lambda a, b: ((a - b) ** 2).flatten(1).mean(1)), preprocess
+
+    monkeypatch.setitem(sys.modules, "dreamsim", types.SimpleNamespace(dreamsim=dreamsim))
+    for name in ("complete", "fetching"):
+        (tmp_path / name).mkdir()
+        for f in DREAMSIM_LAYOUTS[0]:
+            (tmp_path / name / f).touch()
+    with pytest.raises(ConfigError, match="DreamSim tried to download https://example.invalid/weights.zip"):
+        make_deviation("dreamsim", dreamsim_dir=str(tmp_path / "fetching"))
+    assert torch.hub.download_url_to_file.__name__ == "download_url_to_file"     # restored after the refusal
+    dev = make_deviation("dreamsim", dreamsim_dir=str(tmp_path / "complete"))
+    assert calls[-1] == (True, "cpu", str(tmp_path / "complete"))
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1] = 255 - b[1]
+    d = dev(a, b)
+    assert d.shape == (3,) and d[0] == d[2] == 0.0 and d[1] > 0.1
+    signed = a.astype(np.float32) / 127.5 - 1.0                   # [-1, 1] input reads as the same images
+    np.testing.assert_array_equal(dev(signed, b), d)
