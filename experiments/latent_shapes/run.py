@@ -40,7 +40,7 @@ from mmdit_jax.eval.classifier import ShapesClassifier
 from mmdit_jax.eval.objects import one_object_rate
 from mmdit_jax.pipelines.latent import LatentSpace
 from mmdit_jax.pipelines.sampling import SamplingPipeline
-from mmdit_jax.reporting import machine, quiet_library_logs, report
+from mmdit_jax.reporting import machine, quiet_library_logs, read_metrics, report
 from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.study.scenes import prompts, scenes
 
@@ -54,11 +54,7 @@ _OUT = flags.DEFINE_string("out", "experiments/latent_shapes", "Where results.js
 def training_throughput(folder: str) -> float | None:
     """The median examples/s the training loop logged in ``folder/metrics.jsonl``: the run's own record, so a
     command that finds the model already trained reports the same number as the one that trained it."""
-    path = os.path.join(folder, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rates = [r["examples_per_second"] for r in map(json.loads, f) if "examples_per_second" in r]
+    rates = [r["examples_per_second"] for r in read_metrics(folder) if "examples_per_second" in r]
     return round(float(np.median(rates)), 1) if rates else None
 
 

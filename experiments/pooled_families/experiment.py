@@ -22,6 +22,17 @@ from mmdit_jax.study import report, stages
 from mmdit_jax.study.scenes import prompts, scenes
 
 
+def check_config(cfg: Any) -> None:
+    """Raise ValueError, before any stage runs, for a setting the tables could not show."""
+    weights = {float(w) for w in cfg.steering.weights}
+    if 0.0 not in weights:
+        raise ValueError(f"steering.weights={tuple(cfg.steering.weights)} must include 0 (the unsteered sample)")
+    if float(cfg.table_weight) not in weights:
+        raise ValueError(f"table_weight={cfg.table_weight} is not one of steering.weights={tuple(cfg.steering.weights)}")
+    for entry in cfg.steering.unspecified:
+        unspecified.check_setting(entry)
+
+
 def has_pooled_path(gen: Any) -> bool:
     """Whether the family's conditioning vector reads a pooled text embedding (SD3 ``use_pooled``; FLUX always)."""
     return bool(getattr(gen.model.family.config, "use_pooled", True))

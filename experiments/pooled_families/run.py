@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.latent_shapes.stages import DESCRIPTIONS, classifier_64, train_model, train_vae
-from experiments.pooled_families.experiment import evaluate_family, write
+from experiments.pooled_families.experiment import check_config, evaluate_family, write
 from mmdit_jax.eval.deviation import make_deviation
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.reporting import machine, quiet_library_logs, report
@@ -31,6 +31,7 @@ def main(_):
     configure_runtime()  # before the first JAX computation
     quiet_library_logs()
     cfg, workdir, outdir = _CONFIG.value, _WORKDIR.value, _OUTDIR.value
+    check_config(cfg)
     vae = train_vae(workdir)
     classifier = classifier_64(workdir)
     deviation = make_deviation("features", classifier)

@@ -108,8 +108,7 @@ def _dreamsim(dreamsim_dir: str) -> Callable[[Any, Any], np.ndarray]:
     from PIL import Image
 
     def to_tensor(batch):
-        imgs = np.clip(np.round((np.asarray(batch, np.float32) + 1) * 127.5), 0, 255).astype(np.uint8) \
-            if np.asarray(batch).dtype != np.uint8 else np.asarray(batch)
+        imgs = np.round(_unit(batch) * 255).astype(np.uint8)
         return torch.cat([preprocess(Image.fromarray(im)) for im in imgs]).to(device)
 
     def deviation(a, b):

@@ -99,3 +99,19 @@ def test_unspecified_steering_settings_are_checked(entry, message):
     assert check_setting(("colour", "blue", "red", 9, 4)) == ("colour", "blue", "red", 9, 4)   # partial captions
     with pytest.raises(ValueError, match=message):
         check_setting(entry)
+
+
+def test_family_comparison_configs_are_checked_before_any_stage_runs():
+    from configs.pooled_families import get_config as families_config
+    from experiments.pooled_families.experiment import check_config
+
+    for arg in ("", "tiny", "study"):
+        check_config(families_config(arg))
+    cfg = families_config("study")
+    cfg.table_weight = 3.0
+    with pytest.raises(ValueError, match=r"table_weight=3.0 is not one of steering.weights=\(0.0, 0.5"):
+        check_config(cfg)
+    cfg = families_config("study")
+    cfg.steering.unspecified += (("colour", "blue", "red", 1, 4),)        # template 1 names the colour
+    with pytest.raises(ValueError, match="names the colour"):
+        check_config(cfg)
