@@ -20,7 +20,7 @@ import ml_collections
 from configs.default import get_config as default_config
 from mmdit_jax.adapters.finetune import finetune_config
 from mmdit_jax.families import family_config
-from mmdit_jax.pipelines.edit_setup import edit_config
+from mmdit_jax.setup.editing import edit_config
 
 MODES = ("base", "in_context", "channel_concat")
 # Scene captions of three objects and a background run to ~40 CLIP tokens.

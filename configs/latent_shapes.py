@@ -11,7 +11,7 @@ instead of patch 4 over 32x32 pixels, so the two runs cost the same per step and
 import ml_collections
 
 from configs.default import get_config as default_config
-from mmdit_jax.pipelines.latent import latent_config
+from mmdit_jax.components.codec import latent_config
 
 VAE_FOLDER = "runs/latent_shapes/vae/vae"        # where experiments/latent_shapes/run.py exports the autoencoder
 

@@ -21,7 +21,7 @@ from configs.text import get_config as text_config
 from mmdit_jax.adapters.finetune import finetune_config
 from mmdit_jax.families import family_config
 from mmdit_jax.interop.sd3 import config_fields_from_folder
-from mmdit_jax.pipelines.latent import latent_config
+from mmdit_jax.components.codec import latent_config
 
 
 def _json(folder: str, *parts: str) -> dict:

@@ -15,7 +15,7 @@ import ml_collections
 from configs.default import get_config as default_config
 from mmdit_jax.data.registry import data_config
 from mmdit_jax.families import family_config
-from mmdit_jax.pipelines.video_setup import MODES, video_config
+from mmdit_jax.setup.video import MODES, video_config
 
 PROMPTS = ("a red circle moving quickly to the right", "a blue square moving slowly up",
            "a green triangle moving quickly down", "a yellow diamond moving slowly to the left")

@@ -1,23 +1,24 @@
 """``mmdit-jax`` / ``python -m mmdit_jax``: ``--config=configs/<file>.py[:arg] --workdir=DIR
 --mode=train|sample|eval|export_lora``.
 
-Override any field with ``--config.a.b=value``; unknown keys and invalid values are rejected at start with one
-line naming the field (exit status 2; the traceback too with ``--verbosity=1``). ``sample`` and ``eval`` need a
-checkpoint in the workdir (``--allow_untrained`` samples the initialisation instead).
+Override any field with ``--config.a.b=value``; a missing config file, unknown keys and invalid values are rejected
+at start with one line naming the flag or field (exit status 2; the traceback too with ``--verbosity=1``).
+``sample`` and ``eval`` need a checkpoint in the workdir (``--allow_untrained`` samples the initialisation instead).
 Multi-host: pass ``--multihost`` (SLURM / TPU pods auto-detect; otherwise set ``--coordinator``,
 ``--num_processes`` and ``--process_id``) and every process runs the same command.
+``--notuned_runtime`` skips ``mmdit_jax.runtime``'s process settings; the flags and error handling every command
+shares are in ``mmdit_jax.harness``.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
-from mmdit_jax.runtime import configure_runtime
+from mmdit_jax.harness import run_command
+from mmdit_jax.reporting import report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
@@ -30,9 +31,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
-_RUNTIME = flags.DEFINE_bool(
-    "tuned_runtime", True, "Apply mmdit_jax.runtime's per-platform process settings (CPU: host malloc and XLA:CPU "
-    "multi-output fusion; NVIDIA GPU: cuBLAS for every GEMM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -61,18 +59,9 @@ def _run() -> None:
         print(commands.evaluate(config, _WORKDIR.value, allow_untrained=_UNTRAINED.value))
 
 
-def main(argv) -> None:
-    del argv
-    if _RUNTIME.value:  # before the first JAX computation
-        configure_runtime()
-    quiet_library_logs()
-    from mmdit_jax.checkpoints import CheckpointError
-
-    exit_on_input_error(_run, (ConfigError, CheckpointError))
-
-
 def run() -> None:
-    app.run(main)
+    """The ``mmdit-jax`` console script and ``python -m mmdit_jax``."""
+    run_command(_run)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.captions import caption_text
 from mmdit_jax.data.pipeline import build_sources, default_data_dir
 from mmdit_jax.diffusion.losses import LOSSES, denoising_loss
-from mmdit_jax.pipelines.components import data_shape
+from mmdit_jax.components.from_config import data_shape
 from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
 from mmdit_jax.pipelines.video import VideoPipeline
-from mmdit_jax.pipelines.video_setup import training_view
+from mmdit_jax.setup.video import training_view
 from mmdit_jax.reporting import MetricWriter, report
 from mmdit_jax.train.loop import edit_grid, save_clips, save_grid, train
 
@@ -96,7 +96,7 @@ def export_lora(config: Any, workdir: str, out: str | None = None) -> str:
     (``<out>/pytorch_lora_weights.safetensors``; default ``out``: ``<workdir>/lora_export``), for
     ``pipe.load_lora_weights(out)`` or ``python -m mmdit_jax.generate --lora=out``. Returns the file's path."""
     from mmdit_jax.interop.lora import save_lora, to_diffusers_lora
-    from mmdit_jax.pipelines.components import family_from_config
+    from mmdit_jax.components.from_config import family_from_config
     from mmdit_jax.pipelines.trained_model import load_adapter
 
     step, adapter, lora = load_adapter(config, workdir)

@@ -4,7 +4,7 @@ rejected with the field name and the valid choices, before any data is generated
 Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.families``), ``data``
 (``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
 ``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
-``latent`` only for latent training (``mmdit_jax.pipelines.latent``); ``finetune`` only to start from a trained
+``latent`` only for latent training (``mmdit_jax.components.codec``); ``finetune`` only to start from a trained
 run, fully or with LoRA (``mmdit_jax.adapters.finetune``); ``dreambooth`` to personalise such a fine-tune
 (``mmdit_jax.train.dreambooth``).
 """
@@ -39,15 +39,15 @@ SCHEMA: dict[str, set[str] | None] = {
     "latent": {"vae", "batch_size"},
     "finetune": None,     # validated by mmdit_jax.adapters.finetune
     "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
-    "edit": None,         # validated by mmdit_jax.pipelines.edit_setup
-    "video": None,        # validated by mmdit_jax.pipelines.video_setup
+    "edit": None,         # validated by mmdit_jax.setup.editing
+    "video": None,        # validated by mmdit_jax.setup.video
 }
 OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit", "video"}
 
 
 def model_config(config: Any) -> Any:
     """The run's model config dataclass as the family uses it (e.g. adjusted for a forward-mode loss)."""
-    from mmdit_jax.pipelines.components import family_from_config
+    from mmdit_jax.components.from_config import family_from_config
 
     return family_from_config(config).config
 
@@ -61,10 +61,10 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
-    from mmdit_jax.pipelines.components import data_shape, family_from_config, uses_text
-    from mmdit_jax.pipelines.edit_setup import validate_edit_config
-    from mmdit_jax.pipelines.latent import validate_latent_config
-    from mmdit_jax.pipelines.video_setup import validate_video_config
+    from mmdit_jax.components.from_config import data_shape, family_from_config, uses_text
+    from mmdit_jax.setup.editing import validate_edit_config
+    from mmdit_jax.components.codec import validate_latent_config
+    from mmdit_jax.setup.video import validate_video_config
     from mmdit_jax.train.state import learning_rate_schedule
 
     check_keys("config", config.keys(), SCHEMA)
@@ -120,8 +120,62 @@ def validate_config(config: Any) -> None:
                           "a model that reads an image concatenated to its input needs edit.mode='channel_concat'")
 
 
+# Beside config.json: {"families": {model.name: module}} for the families defined outside the package, the modules
+# a fresh process imports before the config's names can resolve (docs/plugins.md).
+PLUGINS_FILE = "plugins.json"
+
+
+def save_workdir_plugins(workdir: str, config: Any) -> None:
+    """Record in ``<workdir>/plugins.json`` the module of the run's model family when it is defined outside the
+    package; with none, no file (and a stale one is removed)."""
+    import json
+
+    from mmdit_jax.families import plugin_module
+    from mmdit_jax.reporting import report, write_text_atomic
+
+    families = {}
+    module = plugin_module(config.model.name)
+    if module == "__main__":
+        # importing "__main__" elsewhere gives that process's own script: nothing to record
+        report(f"model family {config.model.name!r} is defined in the __main__ script: other commands cannot find "
+               "it from this workdir; define it in an importable module (docs/plugins.md)")
+    elif module is not None:
+        families[config.model.name] = module
+    path = os.path.join(workdir, PLUGINS_FILE)
+    if families:
+        write_text_atomic(path, json.dumps({"families": families}, indent=1, sort_keys=True))
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def import_workdir_plugins(workdir: str) -> None:
+    """Import the modules ``<workdir>/plugins.json`` records (none without the file), so that the names in the
+    workdir's config resolve; a module that cannot be imported is a one-line ``ConfigError`` naming it."""
+    import importlib
+    import json
+
+    path = os.path.join(workdir, PLUGINS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
+        raise ConfigError(f"{path} is not a plug-in record: expected {{\"families\": {{name: module}}}}")
+    for kind, modules in sorted(record.items()):
+        label = {"families": "model family"}.get(kind, f"{kind} entry")
+        for name, module in sorted(modules.items()):
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ConfigError(
+                    f"{path} records module {module!r} for {label} {name!r}, and it cannot be imported "
+                    f"({type(e).__name__}: {e}): install the package that provides it or put its folder on "
+                    "PYTHONPATH") from e
+
+
 def workdir_config(workdir: str) -> Any:
-    """The config a training run saved as ``<workdir>/config.json``, validated."""
+    """The config a training run saved as ``<workdir>/config.json``, validated, after importing the plug-in
+    modules recorded in ``<workdir>/plugins.json`` (``save_workdir_plugins``)."""
     import json
 
     import ml_collections
@@ -129,6 +183,7 @@ def workdir_config(workdir: str) -> Any:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir} has no config.json: it is not a training workdir of `python -m mmdit_jax`")
+    import_workdir_plugins(workdir)
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     # Data options added after the run was made are filled with their defaults (which keep the old behaviour), so

@@ -9,8 +9,9 @@ turn's result (multi-turn editing; one instruction is one edit). ``--source`` is
 * a diffusers FLUX.1 Kontext pipeline folder (``model_index.json``): in-context editing with the released model
   (``--steps``, ``--guidance_scale`` as in diffusers; the image is used at its own size, a multiple of 16).
 
-The PNG text chunks hold ``instruction``, ``turn``, ``seed``, ``source``, ``input`` and ``method``. Bad input is one
-line ``error: ...``, exit 2.
+The PNG text chunks hold ``instruction``, ``turn``, ``seed``, ``source``, ``input`` and ``method``.
+``--notuned_runtime`` skips ``mmdit_jax.runtime``'s process settings. Bad input is one line ``error: ...``, exit 2
+(``mmdit_jax.harness``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report, write_png
-from mmdit_jax.runtime import configure_runtime
+from mmdit_jax.harness import run_command
+from mmdit_jax.reporting import report, write_png
 
 
 def define_flags() -> None:
@@ -59,8 +60,6 @@ def edit_file(source: str, image_path: str, instructions: Sequence[str], out: st
               method: str = "instruction", strength: float = 0.6, guidance_scale: float | None = None,
               image_guidance_scale: float | None = None, steps: int = 28) -> list[str]:
     """Apply ``instructions`` one after another to the image file; returns the written PNG paths (one per turn)."""
-    from mmdit_jax.pipelines.generator import is_pipeline_folder
-
     if not instructions:
         raise ConfigError("no instructions: pass --instruction=... (repeat it for several turns)")
     if method not in ("instruction", "sdedit"):
@@ -68,6 +67,8 @@ def edit_file(source: str, image_path: str, instructions: Sequence[str], out: st
     if not os.path.isdir(source):
         raise ConfigError(f"source {source!r} is not a folder (give a training workdir or a Kontext pipeline folder)")
     image = read_image(image_path)
+    from mmdit_jax.pipelines.generator import is_pipeline_folder  # after the checks: bad input fails without it
+
     if is_pipeline_folder(source):
         if method != "instruction":
             raise ConfigError("a Kontext pipeline folder edits by instruction: drop --method=sdedit")
@@ -103,30 +104,27 @@ def _workdir_turn(workdir: str, method: str, strength: float, guidance_scale: fl
 
 
 def _kontext_turn(folder: str, steps: int, guidance_scale: float):
-    from mmdit_jax.pipelines.kontext import FluxKontextPipeline
+    from mmdit_jax.pipelines.pipeline import Pipeline
 
-    pipe = FluxKontextPipeline.from_folder(folder)
+    pipe = Pipeline.from_folder(folder)
+    if not pipe.takes_reference:
+        raise ConfigError(f"--source={folder!r}: this {pipe.model.pipeline} folder is not an in-context editor (valid: "
+                          "a FluxKontextPipeline folder, or a workdir trained with an edit section)")
 
     def turn(image, text, seed):
         height, width = image.shape[:2]
-        return pipe([text], image[None], height=height, width=width, num_inference_steps=steps,
+        return pipe([text], reference_image=image[None], height=height, width=width, num_inference_steps=steps,
                     guidance_scale=guidance_scale, seed=seed, max_area=None)[0]
 
     return turn
 
 
-def main(argv) -> None:
-    del argv
-    configure_runtime()
-    quiet_library_logs()
-    from mmdit_jax.checkpoints import CheckpointError
-
+def _main() -> None:
     f = flags.FLAGS
-    exit_on_input_error(lambda: edit_file(
-        f.source, f.image, f.instruction, f.out, f.seed, f.method, f.strength, f.guidance_scale,
-        f.image_guidance_scale, f.steps), (ConfigError, CheckpointError))
+    edit_file(f.source, f.image, f.instruction, f.out, f.seed, f.method, f.strength, f.guidance_scale,
+              f.image_guidance_scale, f.steps)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    run_command(_main)

@@ -7,7 +7,8 @@ the PNG's text chunks hold ``prompt``, ``negative_prompt``, ``seed``, ``steps``,
 ``width``, ``source`` and ``dtype`` (resolved values, not "default"). ``--guidance_scale`` is the CFG scale of SD3
 and of a workdir, the embedded guidance of FLUX.1 dev; a ``--negative_prompt`` on a FLUX folder turns on true CFG
 at scale 4 (two model calls per step). ``--bf16`` computes the transformer (and a pipeline folder's VAE) in
-bfloat16. Bad input is one line ``error: ...``, exit 2.
+bfloat16. ``--notuned_runtime`` skips ``mmdit_jax.runtime``'s process settings. Bad input is one line
+``error: ...``, exit 2 (``mmdit_jax.harness``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import os
 import re
 from typing import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report, write_png
-from mmdit_jax.runtime import configure_runtime
+from mmdit_jax.harness import run_command
+from mmdit_jax.reporting import report, write_png
 
 _SOURCE = flags.DEFINE_string("source", None, "Diffusers pipeline folder (SD3, SD3.5, FLUX.1) or training workdir.")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt (repeat the flag for several).")
@@ -109,18 +110,12 @@ def generate(source: str, prompts: Sequence[str], out: str, per_prompt: int = 1,
     return paths
 
 
-def main(argv) -> None:
-    del argv
-    configure_runtime()
-    quiet_library_logs()
-    from mmdit_jax.checkpoints import CheckpointError
-
-    exit_on_input_error(lambda: generate(
-        _SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value, _SEED.value,
-        _BATCH.value, "bfloat16" if _BF16.value else "float32", _LORA.value, _LORA_SCALE.value,
-        negative_prompt=_NEGATIVE.value, steps=_STEPS.value,
-        guidance_scale=_GUIDANCE.value, height=_HEIGHT.value, width=_WIDTH.value), (ConfigError, CheckpointError))
+def _main() -> None:
+    generate(_SOURCE.value, read_prompts(_PROMPT.value, _PROMPT_FILE.value), _OUT.value, _PER_PROMPT.value,
+             _SEED.value, _BATCH.value, "bfloat16" if _BF16.value else "float32", _LORA.value, _LORA_SCALE.value,
+             negative_prompt=_NEGATIVE.value, steps=_STEPS.value, guidance_scale=_GUIDANCE.value,
+             height=_HEIGHT.value, width=_WIDTH.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_command(_main)

@@ -75,7 +75,8 @@ def test_command_line_error_is_one_line(tmp_path):
 def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_the_batch(tmp_path):
     pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
-    from mmdit_jax.pipelines.text_to_image import SD3Pipeline, to_uint8
+    from mmdit_jax.pipelines.images import to_uint8
+    from mmdit_jax.pipelines.pipeline import Pipeline
     from tests.pipelines.tiny_sd3 import components
 
     folder = tmp_path / "sd3"
@@ -86,7 +87,7 @@ def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_t
                                guidance_scale=4.0, height=32, width=48)
     single = gen_cli.generate(str(folder), prompts, str(tmp_path / "s"), seed=3, batch_size=1, steps=2,
                               guidance_scale=4.0, height=32, width=48)
-    ours = SD3Pipeline.from_folder(folder)
+    ours = Pipeline.from_folder(folder)
     for b, s, prompt, seed in zip(batched, single, prompts, (3, 4, 5)):
         image = np.asarray(Image.open(b))
         assert image.shape == (32, 48, 3) and Image.open(b).text["prompt"] == prompt
@@ -109,15 +110,15 @@ def test_flux_folder_images_equal_fluxpipeline_per_prompt_and_seed(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     from tests.pipelines.tiny_flux import components
 
-    from mmdit_jax.pipelines.flux import FluxPipeline
-    from mmdit_jax.pipelines.text_to_image import to_uint8
+    from mmdit_jax.pipelines.images import to_uint8
+    from mmdit_jax.pipelines.pipeline import Pipeline
 
     folder = tmp_path / "flux"
     diffusers.FluxPipeline(**components("dev")).save_pretrained(folder)
     prompts = ["a red circle", "a blue square"]
     paths = gen_cli.generate(str(folder), prompts, str(tmp_path / "o"), seed=7, batch_size=2, steps=2,
                              guidance_scale=2.0)
-    ours = FluxPipeline.from_folder(folder)
+    ours = Pipeline.from_folder(folder)
     for path, prompt, seed in zip(paths, prompts, (7, 8)):
         expected = to_uint8(ours.generate([prompt], num_inference_steps=2, guidance_scale=2.0, seed=seed))[0]
         image = np.asarray(Image.open(path))

@@ -23,7 +23,7 @@ import numpy as np
 from configs.mmdit import PRESETS
 from mmdit_jax.adapters.lora import LoraConfig, init_lora, merge
 from mmdit_jax.families import Family, family_config
-from mmdit_jax.pipelines.components import family_from_config
+from mmdit_jax.components.from_config import family_from_config
 from mmdit_jax.reporting import machine as machine_line
 from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.train.state import init_state, learning_rate_schedule, make_optimizer

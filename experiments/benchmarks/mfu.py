@@ -30,7 +30,7 @@ from experiments.benchmarks.common import (  # noqa: E402
     TrainStep, append_results, benchmark_config, device_peak_memory, matmul_chain, median_time, parse_args,
     random_batch, sd3_model, time_compiled)
 from mmdit_jax.families.sd3 import SD3Family  # noqa: E402
-from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+from mmdit_jax.components.from_config import family_from_config  # noqa: E402
 
 
 class CastWhereUsed(SD3Family):

@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     append_results, benchmark_config, parse_args, random_batch, sd3_model, time_compiled)
 from mmdit_jax.diffusion.guidance import classifier_free_guidance  # noqa: E402
-from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+from mmdit_jax.components.from_config import family_from_config  # noqa: E402
 from mmdit_jax.pipelines.sampling import SamplingPipeline  # noqa: E402
 from mmdit_jax.pipelines.trained_model import TrainedModel  # noqa: E402
 

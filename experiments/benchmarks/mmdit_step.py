@@ -33,7 +33,7 @@ from experiments.benchmarks.common import (  # noqa: E402
     sd3_model, speedups)
 from mmdit_jax.interop.sd3 import to_diffusers  # noqa: E402
 from mmdit_jax.models.mmdit_params import unstack_blocks  # noqa: E402
-from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+from mmdit_jax.components.from_config import family_from_config  # noqa: E402
 
 
 def main(pairs: int, repeats: int, batch: int, preset: str, torch_compile: bool = False,

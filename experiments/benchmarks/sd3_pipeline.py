@@ -1,8 +1,8 @@
-"""SD3 text-to-image end to end and VAE decode: ours (``SD3Pipeline``, one jitted program for denoise + decode)
+"""SD3 text-to-image end to end and VAE decode: ours (``Pipeline``, one jitted program for denoise + decode)
 vs diffusers' ``StableDiffusion3Pipeline`` (PyTorch eager, ``torch.no_grad()``), same weights, prompt and latents.
 
 One "tiny but not trivial" random SD3 pipeline is built offline and saved to a temporary folder with
-``save_pretrained``; ours loads it with ``SD3Pipeline.from_folder``. Sizes (defaults): transformer 4 layers,
+``save_pretrained``; ours loads it with ``Pipeline.from_folder``. Sizes (defaults): transformer 4 layers,
 6 heads x 64 (D = 384), patch 2, 16 latent channels, joint width 256, pooled 256; two CLIP towers of width 128
 (projection 128 each: pooled 256, [H_L; H_G] 256 wide), a T5 encoder of d_model 256 and 2 layers (256 tokens,
 diffusers' default ``max_sequence_length``), a VAE with 16 latent channels, block_out_channels (64, 128, 128, 128)
@@ -115,19 +115,20 @@ def main(pairs: int, repeats: int, vae_repeats: int, steps: int, size: int, guid
          layers: int, t5_layers: int) -> None:
     import torch
 
-    from mmdit_jax.pipelines.text_to_image import SD3Pipeline, to_unit
+    from mmdit_jax.pipelines.images import to_unit
+    from mmdit_jax.pipelines.pipeline import Pipeline
 
     side = TorchSide()
     with tempfile.TemporaryDirectory() as folder:
         ref = build_reference(folder, layers, t5_layers)
-        ours = SD3Pipeline.from_folder(folder, dtype="float32", max_sequence_length=t5_len)
+        ours = Pipeline.from_folder(folder, dtype="float32", max_sequence_length=t5_len)
     f = ours.vae_scale_factor
     z = np.random.default_rng(0).standard_normal((1, size // f, size // f, 16)).astype(np.float32)   # NHWC
     tz = torch.from_numpy(z.transpose(0, 3, 1, 2).copy())
     kwargs = {"height": size, "width": size, "num_inference_steps": steps, "guidance_scale": guidance}
 
     def ours_e2e():
-        return jax.block_until_ready(ours.generate([PROMPT], None, latents=z, **kwargs))
+        return jax.block_until_ready(ours.generate([PROMPT], latents=z, **kwargs))
 
     def theirs_e2e():
         with torch.no_grad():
@@ -142,11 +143,11 @@ def main(pairs: int, repeats: int, vae_repeats: int, steps: int, size: int, guid
     err = float(np.max(np.abs(to_unit(x) - y)))
     print(f"first call: ours {first_ours:.1f} s (compiles), diffusers {first_theirs:.1f} s; max |diff| = {err:.2e}")
 
-    decode = jax.jit(lambda v, z: ours.vae.apply(v, z, method="decode"))
+    decode = jax.jit(lambda v, z: ours.model.codec.module.apply(v, z, method="decode"))
     zj = jnp.asarray(z)
 
     def ours_vae():
-        return jax.block_until_ready(decode(ours.vae_variables, zj))
+        return jax.block_until_ready(decode(ours.model.codec.variables, zj))
 
     def theirs_vae():
         with torch.no_grad():
@@ -172,7 +173,7 @@ def main(pairs: int, repeats: int, vae_repeats: int, steps: int, size: int, guid
         f"layers, {t5_len} tokens); VAE block_out_channels (64, 128, 128, 128), 2 resnets per block, 16 latent "
         f"channels. {size}x{size} images ({size // f}x{size // f} latents, {(size // f // 2) ** 2} image tokens), "
         f"{steps} Euler steps, CFG {guidance}, 1 prompt, float32, same starting latents; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}. Ours: SD3Pipeline.generate "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}. Ours: Pipeline.generate "
         f"(text encoders jitted per tower, denoise + decode one jitted program); diffusers: StableDiffusion3Pipeline "
         f"eager under torch.no_grad(), output_type=\"np\". Reference: {side.describe()}. {pairs} A/B pairs of "
         f"median-of-{repeats} (end to end) / median-of-{vae_repeats} (VAE), after a warm-up. First call: ours "

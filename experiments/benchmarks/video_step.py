@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from experiments.benchmarks.attention_memory import cpu_model  # noqa: E402
 from experiments.benchmarks.common import TrainStep, append_results, benchmark_config, parse_args  # noqa: E402
 from mmdit_jax.families import Family  # noqa: E402
-from mmdit_jax.pipelines.components import family_from_config  # noqa: E402
+from mmdit_jax.components.from_config import family_from_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (frames, temporal_patch_size): the data's default 8 frames and its halving / doubling, then the same 16 frames

@@ -38,7 +38,7 @@ from mmdit_jax.data.pipeline import build_sources
 from mmdit_jax.eval.adherence import prompt_adherence
 from mmdit_jax.eval.classifier import ShapesClassifier
 from mmdit_jax.eval.objects import one_object_rate
-from mmdit_jax.pipelines.latent import LatentSpace
+from mmdit_jax.components.codec import LatentSpace
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.reporting import machine, quiet_library_logs, read_metrics, report
 from mmdit_jax.runtime import configure_runtime

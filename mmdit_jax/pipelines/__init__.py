@@ -1,11 +1,12 @@
-"""Inference: sampler-ready models without training state.
+"""Inference: sampler-ready models without training state, and the tasks run on them.
 
-``text`` turns prompts into conditioning bundles (the CFG negative, pooled steering); ``components`` builds a
-run's family and text path from its config, as training does; ``trained_model`` loads a training workdir's
-newest EMA weights; ``sampling.SamplingPipeline`` draws samples with any sampler and guidance;
-``text_to_image.SD3Pipeline`` runs a diffusers SD3 pipeline folder end to end (``flux.FluxPipeline`` and
-``kontext.FluxKontextPipeline`` a FLUX.1 / Kontext folder), ``image_to_image.SD3Img2Img`` and
-``inpainting.SD3Inpaint`` run SDEdit and inpainting with its components; ``latent`` holds latent training's
-frozen VAE and cache; ``generator.open_source`` gives one interface over a pipeline folder and a workdir (the
-``generate`` command).
+``loaded.LoadedModel`` bundles a family, its variables, text stack, latent codec and sampling grid;
+``folders.load_folder`` builds one from a diffusers pipeline folder of any registered family (per-family
+``FolderSpec``), ``trained_model.load_trained`` from a training workdir's newest EMA weights.
+``guidance.guided_net`` is the one home of classifier-free guidance (CFG, true CFG, two-scale, skip-layer
+guidance, steering of both halves); ``pipeline.Pipeline`` runs text-to-image, image-to-image, inpainting and
+reference editing (``tasks``) on a folder; ``sampling.SamplingPipeline``, ``editing.EditingPipeline`` and
+``video.VideoPipeline`` sample, edit and roll out clips from a workdir with any sampler of the core;
+``generator.open_source`` gives the ``generate`` command one interface over both; ``images`` holds the one
+``[-1, 1] <-> uint8`` conversion.
 """

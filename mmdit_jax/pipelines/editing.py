@@ -29,12 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.diffusion.guidance import classifier_free_guidance, two_scale_guidance
 from mmdit_jax.diffusion.samplers import make_sampler
 from mmdit_jax.diffusion.sdedit import sdedit_ode
-from mmdit_jax.pipelines.edit_setup import edit_mode
-from mmdit_jax.pipelines.image_to_image import preprocess_images
-from mmdit_jax.pipelines.sampling import to_uint8
+from mmdit_jax.pipelines.guidance import guided_net
+from mmdit_jax.pipelines.images import preprocess_images, to_uint8
+from mmdit_jax.setup.editing import edit_mode
 from mmdit_jax.pipelines.trained_model import TrainedModel
 
 Array = jax.Array
@@ -78,15 +77,14 @@ class EditingPipeline:
     def _edit(self, variables: Any, source: Array, cond: Any, negative: Any, key: Array) -> Array:
         family = self.model.family
         variables = family.prepare(variables)
-        model_fn = lambda v, x, t, c: family.net(v, c)(x, t)  # noqa: E731
-        if self.mode == "in_context":
-            guided = classifier_free_guidance(model_fn, self.guidance_scale)
-            conds = ({**cond, "reference": source}, {**negative, "reference": source})
+        if self.mode == "in_context":   # the reference is in both branches, as in FLUX.1 Kontext
+            net = guided_net(family, variables, {**cond, "reference": source}, {**negative, "reference": source},
+                             self.guidance_scale)
         else:
-            guided = two_scale_guidance(model_fn, self.guidance_scale, self.image_guidance_scale)
-            conds = ({**cond, "concat": source}, {**negative, "concat": source},
-                     {**negative, "concat": jnp.zeros_like(source)})
-        return self.sampler(lambda x, t: guided(variables, x, t, conds), key, source.shape)
+            net = guided_net(family, variables, {**cond, "concat": source}, {**negative, "concat": source},
+                             self.guidance_scale, null_image={**negative, "concat": jnp.zeros_like(source)},
+                             image_scale=self.image_guidance_scale)
+        return self.sampler(net, key, source.shape)
 
     def edit(self, images: Any, instructions: Sequence[str], seed: int, variables: Any = None) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 edits of ``images`` (uint8), one instruction per image or one for all."""
@@ -126,9 +124,7 @@ class EditingPipeline:
         cfg, family = self.model.config, self.model.family
         sampler = cfg.sample.sampler
         method = ODE_SAMPLERS[sampler.name] or sampler.get("method", "euler")
-        variables = family.prepare(variables)
-        guided = classifier_free_guidance(lambda v, x, t, c: family.net(v, c)(x, t), self.guidance_scale)
-        net = lambda x, t: guided(variables, x, t, (cond, negative))  # noqa: E731
+        net = guided_net(family, family.prepare(variables), cond, negative, self.guidance_scale)
         noise = jax.random.normal(key, source.shape)
         return sdedit_ode(net, family.schedule, cfg.model_parameterization, source, noise, int(sampler.n_steps),
                           strength, method)

@@ -1,12 +1,12 @@
-"""One interface over the two things images come from: a diffusers pipeline folder (SD3 / SD3.5, FLUX.1) and a
-training workdir.
+"""One interface over the two things images come from: a diffusers pipeline folder (any family of
+``folders.FOLDER_SPECS``: SD3 / SD3.5, FLUX.1) and a training workdir.
 
     gen = open_source("/path/to/stable-diffusion-3.5-medium")     # or a workdir of `python -m mmdit_jax`
     images = gen.images(["a red circle"], seeds=[0])              # (N, H, W, 3) uint8, one image per (prompt, seed)
 
 Each image is a function of its prompt and seed alone (not of its batch): a pipeline folder draws the image's
-starting latents ``N(0, I)`` from ``PRNGKey(seed)`` (what ``SD3Pipeline.generate(prompt, seed=seed)`` and
-``FluxPipeline.generate`` do for one prompt);
+starting latents ``N(0, I)`` from ``PRNGKey(seed)`` (what ``Pipeline.generate(prompt, seed=seed)`` does for one
+prompt);
 a workdir samples each prompt from ``fold_in(PRNGKey(seed), 0)`` (what ``SamplingPipeline([prompt], seed)`` does).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from typing import Any, Protocol, Sequence
 
@@ -23,11 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_positive_int
-from mmdit_jax.pipelines.flux import FluxPipeline
+from mmdit_jax.pipelines.images import to_uint8
+from mmdit_jax.pipelines.pipeline import Pipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
-from mmdit_jax.pipelines.sampling import to_uint8 as model_to_uint8
-from mmdit_jax.pipelines.text_to_image import SD3Pipeline
-from mmdit_jax.pipelines.text_to_image import to_uint8 as decoder_to_uint8
 
 DTYPES = ("float32", "bfloat16")
 
@@ -54,31 +51,17 @@ class ImageSource(Protocol):
         ...
 
 
-# model_index.json's _class_name -> (pipeline, default guidance scale): diffusers' defaults. A Kontext folder holds
-# a FLUX text-to-image model (Kontext with no reference image is plain text-to-image).
-PIPELINES: dict[str, tuple[Any, float]] = {
-    "StableDiffusion3Pipeline": (SD3Pipeline, 7.0),
-    "FluxPipeline": (FluxPipeline, 3.5),
-    "FluxKontextPipeline": (FluxPipeline, 3.5),
-}
-
-
 class FolderSource:
-    """A diffusers SD3 / SD3.5 or FLUX.1 pipeline folder, run by ``SD3Pipeline`` or ``FluxPipeline``.
+    """A diffusers pipeline folder of any registered family, run by ``Pipeline``.
 
-    For SD3 ``guidance_scale`` is the CFG scale and ``negative_prompt`` its negative branch; for FLUX it is the
-    embedded guidance (dev) and a negative prompt turns on true CFG at scale 4 (diffusers' default is none)."""
+    ``guidance_scale`` means what the folder's family says (``folders.FolderSpec``): SD3's CFG scale, with
+    ``negative_prompt`` its negative branch; FLUX's embedded guidance (dev), where a negative prompt turns on true
+    CFG at scale 4 (diffusers' default is none)."""
 
     def __init__(self, path: str, dtype: str):
-        with open(os.path.join(path, "model_index.json")) as f:
-            kind = json.load(f).get("_class_name")
-        if kind not in PIPELINES:
-            raise ConfigError(f"{path}/model_index.json: _class_name={kind!r} is not supported; valid: "
-                              f"{sorted(PIPELINES)}")
-        cls, self.default_guidance = PIPELINES[kind]
-        self.pipe = cls.from_folder(path, dtype=dtype)
-        self.flux = cls is FluxPipeline
-        self.description = f"{kind} folder {path} ({dtype})"
+        self.pipe = Pipeline.from_folder(path, dtype=dtype)
+        self.default_guidance = self.pipe.default_guidance_scale
+        self.description = f"{self.pipe.model.pipeline} folder {path} ({dtype})"
 
     def settings(self, options: Options) -> dict[str, Any]:
         return {"steps": 28 if options.steps is None else options.steps,
@@ -88,18 +71,17 @@ class FolderSource:
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
         pipe = self.pipe
         s = self.settings(options)
-        height, width, steps, guidance = s["height"], s["width"], s["steps"], s["guidance_scale"]
+        height, width = s["height"], s["width"]
         pipe.check_size(height, width)
         shape = pipe.latent_shape(1, height, width)
         latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), shape) for s in seeds])
-        negatives = None if options.negative_prompt is None else [options.negative_prompt] * len(prompts)
-        if self.flux:
-            extra = {} if negatives is None else {"negative_prompts": negatives, "true_cfg_scale": 4.0}
-            out = pipe.generate(list(prompts), height, width, steps, guidance, latents=latents, **extra)
-        else:
-            out = pipe.generate(list(prompts), negatives, height=height, width=width, num_inference_steps=steps,
-                                guidance_scale=guidance, latents=latents)
-        return decoder_to_uint8(out)
+        negative = {}
+        if options.negative_prompt is not None:
+            negative = {"negative_prompts": [options.negative_prompt] * len(prompts)}
+            if pipe.model.spec.guidance == "embedded":
+                negative["true_cfg_scale"] = 4.0
+        return to_uint8(pipe.generate(list(prompts), height=height, width=width, num_inference_steps=s["steps"],
+                                      guidance_scale=s["guidance_scale"], latents=latents, **negative))
 
 
 class WorkdirSource:
@@ -163,7 +145,7 @@ class WorkdirSource:
         for prompt, seed in zip(prompts, seeds):
             x = pipe.sample(pipe.conditioning([prompt]), jax.random.fold_in(jax.random.PRNGKey(int(seed)), 0),
                             negative=negative)
-            out.append(model_to_uint8(model.to_images(x)))
+            out.append(to_uint8(model.to_images(x)))
         return np.concatenate(out)
 
 

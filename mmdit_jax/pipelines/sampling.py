@@ -23,17 +23,13 @@ import jax
 import numpy as np
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.diffusion.guidance import classifier_free_guidance
+from mmdit_jax.components.text import Steering
 from mmdit_jax.diffusion.samplers import make_sampler
+from mmdit_jax.pipelines.guidance import guided_net
+from mmdit_jax.pipelines.images import to_uint8
 from mmdit_jax.pipelines.trained_model import TrainedModel, load_trained
 
 Array = jax.Array
-Steering = tuple[Sequence[str], Sequence[str], float]
-
-
-def to_uint8(x: Any) -> np.ndarray:
-    """Images in [-1, 1] -> uint8 ``[0, 255]`` (rounded)."""
-    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class SamplingPipeline:
@@ -60,15 +56,13 @@ class SamplingPipeline:
     # ---- one compiled program per (shape, options) ----------------------------------------------------------
 
     @functools.partial(jax.jit, static_argnames=("self", "shape", "remove_pooled"))
-    def _sample(self, variables: Any, cond: Any, negative: Any, key: Array, shape: tuple[int, ...],
+    def draw(self, variables: Any, cond: Any, negative: Any, key: Array, shape: tuple[int, ...],
                 remove_pooled: bool) -> Array:
         family = self.model.family
-        variables = family.prepare(variables)
         options = {"remove_pooled": True} if remove_pooled else {}
-        if cond is None:
-            return self.sampler(family.net(variables, {}, **options), key, shape)
-        guided = classifier_free_guidance(lambda v, x, t, c: family.net(v, c, **options)(x, t), self.guidance_scale)
-        return self.sampler(lambda x, t: guided(variables, x, t, (cond, negative)), key, shape)
+        net = guided_net(family, family.prepare(variables), {} if cond is None else cond,
+                         None if cond is None else negative, self.guidance_scale, options=options)
+        return self.sampler(net, key, shape)
 
     def sample(self, cond: dict[str, Array] | None, key: Array, n: int | None = None, remove_pooled: bool = False,
                variables: Any = None, negative: dict[str, Array] | None = None) -> Array:
@@ -79,13 +73,11 @@ class SamplingPipeline:
         if cond is None:
             if n is None:
                 raise ConfigError("an unconditional sample needs the number of samples n")
-            return self._sample(variables, None, None, key, (n, *self.model.data_shape), remove_pooled)
+            return self.draw(variables, None, None, key, (n, *self.model.data_shape), remove_pooled)
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
         if negative is None:
             negative = self.model.text.negative(self.negative, cond)
-        if "pooled_steering" in cond:   # the CFG batch is [negative; cond]: steer both halves alike
-            negative = {**negative, "pooled_steering": cond["pooled_steering"]}
-        return self._sample(variables, cond, negative, key, (b, *self.model.data_shape), remove_pooled)
+        return self.draw(variables, cond, negative, key, (b, *self.model.data_shape), remove_pooled)
 
     # ---- prompts ----------------------------------------------------------------------------------------------
 

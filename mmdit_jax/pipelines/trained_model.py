@@ -22,7 +22,7 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.checkpoints import CheckpointError, checkpoint_steps, restore_params
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.families import Family
-from mmdit_jax.pipelines.components import (
+from mmdit_jax.components.from_config import (
     checkpoint_params,
     data_shape,
     example_inputs,
@@ -30,8 +30,8 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
-from mmdit_jax.pipelines.latent import LatentSpace
-from mmdit_jax.pipelines.text import TextConditioner
+from mmdit_jax.components.codec import LatentSpace
+from mmdit_jax.components.text import TextConditioner
 
 
 @dataclasses.dataclass

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.pipelines.sampling import SamplingPipeline, to_uint8
-from mmdit_jax.pipelines.video_setup import video_mode
+from mmdit_jax.pipelines.images import to_uint8
+from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.setup.video import video_mode
 
 Array = jax.Array
 
@@ -45,7 +46,7 @@ class VideoPipeline:
 
     def _draw(self, variables: Any, cond: dict, negative: dict, key: Array, frames: int) -> Array:
         b = jax.tree_util.tree_leaves(cond)[0].shape[0]
-        return self.sampling._sample(variables, cond, negative, key, (b, frames, *self.frame_shape), False)
+        return self.sampling.draw(variables, cond, negative, key, (b, frames, *self.frame_shape), False)
 
     def clips(self, prompts: Sequence[str], seed: int, num_frames: int | None = None,
               first_frames: np.ndarray | None = None, variables: Any = None) -> np.ndarray:

@@ -5,7 +5,8 @@ Toy mode (the study's own models): ``--config``, ``--workdir`` (cached stages), 
 Folder mode (``--pipeline=<diffusers SD3 / SD3.5 / FLUX.1 folder>``; ``--config`` and ``--workdir`` are not used):
 ``--prompts`` (a file, one prompt a line), ``--seeds``, ``--steps``, ``--size``, ``--guidance_scale``, ``--bf16``,
 ``--dreamsim_dir``; the steering experiment adds ``--steer`` (a file of ``p+ | p-`` lines) and ``--weights``.
-The logic is in ``mmdit_jax.study.folder_study``. Bad input is one line ``error: ...`` and exit status 2.
+The logic is in ``mmdit_jax.study.folder_study``. ``--notuned_runtime`` skips ``mmdit_jax.runtime``'s process
+settings. Bad input is one line ``error: ...`` and exit status 2 (``mmdit_jax.harness``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import shlex
 import sys
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mmdit_jax.checks import ConfigError
-from mmdit_jax.reporting import exit_on_input_error, quiet_library_logs, report
-from mmdit_jax.runtime import configure_runtime
+from mmdit_jax.harness import run_command
+from mmdit_jax.reporting import report
 
 FOLDER_FLAGS = ("prompts", "seeds", "steps", "size", "guidance_scale", "bf16", "dreamsim_dir")
 STEERING_FLAGS = ("steer", "weights")
@@ -97,11 +98,8 @@ def run_experiment(run: Callable[[Any, str, str], dict], default_outdir: str,
         folder_run(settings, out)
         return out
 
-    def main(_):
-        configure_runtime()  # before the first JAX computation
-        quiet_library_logs()
-        out = exit_on_input_error(study, (ConfigError,))
-        with open(os.path.join(out, "RESULTS.md")) as f:
+    def print_results() -> None:
+        with open(os.path.join(study(), "RESULTS.md")) as f:
             print(f.read())
 
-    app.run(main)
+    run_command(print_results, input_errors=(ConfigError,))  # the study reads no checkpoints (nor loads Orbax)

@@ -30,9 +30,10 @@ import numpy as np
 from mmdit_jax import reporting
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.eval.deviation import dreamsim_weights_missing, make_deviation
-from mmdit_jax.pipelines.flux import FluxPipeline
-from mmdit_jax.pipelines.generator import PIPELINES
-from mmdit_jax.pipelines.text_to_image import Steering, to_uint8
+from mmdit_jax.components.text import Steering
+from mmdit_jax.pipelines.folders import pipeline_classes
+from mmdit_jax.pipelines.images import to_uint8
+from mmdit_jax.pipelines.pipeline import Pipeline
 from mmdit_jax.study import figures, report
 from mmdit_jax.study.stages import mean_std
 
@@ -149,31 +150,23 @@ def with_zero(weights: Sequence[float]) -> tuple[float, ...]:
 class FolderModel:
     """An opened pipeline folder with the run's sampling settings."""
 
-    pipe: Any                  # SD3Pipeline or FluxPipeline
+    pipe: Pipeline
     class_name: str            # model_index.json's _class_name
     size: int
     steps: int
     guidance_scale: float
 
-    @property
-    def flux(self) -> bool:
-        return isinstance(self.pipe, FluxPipeline)
-
     def tokens(self, prompt: str) -> int:
         """CLIP-L tokens of ``prompt`` without BOS / EOS (CLIP reads at most 75 of them)."""
-        clip = self.pipe.text.clip if self.flux else self.pipe.text.clip_l
-        return clip.tokenizer.count_tokens(prompt)
+        return self.pipe.text.count_tokens(prompt)
 
     def image(self, prompt: str, seed: int, remove_pooled: bool = False,
               steering: Steering | None = None) -> np.ndarray:
         """``(H, W, 3)`` uint8: ``prompt`` from ``PRNGKey(seed)`` latents, optionally without / steering the pooled
         vector."""
-        options = {"seed": int(seed), "remove_pooled": remove_pooled, "steering": steering}
-        if self.flux:
-            out = self.pipe.generate([prompt], self.size, self.size, self.steps, self.guidance_scale, **options)
-        else:
-            out = self.pipe.generate([prompt], height=self.size, width=self.size, num_inference_steps=self.steps,
-                                     guidance_scale=self.guidance_scale, **options)
+        out = self.pipe.generate([prompt], height=self.size, width=self.size, num_inference_steps=self.steps,
+                                 guidance_scale=self.guidance_scale, seed=int(seed), remove_pooled=remove_pooled,
+                                 steering=steering)
         return to_uint8(out)[0]
 
     def describe(self, settings: FolderSettings) -> str:
@@ -189,22 +182,22 @@ def pipeline_class(folder: str) -> str:
     index = os.path.join(folder, "model_index.json")
     if not os.path.isfile(index):
         raise ConfigError(f"--pipeline={folder!r} has no model_index.json (give a diffusers pipeline folder: "
-                          f"{sorted(PIPELINES)})")
+                          f"{sorted(pipeline_classes())})")
     with open(index) as f:
         kind = json.load(f).get("_class_name")
-    if kind not in PIPELINES:
+    if kind not in pipeline_classes():
         raise ConfigError(f"--pipeline={folder!r}: model_index.json's _class_name={kind!r} is not supported; valid: "
-                          f"{sorted(PIPELINES)}")
+                          f"{sorted(pipeline_classes())}")
     return kind
 
 
 def open_model(settings: FolderSettings) -> FolderModel:
     """Load the folder's pipeline and check ``--size`` / ``--steps`` against it."""
     kind = pipeline_class(settings.pipeline)
-    cls, default_guidance = PIPELINES[kind]
     if settings.steps < 1:
         raise ConfigError(f"--steps={settings.steps} must be an integer >= 1")
-    pipe = cls.from_folder(settings.pipeline, dtype=settings.dtype)
+    pipe = Pipeline.from_folder(settings.pipeline, dtype=settings.dtype)
+    default_guidance = pipe.default_guidance_scale
     size = pipe.default_size if settings.size is None else settings.size
     try:
         pipe.check_size(size, size)

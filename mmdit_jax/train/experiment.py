@@ -2,7 +2,7 @@
 conditioning, train state and checkpointer. Inference builds none of this (``mmdit_jax.pipelines``).
 
 A latent run (``latent.vae``) trains on the VAE latents of the training images, encoded once and cached
-(``mmdit_jax.pipelines.latent``). Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
+(``mmdit_jax.components.codec``). Batches on the device are ``{"x": (B, *data_shape), "cond": {entry: (B, ...)}}``; a text-conditioned run
 gathers ``cond`` from the embeddings of every distinct training caption, encoded once and cached on disk.
 A fine-tune (``finetune.init_from``) starts from another run's EMA weights; with LoRA the state's params are the
 adapter and the base weights are passed to the step as a frozen argument (``mmdit_jax.adapters.finetune``).
@@ -32,7 +32,7 @@ from mmdit_jax.data.pipeline import (
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.families import Family, build_family
-from mmdit_jax.pipelines.components import (
+from mmdit_jax.components.from_config import (
     checkpoint_params,
     data_shape,
     example_inputs,
@@ -40,10 +40,11 @@ from mmdit_jax.pipelines.components import (
     run_keys,
     text_from_config,
 )
-from mmdit_jax.pipelines.video_setup import training_view
-from mmdit_jax.pipelines.edit_setup import SOURCE, chain_dropouts, image_dropout, parent_model_fields, source_entry
-from mmdit_jax.pipelines.latent import LatentRecords, LatentSpace, encode_records, encode_split, latent_spec
-from mmdit_jax.pipelines.text import TextConditioner
+from mmdit_jax.setup.video import training_view
+from mmdit_jax.setup.editing import SOURCE, chain_dropouts, image_dropout, parent_model_fields, source_entry
+from mmdit_jax.components.codec import LatentSpace
+from mmdit_jax.setup.latent_cache import LatentRecords, encode_records, encode_split, latent_spec
+from mmdit_jax.components.text import TextConditioner
 from mmdit_jax.pipelines.trained_model import TrainedModel, fresh_variables
 from mmdit_jax.reporting import report, write_text_atomic
 from mmdit_jax.train import sharding
@@ -247,4 +248,8 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
                      caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune, token_table)
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
+        from mmdit_jax.config_schema import save_workdir_plugins
+
+        # the modules other commands must import before this config.json's model.name resolves
+        save_workdir_plugins(workdir, cfg)
     return exp, start, data_state

@@ -48,7 +48,7 @@ def make_train_step(family: Family, non_trainable: dict[str, Any], optimizer: op
     ``text_encode(clip_params, tokens, context) -> (context, pooled)``: the text encoders are trained too; the
     state's trained tree is then ``{"model": ..., "text": clip_params}`` and batches carry ``tokens``.
     ``view(key, x, cond) -> (x, cond)``: what the model is trained on of each batch (a video run's random window
-    of context and target frames, ``pipelines.video_setup``); None: the batch as it is."""
+    of context and target frames, ``setup.video``); None: the batch as it is."""
     loss_fn = make_loss_fn(config.loss.name, family.schedule, config.model_parameterization)
     decay = config.train.ema_decay
     num_buckets = config.train.loss_buckets

@@ -1,4 +1,4 @@
-"""FluxPipeline / FluxKontextPipeline.from_folder on tiny random diffusers FluxPipeline / FluxKontextPipeline folders
+"""Pipeline.from_folder on tiny random diffusers FluxPipeline / FluxKontextPipeline folders
 (save_pretrained, built offline; a dev-like transformer with the guidance embedding and dynamic shifting, a
 schnell-like one without) give diffusers' images to 1e-4 from the same latents at a square and a non-square size,
 the scheduler grid and mu to 1e-6; Kontext's reference ids, latents and sizes are diffusers'; errors name what is
@@ -18,14 +18,13 @@ PIL = pytest.importorskip("PIL.Image")
 
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.models.flux import pack_latents  # noqa: E402
-from mmdit_jax.pipelines.flux import FluxPipeline  # noqa: E402
-from mmdit_jax.pipelines.image_to_image import preprocess_images  # noqa: E402
-from mmdit_jax.pipelines.kontext import (  # noqa: E402
-    FluxKontextPipeline,
+from mmdit_jax.families.flux import image_ids as token_ids  # noqa: E402
+from mmdit_jax.pipelines.images import preprocess_images, to_uint8, to_unit  # noqa: E402
+from mmdit_jax.pipelines.pipeline import Pipeline  # noqa: E402
+from mmdit_jax.pipelines.tasks import (  # noqa: E402
     kontext_target_size,
     preferred_kontext_size,
 )
-from mmdit_jax.pipelines.text_to_image import to_uint8, to_unit  # noqa: E402
 from tests.pipelines.tiny_flux import LATENT_CHANNELS, components, pack, smooth_image  # noqa: E402
 
 T5_LEN, STEPS = 16, 3
@@ -36,7 +35,8 @@ SIZES = [(32, 32), (24, 40)]          # (height, width) pixels; the tiny VAE's d
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """``{variant: (diffusers FluxPipeline, diffusers FluxKontextPipeline, saved folder)}``."""
+    """``{variant: (diffusers FluxPipeline, diffusers FluxKontextPipeline, saved folder, Kontext folder)}``: the
+    Kontext folder is the same components under ``model_index.json``'s ``FluxKontextPipeline``."""
     out = {}
     for variant in ("dev", "schnell"):
         parts = components(variant)
@@ -46,14 +46,19 @@ def folders(tmp_path_factory):
             p.set_progress_bar_config(disable=True)
         path = tmp_path_factory.mktemp(variant)
         t2i.save_pretrained(path)
-        out[variant] = (t2i, kontext, path)
+        kontext_path = tmp_path_factory.mktemp(f"{variant}_kontext")
+        shutil.copytree(path, kontext_path, dirs_exist_ok=True)
+        index = json.loads((kontext_path / "model_index.json").read_text())
+        (kontext_path / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxKontextPipeline"}))
+        out[variant] = (t2i, kontext, path, kontext_path)
     return out
 
 
 @pytest.fixture(scope="module")
 def ours(folders):
-    pipes = {v: FluxPipeline.from_folder(path, max_sequence_length=T5_LEN) for v, (_, _, path) in folders.items()}
-    return {v: (p, FluxKontextPipeline(p)) for v, p in pipes.items()}
+    return {v: (Pipeline.from_folder(path, max_sequence_length=T5_LEN),
+                Pipeline.from_folder(kontext_path, max_sequence_length=T5_LEN))
+            for v, (_, _, path, kontext_path) in folders.items()}
 
 
 def _latents(height, width, seed=0):
@@ -84,14 +89,14 @@ def test_flux_equals_diffusers_and_so_does_the_grid(folders, ours, variant, heig
     with torch.no_grad():
         ref = ref_pipe(PROMPTS, height=height, width=width, num_inference_steps=STEPS, guidance_scale=3.5,
                        latents=pack(z), max_sequence_length=T5_LEN, output_type="np").images
-    x = pipe.generate(PROMPTS, height, width, STEPS, guidance_scale=3.5, latents=z)
+    x = pipe.generate(PROMPTS, height=height, width=width, num_inference_steps=STEPS, guidance_scale=3.5, latents=z)
     assert x.shape == ref.shape == (len(PROMPTS), height, width, 3)
     err = float(np.max(np.abs(to_unit(x) - ref)))
     print(f"flux {variant} {height}x{width}: max |diff| = {err:.2e}")
     assert float(np.std(ref)) > 1e-3     # not flat: the comparison means something
     assert err <= 1e-4
 
-    sigmas, mu = pipe.schedule(STEPS, height // 2, width // 2)
+    sigmas, mu = pipe.grid(STEPS, height // 2, width // 2)
     assert abs(mu - calls[-1]["mu"]) <= 1e-6
     assert float(np.max(np.abs(sigmas - ref_pipe.scheduler.sigmas.numpy()))) <= 1e-6
     if variant == "dev":
@@ -103,7 +108,7 @@ def test_custom_sigmas_grid_equals_diffusers(folders, ours):
     custom = [1.0, 0.7, 0.45, 0.2]
     for variant in ("dev", "schnell"):
         sched = diffusers.FlowMatchEulerDiscreteScheduler.from_config(folders[variant][0].scheduler.config)
-        sigmas, mu = ours[variant][0].schedule(len(custom), 16, 24, sigmas=custom)
+        sigmas, mu = ours[variant][0].grid(len(custom), 16, 24, sigmas=custom)
         c = sched.config
         expected_mu = diffusers.pipelines.flux.pipeline_flux.calculate_shift(
             8 * 12, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
@@ -120,15 +125,19 @@ def test_flux_uint8_and_guidance_embedding(folders, ours):
     with torch.no_grad():
         ref = ref_pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS, guidance_scale=3.5,
                        latents=pack(z), max_sequence_length=T5_LEN, output_type="np").images
-    images = pipe(PROMPTS, 32, 32, STEPS, 3.5, latents=z)
+    images = pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS, guidance_scale=3.5, latents=z)
     assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)
-    np.testing.assert_array_equal(images, to_uint8(pipe.generate(PROMPTS, 32, 32, STEPS, 3.5, latents=z)))
+    np.testing.assert_array_equal(images, to_uint8(pipe.generate(PROMPTS, height=32, width=32,
+                                  num_inference_steps=STEPS, guidance_scale=3.5, latents=z)))
     assert int(np.max(np.abs(images.astype(int) - (ref * 255).round().astype(int)))) <= 1
-    dev_1 = np.asarray(pipe.generate(PROMPTS, 32, 32, STEPS, 1.0, latents=z))
+    dev_1 = np.asarray(pipe.generate(PROMPTS, height=32, width=32, num_inference_steps=STEPS, guidance_scale=1.0,
+                       latents=z))
     assert float(np.max(np.abs(dev_1 - 2 * ref + 1))) > 1e-3
     schnell = ours["schnell"][0]
-    np.testing.assert_array_equal(np.asarray(schnell.generate(PROMPTS, 32, 32, STEPS, 1.0, latents=z)),
-                                  np.asarray(schnell.generate(PROMPTS, 32, 32, STEPS, 3.5, latents=z)))
+    np.testing.assert_array_equal(np.asarray(schnell.generate(PROMPTS, height=32, width=32,
+                                  num_inference_steps=STEPS, guidance_scale=1.0, latents=z)),
+                                  np.asarray(schnell.generate(PROMPTS, height=32, width=32,
+                                             num_inference_steps=STEPS, guidance_scale=3.5, latents=z)))
 
 
 def test_true_cfg_equals_diffusers(folders, ours):
@@ -138,30 +147,32 @@ def test_true_cfg_equals_diffusers(folders, ours):
         ref = ref_pipe(PROMPTS, negative_prompt=negatives, true_cfg_scale=2.5, height=24, width=40,
                        num_inference_steps=STEPS, latents=pack(z), max_sequence_length=T5_LEN,
                        output_type="np").images
-    x = pipe.generate(PROMPTS, 24, 40, STEPS, latents=z, negative_prompts=negatives, true_cfg_scale=2.5)
-    plain = pipe.generate(PROMPTS, 24, 40, STEPS, latents=z)
+    x = pipe.generate(PROMPTS, height=24, width=40, num_inference_steps=STEPS, latents=z, negative_prompts=negatives,
+                      true_cfg_scale=2.5)
+    plain = pipe.generate(PROMPTS, height=24, width=40, num_inference_steps=STEPS, latents=z)
     err = float(np.max(np.abs(to_unit(x) - ref)))
     print(f"true CFG: max |diff| = {err:.2e}")
     assert float(np.max(np.abs(to_unit(plain) - ref))) > 1e-3     # the guidance changes the images
     assert err <= 1e-4
     with pytest.raises(ConfigError, match="negative_prompts"):
-        pipe.generate(PROMPTS, 24, 40, STEPS, latents=z, true_cfg_scale=2.5)
+        pipe.generate(PROMPTS, height=24, width=40, num_inference_steps=STEPS, latents=z, true_cfg_scale=2.5)
 
 
 def test_seeded_latents_and_pooled_options_run(ours):
     """Seeded noise reuses the compiled program of the same shapes; ``remove_pooled`` runs; errors are named."""
     pipe = ours["dev"][0]
-    a = pipe(PROMPTS, 32, 32, STEPS, seed=1)
-    np.testing.assert_array_equal(a, pipe(PROMPTS, 32, 32, STEPS, seed=1))
+    a = pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS, seed=1)
+    np.testing.assert_array_equal(a, pipe(PROMPTS, height=32, width=32, num_inference_steps=STEPS, seed=1))
     assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
-    no_pooled = pipe(PROMPTS[:1], 8, 8, 1, seed=1, remove_pooled=True)
+    no_pooled = pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, seed=1, remove_pooled=True)
     assert no_pooled.shape == (1, 8, 8, 3)
     with pytest.raises(ConfigError, match="remove_pooled"):
-        pipe(PROMPTS[:1], 8, 8, 1, remove_pooled=True, steering=(["a"], ["b"], 1.0))
+        pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, remove_pooled=True, steering=(["a"], ["b"], 1.0))
     with pytest.raises(ConfigError, match="steering needs one positive"):
-        pipe(PROMPTS[:1], 8, 8, 1, steering=(["a", "c"], ["b"], 1.0))
+        pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, steering=(["a", "c"], ["b"], 1.0))
     with pytest.raises(ConfigError, match="latents must have shape"):
-        pipe(PROMPTS[:1], 8, 8, 1, latents=np.zeros((1, 8, 8, LATENT_CHANNELS), np.float32))
+        pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, latents=np.zeros((1, 8, 8, LATENT_CHANNELS),
+             np.float32))
 
 
 # ---- Kontext ---------------------------------------------------------------------------------------------------
@@ -179,16 +190,18 @@ def test_kontext_equals_diffusers(folders, ours, variant, size, ref_size):
         ref = ref_pipe(image=PIL.fromarray(image), prompt=EDITS, height=height, width=width, max_area=height * width,
                        _auto_resize=False, num_inference_steps=STEPS, guidance_scale=2.5, latents=pack(z),
                        max_sequence_length=T5_LEN, output_type="np").images
-    x = kontext.generate(EDITS, image, height, width, STEPS, 2.5, latents=z, max_area=height * width)
+    x = kontext.generate(EDITS, reference_image=image, height=height, width=width, num_inference_steps=STEPS,
+                         guidance_scale=2.5, latents=z, max_area=height * width)
     err = float(np.max(np.abs(to_unit(x) - ref)))
     print(f"kontext {variant} {height}x{width} (reference {ref_size}): max |diff| = {err:.2e}")
     assert x.shape == ref.shape == (len(EDITS), height, width, 3)
     assert err <= 1e-4
     # mu from the target's tokens only
-    sigmas, mu = kontext.pipe.schedule(STEPS, height // 2, width // 2)
+    sigmas, mu = kontext.grid(STEPS, height // 2, width // 2)
     assert abs(mu - calls[-1]["mu"]) <= 1e-6
     assert float(np.max(np.abs(sigmas - ref_pipe.scheduler.sigmas.numpy()))) <= 1e-6
-    other = kontext.generate(EDITS, 255 - image, height, width, STEPS, 2.5, latents=z, max_area=height * width)
+    other = kontext.generate(EDITS, reference_image=255 - image, height=height, width=width,
+                             num_inference_steps=STEPS, guidance_scale=2.5, latents=z, max_area=height * width)
     assert float(np.max(np.abs(to_unit(other) - ref))) > max(2e-4, 100 * err)     # the reference is used
 
 
@@ -198,7 +211,7 @@ def test_kontext_reference_ids_and_latents_are_diffusers(folders, ours):
     ref_pipe, kontext = folders["dev"][1], ours["dev"][1]
     (height, width), (rh, rw) = (24, 40), (32, 48)
     image = smooth_image(rh, rw)
-    ids = kontext.token_ids(height, width, (rh, rw))
+    ids = token_ids(height // 2, width // 2, (rh // 2, rw // 2))     # the tiny VAE's downscale is 2
     n_target = (height // 4) * (width // 4)
     assert ids.shape == (n_target + (rh // 4) * (rw // 4), 3)
     assert np.all(ids[:n_target, 0] == 0) and np.all(ids[n_target:, 0] == 1)
@@ -209,8 +222,7 @@ def test_kontext_reference_ids_and_latents_are_diffusers(folders, ours):
             tensor, 2, LATENT_CHANNELS, height, width, torch.float32, torch.device("cpu"),
             torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(ids, torch.cat([latent_ids, image_ids]).numpy())
-    pipe = kontext.pipe
-    ours_latents = pack_latents(pipe.encode_images(pipe.vae_variables, preprocess_images(image)))
+    ours_latents = pack_latents(kontext.encode_images(kontext.model.codec.variables, preprocess_images(image)))
     assert float(np.max(np.abs(np.asarray(ours_latents)[0] - image_latents[1].numpy()))) <= 1e-5
 
 
@@ -249,13 +261,13 @@ def test_missing_components_are_named(folders, tmp_path):
     index = json.loads(index_file.read_text())
     index_file.write_text(json.dumps({k: v for k, v in index.items() if k != "tokenizer_2"}))
     with pytest.raises(ConfigError, match="'tokenizer_2' is missing"):
-        FluxPipeline.from_folder(path)
+        Pipeline.from_folder(path)
     index_file.write_text(json.dumps(index))
     shutil.rmtree(path / "vae")
     with pytest.raises(ConfigError, match="vae/"):
-        FluxKontextPipeline.from_folder(path)
+        Pipeline.from_folder(path)
     with pytest.raises(ConfigError, match="max_sequence_length"):
-        FluxPipeline.from_folder(folders["dev"][2], max_sequence_length=513)
+        Pipeline.from_folder(folders["dev"][2], max_sequence_length=513)
 
 
 def test_unknown_scheduler_class_is_named(folders, tmp_path):
@@ -263,7 +275,7 @@ def test_unknown_scheduler_class_is_named(folders, tmp_path):
     cfg_file = path / "scheduler" / "scheduler_config.json"
     cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "_class_name": "DDIMScheduler"}))
     with pytest.raises(ConfigError, match="_class_name='DDIMScheduler'"):
-        FluxPipeline.from_folder(path)
+        Pipeline.from_folder(path)
 
 
 def test_sizes_not_divisible_are_named(folders, ours):
@@ -272,15 +284,15 @@ def test_sizes_not_divisible_are_named(folders, ours):
     multiple = 2 * 2 ** (len(vae["block_out_channels"]) - 1)     # the VAE's downscale x FLUX's 2x2 packing
     assert pipe.size_multiple == multiple == 4
     with pytest.raises(ConfigError, match=f"width=34 must be divisible by {multiple}"):
-        pipe(PROMPTS, 32, 34)
+        pipe(PROMPTS, height=32, width=34)
     with pytest.raises(ConfigError, match="height=30"):
-        pipe(PROMPTS, 30, 32)
+        pipe(PROMPTS, height=30, width=32)
     with pytest.raises(ConfigError, match="image width=30"):
-        kontext(PROMPTS, smooth_image(32, 30), 32, 32, max_area=None)
+        kontext(PROMPTS, reference_image=smooth_image(32, 30), height=32, width=32, max_area=None)
     with pytest.raises(ConfigError, match="width=34"):
-        kontext(PROMPTS, smooth_image(32, 32), 32, 34, max_area=None)
+        kontext(PROMPTS, reference_image=smooth_image(32, 32), height=32, width=34, max_area=None)
     with pytest.raises(ConfigError, match="3 images for 2 prompts"):
-        kontext(PROMPTS, np.stack([smooth_image(32, 32)] * 3), 32, 32, max_area=None)
+        kontext(PROMPTS, reference_image=np.stack([smooth_image(32, 32)] * 3), height=32, width=32, max_area=None)
 
 
 def test_edit_command_on_a_kontext_folder_chains_turns(folders, tmp_path):
@@ -288,17 +300,22 @@ def test_edit_command_on_a_kontext_folder_chains_turns(folders, tmp_path):
     the edit of turn 1."""
     from mmdit_jax.edit import edit_file
 
-    path = folders["schnell"][2]
+    path = folders["schnell"][3]
     image = smooth_image(32, 32)
     PIL.fromarray(image).save(tmp_path / "in.png")
     out = edit_file(str(path), str(tmp_path / "in.png"), EDITS[:2], str(tmp_path / "out"), seed=5, steps=2)
     turns = [np.asarray(PIL.open(p)) for p in out]
-    kontext = FluxKontextPipeline.from_folder(path)
-    want = kontext(EDITS[:1], image[None], height=32, width=32, num_inference_steps=2, guidance_scale=2.5, seed=5,
+    kontext = Pipeline.from_folder(path)
+    want = kontext(EDITS[:1], reference_image=image[None], height=32, width=32, num_inference_steps=2,
+                   guidance_scale=2.5, seed=5,
                    max_area=None)[0]
     np.testing.assert_array_equal(turns[0], want)
-    want = kontext(EDITS[1:2], turns[0][None], height=32, width=32, num_inference_steps=2, guidance_scale=2.5,
+    want = kontext(EDITS[1:2], reference_image=turns[0][None], height=32, width=32, num_inference_steps=2,
+                   guidance_scale=2.5,
                    seed=6, max_area=None)[0]
     np.testing.assert_array_equal(turns[1], want)
     with pytest.raises(ConfigError, match="sdedit"):
         edit_file(str(path), str(tmp_path / "in.png"), EDITS[:1], str(tmp_path / "out"), method="sdedit")
+    # a text-to-image FLUX.1 folder is not an in-context editor: refused, not run as if it were Kontext
+    with pytest.raises(ConfigError, match="not an in-context editor"):
+        edit_file(str(folders["schnell"][2]), str(tmp_path / "in.png"), EDITS[:1], str(tmp_path / "t2i"), steps=2)

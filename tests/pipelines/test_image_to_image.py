@@ -1,5 +1,5 @@
-"""SD3Img2Img on a tiny random StableDiffusion3Img2ImgPipeline saved with save_pretrained gives diffusers' images to
-1e-4 at strengths 0.3, 0.6 and 1 with CFG (the posterior and start noise drawn from diffusers' generator stream);
+"""Pipeline.generate(image=...) on a tiny random StableDiffusion3Img2ImgPipeline saved with save_pretrained gives
+diffusers' images to 1e-4 at strengths 0.3, 0.6 and 1 with CFG (the posterior and start noise drawn from diffusers' generator stream);
 the start index is diffusers' get_timesteps; bad strength, image size and image count are named."""
 
 import numpy as np
@@ -10,8 +10,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.diffusion.sdedit import img2img_start, scale_noise  # noqa: E402
-from mmdit_jax.pipelines.image_to_image import SD3Img2Img, preprocess_images  # noqa: E402
-from mmdit_jax.pipelines.text_to_image import to_unit  # noqa: E402
+from mmdit_jax.pipelines.images import preprocess_images, to_unit  # noqa: E402
+from mmdit_jax.pipelines.pipeline import Pipeline  # noqa: E402
 from tests.pipelines.tiny_sd3 import components, generator_draws, smooth_images  # noqa: E402
 
 T5_LEN, STEPS, SIZE = 16, 4, 32
@@ -54,7 +54,7 @@ def pipes(tmp_path_factory):
     ref.set_progress_bar_config(disable=True)
     path = tmp_path_factory.mktemp("img2img")
     ref.save_pretrained(path)
-    return ref, SD3Img2Img.from_folder(path, max_sequence_length=T5_LEN)
+    return ref, Pipeline.from_folder(path, max_sequence_length=T5_LEN)
 
 
 def _image(n: int) -> np.ndarray:
@@ -70,8 +70,8 @@ def test_img2img_equals_diffusers(pipes, strength):
         ref = ref_pipe(PROMPTS, image=image, strength=strength, height=SIZE, width=SIZE,
                        num_inference_steps=STEPS, guidance_scale=5.0, generator=torch.Generator().manual_seed(7),
                        max_sequence_length=T5_LEN, output_type="np").images
-    x = pipe.generate(PROMPTS, image, strength, num_inference_steps=STEPS, guidance_scale=5.0, noise=noise,
-                      posterior_noise=post)
+    x = pipe.generate(PROMPTS, image=image, strength=strength, num_inference_steps=STEPS, guidance_scale=5.0,
+                      noise=noise, posterior_noise=post)
     err = float(np.max(np.abs(to_unit(x) - ref)))
     print(f"img2img strength={strength}: max |diff| = {err:.2e}")
     assert float(np.std(ref)) > 1e-3
@@ -83,8 +83,8 @@ def test_one_image_for_all_prompts_uint8_and_seeded_run(pipes):
     image = _image(1)
     u8 = (image * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(preprocess_images(u8), u8.astype(np.float32) / np.float32(255) * 2 - 1)
-    a = pipe(PROMPTS, u8, 0.6, num_inference_steps=STEPS, guidance_scale=5.0, seed=3)
-    b = pipe(PROMPTS, u8, 0.6, num_inference_steps=STEPS, guidance_scale=5.0, seed=3)
+    a = pipe(PROMPTS, image=u8, strength=0.6, num_inference_steps=STEPS, guidance_scale=5.0, seed=3)
+    b = pipe(PROMPTS, image=u8, strength=0.6, num_inference_steps=STEPS, guidance_scale=5.0, seed=3)
     assert a.shape == (2, SIZE, SIZE, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
 
@@ -92,16 +92,16 @@ def test_one_image_for_all_prompts_uint8_and_seeded_run(pipes):
 def test_bad_inputs_are_named(pipes):
     _, pipe = pipes
     with pytest.raises(ConfigError, match="strength"):
-        pipe(PROMPTS, _image(2), strength=0.0)
+        pipe(PROMPTS, image=_image(2), strength=0.0)
     with pytest.raises(ConfigError, match="width=33"):
-        pipe(PROMPTS, np.zeros((2, 32, 33, 3), np.float32))
+        pipe(PROMPTS, image=np.zeros((2, 32, 33, 3), np.float32))
     with pytest.raises(ConfigError, match="height=31"):
-        pipe(PROMPTS, np.zeros((2, 31, 32, 3), np.float32))
+        pipe(PROMPTS, image=np.zeros((2, 31, 32, 3), np.float32))
     with pytest.raises(ConfigError, match="image holds 3 images for 2 prompts"):
-        pipe(PROMPTS, _image(3))
+        pipe(PROMPTS, image=_image(3))
     with pytest.raises(ConfigError, match=r"image as floats must lie in \[0, 1\]"):
-        pipe(PROMPTS, _image(2) * 2 - 1)
+        pipe(PROMPTS, image=_image(2) * 2 - 1)
     with pytest.raises(ConfigError, match="image must be NHWC RGB"):
-        pipe(PROMPTS, np.zeros((2, 32, 32, 4), np.float32))
+        pipe(PROMPTS, image=np.zeros((2, 32, 32, 4), np.float32))
     with pytest.raises(ConfigError, match="noise must have shape"):
-        pipe(PROMPTS, _image(2), noise=np.zeros((2, 8, 8, 4), np.float32))
+        pipe(PROMPTS, image=_image(2), noise=np.zeros((2, 8, 8, 4), np.float32))

@@ -1,5 +1,5 @@
-"""SD3Inpaint on a tiny random 16-channel StableDiffusion3InpaintPipeline saved with save_pretrained gives diffusers'
-images to 1e-4 at strengths 0.3, 0.6 and 1 with CFG (decode_shift=False: diffusers' decode without the VAE shift);
+"""Pipeline.generate(image=..., mask_image=...) on a tiny random 16-channel StableDiffusion3InpaintPipeline saved
+with save_pretrained gives diffusers' images to 1e-4 at strengths 0.3, 0.6 and 1 with CFG (decode_shift=False: diffusers' decode without the VAE shift);
 the default decode equals diffusers' latents decoded with the shift; the mask is binarised and downsampled as
 diffusers' mask processor does; mask shape / count errors are named."""
 
@@ -12,8 +12,8 @@ diffusers = pytest.importorskip("diffusers")
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.diffusion.flow_match import flow_match_euler  # noqa: E402
 from mmdit_jax.diffusion.sdedit import inpaint_flow_match_euler  # noqa: E402
-from mmdit_jax.pipelines.inpainting import SD3Inpaint, preprocess_mask  # noqa: E402
-from mmdit_jax.pipelines.text_to_image import to_unit  # noqa: E402
+from mmdit_jax.pipelines.images import preprocess_mask, to_unit  # noqa: E402
+from mmdit_jax.pipelines.pipeline import Pipeline  # noqa: E402
 from tests.pipelines.tiny_sd3 import components, generator_draws, smooth_images  # noqa: E402
 
 T5_LEN, STEPS, CHANNELS, SIZE = 16, 4, 16, 32
@@ -35,7 +35,7 @@ def pipes(tmp_path_factory):
     ref.set_progress_bar_config(disable=True)
     path = tmp_path_factory.mktemp("inpaint")
     ref.save_pretrained(path)
-    return ref, SD3Inpaint.from_folder(path, max_sequence_length=T5_LEN)
+    return ref, Pipeline.from_folder(path, max_sequence_length=T5_LEN)
 
 
 def _run_both(pipes, strength, decode_shift, output_type="np"):
@@ -46,8 +46,8 @@ def _run_both(pipes, strength, decode_shift, output_type="np"):
         ref = ref_pipe(PROMPTS, image=image, mask_image=mask, strength=strength, height=SIZE, width=SIZE,
                        num_inference_steps=STEPS, guidance_scale=5.0, generator=torch.Generator().manual_seed(11),
                        max_sequence_length=T5_LEN, output_type=output_type).images
-    x = pipe.generate(PROMPTS, image, mask, strength, num_inference_steps=STEPS, guidance_scale=5.0, noise=noise,
-                      posterior_noise=post, decode_shift=decode_shift)
+    x = pipe.generate(PROMPTS, image=image, mask_image=mask, strength=strength, num_inference_steps=STEPS,
+                      guidance_scale=5.0, noise=noise, posterior_noise=post, decode_shift=decode_shift)
     return ref_pipe, x, ref
 
 
@@ -103,14 +103,14 @@ def test_bad_masks_are_named(pipes):
     _, pipe = pipes
     image = smooth_images(2, SIZE)
     with pytest.raises(ConfigError, match="mask_image must be"):
-        pipe(PROMPTS, image, np.zeros((2, 16, 16), np.float32))
+        pipe(PROMPTS, image=image, mask_image=np.zeros((2, 16, 16), np.float32))
     with pytest.raises(ConfigError, match="mask_image must be"):
-        pipe(PROMPTS, image, np.zeros((2, 32, 32, 3), np.float32))
+        pipe(PROMPTS, image=image, mask_image=np.zeros((2, 32, 32, 3), np.float32))
     with pytest.raises(ConfigError, match="mask_image holds 3 masks for 2 prompts"):
-        pipe(PROMPTS, image, np.zeros((3, 32, 32), np.float32))
+        pipe(PROMPTS, image=image, mask_image=np.zeros((3, 32, 32), np.float32))
     with pytest.raises(ConfigError, match=r"mask_image as floats must lie in \[0, 1\]"):
-        pipe(PROMPTS, image, np.full((2, 32, 32), 2.0, np.float32))
+        pipe(PROMPTS, image=image, mask_image=np.full((2, 32, 32), 2.0, np.float32))
     with pytest.raises(ConfigError, match="strength"):
-        pipe(PROMPTS, image, _mask(2), strength=1.2)
+        pipe(PROMPTS, image=image, mask_image=_mask(2), strength=1.2)
     with pytest.raises(ConfigError, match="width=33"):
-        pipe(PROMPTS, np.zeros((2, 32, 33, 3), np.float32), np.zeros((2, 32, 33), np.float32))
+        pipe(PROMPTS, image=np.zeros((2, 32, 33, 3), np.float32), mask_image=np.zeros((2, 32, 33), np.float32))

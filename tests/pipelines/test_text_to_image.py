@@ -1,4 +1,4 @@
-"""SD3Pipeline.from_folder on a tiny random StableDiffusion3Pipeline saved with save_pretrained (built offline, the
+"""Pipeline.from_folder on a tiny random StableDiffusion3Pipeline saved with save_pretrained (built offline, the
 components sized like diffusers' own SD3 fast tests) gives diffusers' images to 1e-4 from the same latents: CFG with
 T5, without CFG, without T5, non-square; and folder / size / scheduler errors name what is wrong."""
 
@@ -14,7 +14,9 @@ diffusers = pytest.importorskip("diffusers")
 
 from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.diffusion.flow_match import flow_match_schedule  # noqa: E402
-from mmdit_jax.pipelines.text_to_image import SD3Pipeline, slg_window, to_uint8, to_unit  # noqa: E402
+from mmdit_jax.pipelines.images import to_uint8, to_unit  # noqa: E402
+from mmdit_jax.pipelines.pipeline import Pipeline  # noqa: E402
+from mmdit_jax.pipelines.tasks import slg_window  # noqa: E402
 from tests.pipelines.tiny_sd3 import components as _components  # noqa: E402
 
 T5_LEN, STEPS = 16, 3
@@ -36,7 +38,7 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(folders):
-    return {name: SD3Pipeline.from_folder(path, max_sequence_length=T5_LEN) for name, (_, path) in folders.items()}
+    return {name: Pipeline.from_folder(path, max_sequence_length=T5_LEN) for name, (_, path) in folders.items()}
 
 
 def _compare(folders, ours, name, guidance, height, width, negative=None, pipes=None):
@@ -48,7 +50,7 @@ def _compare(folders, ours, name, guidance, height, width, negative=None, pipes=
         ref = ref_pipe(PROMPTS, negative_prompt=negative, height=height, width=width, num_inference_steps=STEPS,
                        guidance_scale=guidance, latents=torch.from_numpy(z.transpose(0, 3, 1, 2).copy()),
                        max_sequence_length=T5_LEN, output_type="np").images
-    x = pipe.generate(PROMPTS, negative, height=height, width=width, num_inference_steps=STEPS,
+    x = pipe.generate(PROMPTS, negative_prompts=negative, height=height, width=width, num_inference_steps=STEPS,
                       guidance_scale=guidance, latents=z)
     assert x.shape == ref.shape == (len(PROMPTS), height, width, 3)
     err = float(np.max(np.abs(to_unit(x) - ref)))
@@ -90,9 +92,9 @@ def test_dynamic_shifting_equals_diffusers(folders, tmp_path):
     shutil.copytree(folder, path)
     cfg_file = path / "scheduler" / "scheduler_config.json"
     cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **dynamic}))
-    pipe = SD3Pipeline.from_folder(path, max_sequence_length=T5_LEN)
+    pipe = Pipeline.from_folder(path, max_sequence_length=T5_LEN)
     static = flow_match_schedule(STEPS, {"shift": 3.0})[0]
-    assert not np.allclose(pipe.grid(STEPS, 16, 24), static, atol=1e-3)     # mu, not the static shift, is used
+    assert not np.allclose(pipe.grid(STEPS, 16, 24)[0], static, atol=1e-3)     # mu, not the static shift, is used
     assert _compare(folders, None, "no_t5", 5.0, 32, 48, pipes=(ref, pipe))[-1] <= 1e-4
 
 
@@ -136,7 +138,7 @@ def test_missing_vae_folder_is_named(folders, tmp_path):
     shutil.copytree(folders["t5"][1], path)
     shutil.rmtree(path / "vae")
     with pytest.raises(ConfigError, match="vae/"):
-        SD3Pipeline.from_folder(path)
+        Pipeline.from_folder(path)
 
 
 def test_size_not_divisible_is_named(ours):
@@ -154,7 +156,7 @@ def test_unknown_scheduler_class_is_named(folders, tmp_path):
     cfg["_class_name"] = "DDIMScheduler"
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="_class_name='DDIMScheduler'"):
-        SD3Pipeline.from_folder(path)
+        Pipeline.from_folder(path)
 
 
 def test_skip_layer_guidance_window_is_diffusers():

@@ -68,7 +68,7 @@ def test_instance_images_come_from_a_subject_or_a_folder(base, tmp_path):
 @pytest.mark.filterwarnings("ignore:Sharding info not provided when restoring")
 def test_a_lora_dreambooth_run_trains_on_the_base_models_own_class_images_and_the_clip_towers(base, tmp_path,
                                                                                              monkeypatch):
-    from mmdit_jax.pipelines.components import family_from_config, text_from_config
+    from mmdit_jax.components.from_config import family_from_config, text_from_config
 
     cfg = tiny(base, prior_weight=0.5)
     cfg.finetune.text_encoder = True

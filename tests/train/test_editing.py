@@ -13,7 +13,7 @@ from configs.editing import get_config as editing_config
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.config_schema import validate_config, workdir_config
 from mmdit_jax.data.edits import edit_example
-from mmdit_jax.pipelines.edit_setup import image_dropout
+from mmdit_jax.setup.editing import image_dropout
 from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
 from mmdit_jax.train import loop

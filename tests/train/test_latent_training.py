@@ -19,7 +19,7 @@ from mmdit_jax.data.registry import dataset_spec
 from mmdit_jax.interop.safetensors_io import save_state_dict
 from mmdit_jax.interop.vae import to_diffusers
 from mmdit_jax.models.vae import AutoencoderKL, VAEConfig
-from mmdit_jax.pipelines.latent import latent_config
+from mmdit_jax.components.codec import latent_config
 from mmdit_jax.train import loop
 from mmdit_jax.train.experiment import build
 

@@ -16,7 +16,7 @@ from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.config_schema import validate_config  # noqa: E402
 from mmdit_jax.interop.sd3 import load_sd3  # noqa: E402
 from mmdit_jax.adapters.finetune import load_finetune  # noqa: E402
-from mmdit_jax.pipelines.components import checkpoint_params, family_from_config  # noqa: E402
+from mmdit_jax.components.from_config import checkpoint_params, family_from_config  # noqa: E402
 from mmdit_jax.pipelines.generator import with_lora  # noqa: E402
 from mmdit_jax.pipelines.trained_model import load_trained  # noqa: E402
 from mmdit_jax.train import loop  # noqa: E402

@@ -15,7 +15,7 @@ from mmdit_jax.config_schema import validate_config
 from mmdit_jax.data.motion import motion_example
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.video import VideoPipeline
-from mmdit_jax.pipelines.video_setup import window_view
+from mmdit_jax.setup.video import window_view
 from mmdit_jax.train import loop
 
 
@@ -76,7 +76,7 @@ def test_rollouts_extend_past_the_training_length_chain_their_chunks_and_start_f
     frames = jnp.zeros((2, vid.context_frames, 32, 32, 3))
     for i in range(4):
         ctx = frames[:, -vid.context_frames:]
-        chunk = sampling._sample(variables, {**cond, "context_frames": ctx}, {**negative, "context_frames": ctx},
+        chunk = sampling.draw(variables, {**cond, "context_frames": ctx}, {**negative, "context_frames": ctx},
                                  jax.random.fold_in(key, i), (2, vid.chunk_frames, 32, 32, 3), False)
         frames = jnp.concatenate([frames, chunk], axis=1)
     by_hand = np.clip(np.round((np.asarray(frames[:, vid.context_frames:][:, :7]) + 1) * 127.5), 0, 255)
@@ -119,7 +119,7 @@ def test_the_video_section_is_checked_at_start_up():
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             validate_config(cfg)
     from configs.default import get_config as default_config
-    from mmdit_jax.pipelines.video_setup import video_config
+    from mmdit_jax.setup.video import video_config
 
     image_run = default_config("tiny")
     image_run.video = video_config("joint")

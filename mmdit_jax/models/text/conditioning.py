@@ -111,11 +111,36 @@ class SD3TextEncoders:
         return (*self.encode(prompts), *self.encode(negative))
 
     @property
+    def pooled_tokenizer(self) -> PromptTokenizer:
+        """The tokenizer of the first pooled encoder (CLIP-L): what limits how much of a prompt the pooled vector
+        reads."""
+        return self.clip_l.tokenizer
+
+    @property
     def widths(self) -> tuple[int, int]:
         """``(d_L, d_G)``: where each encoder's part starts in the pooled vector (and in c's channels)."""
         def width(enc):
             return enc.config.projection_dim or enc.config.hidden_size
         return width(self.clip_l), width(self.clip_g)
+
+
+@dataclasses.dataclass
+class FluxTextEncoders:
+    """FLUX.1's text stack: CLIP-L (only its pooled output is used) and T5 (its last hidden state), as diffusers'
+    ``FluxPipeline.encode_prompt``: ``c = T5(prompts) (B, L, d_T5)`` padded without a mask, ``y = CLIP-L pooler
+    output (B, d_CLIP)`` (the EOS state after the final norm, unprojected)."""
+
+    clip: Encoder
+    t5: Encoder
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Array, Array]:
+        """``(c: (B, L, d_T5), y_pooled: (B, d_CLIP))`` for a list of prompts."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self.t5(prompts)["last_hidden_state"], self.clip(prompts)["pooled"]
+
+    @property
+    def pooled_tokenizer(self) -> PromptTokenizer:
+        return self.clip.tokenizer
 
 
 def drop_encoders(key: Array, c: Array, y: Array, clip_widths: tuple[int, int], clip_tokens: int,
@@ -146,7 +171,7 @@ def drop_encoders(key: Array, c: Array, y: Array, clip_widths: tuple[int, int], 
 
 
 # ------------------------------------------------------------------------------------------------
-# Presets of configs/text.py (building encoders from a config is ``mmdit_jax.pipelines.text``).
+# Presets of configs/text.py (building encoders from a config is ``mmdit_jax.components.text``).
 
 def text_presets() -> dict[str, Any]:
     """Named encoder configs: the real SD3 sizes and tiny ones for CPU tests."""

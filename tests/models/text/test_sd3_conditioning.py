@@ -98,7 +98,7 @@ def test_encoder_dropout_zeroes_each_encoder_independently():
 def test_tiny_text_config_builds_and_encodes_offline():
     from configs.text import get_config
     from mmdit_jax.checks import ConfigError
-    from mmdit_jax.pipelines.text import sd3_text_encoders_from_config
+    from mmdit_jax.components.text import sd3_text_encoders_from_config
 
     cfg = get_config("tiny")
     enc = sd3_text_encoders_from_config(cfg, jax.random.PRNGKey(0))

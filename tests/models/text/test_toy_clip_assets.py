@@ -9,7 +9,7 @@ import numpy as np
 
 from configs.text import get_config
 from mmdit_jax.models.text.tokenizer_assets import ASSETS, TOY_CLIP_DIRS
-from mmdit_jax.pipelines.text import sd3_text_encoders_from_config
+from mmdit_jax.components.text import sd3_text_encoders_from_config
 from mmdit_jax.study.scenes import prompts, scenes
 
 

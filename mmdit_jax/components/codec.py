@@ -1,4 +1,12 @@
-"""Latent training: the diffusion model learns ``z_model = (mean_VAE(x) - shift_factor) * scaling_factor`` instead of
+"""Latent codecs: images <-> the latents a diffusion model works on.
+
+``KLCodec`` is the 2D KL autoencoder (``AutoencoderKL``) as traced functions, the codec of pipeline folders and of
+latent training (``CODECS`` names the codecs a run can choose; a causal video codec goes beside it):
+
+    encode: z = (mean + exp(logvar / 2) eps - shift_factor) scaling_factor      (eps None: the posterior mean)
+    decode: x = D(z / scaling_factor + shift_factor)                            (``shift=False``: D(z / scaling))
+
+Latent training: the diffusion model learns ``z_model = (mean_VAE(x) - shift_factor) * scaling_factor`` instead of
 pixels, with a frozen KL autoencoder from a local folder (a diffusers ``vae/`` folder, a pipeline folder with
 ``vae/`` inside, a single file, or the ``vae/`` folder ``python -m mmdit_jax.train_autoencoder`` writes).
 
@@ -8,9 +16,7 @@ Config (optional section; absent or ``latent.vae = ""`` means pixel space)::
 
 * Examples are the posterior means (the mode, as most latent trainers cache them), normalised with the VAE's own
   ``scaling_factor`` / ``shift_factor``: ``(H, W, 3)`` images become ``(H/f, W/f, L)`` examples.
-* Every training image is encoded once and cached in ``<workdir>/latent_cache/latents_<key>.npy``, the key a
-  fingerprint of the VAE (config and weights), the data set's options and the split: a different VAE or data set
-  can never be served stale latents. Writes are atomic (temporary file, then rename).
+* Every training image is encoded once and cached (``mmdit_jax.setup.latent_cache``).
 * Samples are decoded, ``x = D(z_model / scaling_factor + shift_factor)``, before they are drawn or scored, so
   grids, ``--mode=sample`` and the study's images are pictures, not latents.
 """
@@ -20,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tempfile
 from typing import Any, Callable
 
 import jax
@@ -29,8 +34,6 @@ import ml_collections
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
-from mmdit_jax.data.registry import DatasetSpec
-from mmdit_jax.data.text_cache import fingerprint
 from mmdit_jax.interop.vae import load_vae
 from mmdit_jax.models.vae import (
     AutoencoderKL,
@@ -38,7 +41,6 @@ from mmdit_jax.models.vae import (
     denormalize_latents,
     normalize_latents,
 )
-from mmdit_jax.reporting import report
 
 Array = jax.Array
 FIELDS: dict[str, Any] = {"vae": "", "batch_size": 64}
@@ -64,6 +66,43 @@ def validate_latent_config(config: Any) -> None:
     if path and not os.path.exists(path):
         raise ConfigError(f"latent.vae={path!r} does not exist; give a local VAE folder (config.json + safetensors), "
                           "a pipeline folder with vae/, a .safetensors file, or '' to train in pixel space")
+
+
+@dataclasses.dataclass
+class KLCodec:
+    """The KL autoencoder's encode / decode as functions of its variables (call them inside a compiled program)."""
+
+    config: VAEConfig
+    variables: Any
+
+    def __post_init__(self) -> None:
+        self.module = AutoencoderKL(self.config)
+        self.variables = jax.device_put(self.variables)
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent side ``f``."""
+        return self.config.downscale
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    def encode(self, variables: Any, images: Array, eps: Array | None = None) -> Array:
+        """Images ``(B, H, W, 3)`` in [-1, 1] -> model latents ``(B, H/f, W/f, L)``: the posterior sample with noise
+        ``eps`` (diffusers' ``retrieve_latents``), or its mean with ``eps=None`` (``sample_mode="argmax"``)."""
+        mean, logvar = self.module.apply(variables, images, method="encode")
+        z = mean if eps is None else mean + jnp.exp(0.5 * logvar) * eps
+        return normalize_latents(z, self.config)
+
+    def decode(self, variables: Any, z: Array, shift: bool = True) -> Array:
+        """Model latents ``(B, h, w, L)`` -> decoder output ``(B, f h, f w, 3)``, about [-1, 1]."""
+        z = denormalize_latents(z, self.config) if shift else z / self.config.scaling_factor
+        return self.module.apply(variables, z, method="decode")
+
+
+# name -> codec class: what ``latent.codec`` (and a pipeline folder's ``vae/``) is read as
+CODECS: dict[str, type] = {"kl": KLCodec}
 
 
 @dataclasses.dataclass
@@ -119,63 +158,5 @@ def _load(path: str, mtime: float) -> LatentSpace:
 @functools.lru_cache(maxsize=4)
 def _programs(cfg: VAEConfig) -> tuple[Callable[..., Array], Callable[..., Array]]:
     """The compiled ``(encode, decode)`` of one VAE architecture."""
-    model = AutoencoderKL(cfg)
-    encode = jax.jit(lambda v, x: normalize_latents(model.apply(v, x, method="encode")[0], cfg))
-    decode = jax.jit(lambda v, z: model.apply(v, denormalize_latents(z, cfg), method="decode"))
-    return encode, decode
-
-
-def encode_split(space: LatentSpace, source: Any, spec: DatasetSpec, data_config: Any, split: str, cache_dir: str,
-                 batch_size: int) -> np.ndarray:
-    """``(N, h, w, L)`` float32 latents of every record of ``source`` in record order, cached on disk."""
-    # data_dir matters only for data read from disk; the generated sets are fixed by their options
-    ignored = ("batch_size", "num_workers") + (("data_dir",) if spec.generated else ())
-    data_options = sorted((k, v) for k, v in data_config.items() if k not in ignored)
-    key = fingerprint(*space.fingerprint_parts(), data_options, ("split", split), len(source))
-    path = os.path.join(cache_dir, f"latents_{key}.npy")
-    if os.path.exists(path):
-        return np.load(path)
-    report(f"latent cache: encoding {len(source)} {split} images with {space.path}")
-    latents = encode_records(space, source, spec, batch_size)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp.npy")   # unique even across hosts sharing the folder
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, latents)
-    os.replace(tmp, path)
-    return latents
-
-
-def encode_records(space: LatentSpace, source: Any, spec: DatasetSpec, batch_size: int) -> np.ndarray:
-    """``(N, h, w, L)`` float32 latents of every record of ``source`` (images by ``spec.to_example``), in record
-    order, ``batch_size`` at a time (the last batch padded: one compiled shape)."""
-    parts = []
-    for start in range(0, len(source), batch_size):
-        images = np.stack([spec.to_example(source[i]) for i in range(start, min(start + batch_size, len(source)))])
-        n = len(images)
-        if n < batch_size:
-            images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, 0)])
-        parts.append(np.asarray(space.encode(images))[:n])
-    return np.concatenate(parts).astype(np.float32)
-
-
-class LatentRecords:
-    """A source whose records carry their cached latent: ``source[i] | {"latent": latents[i]}``."""
-
-    def __init__(self, source: Any, latents: np.ndarray):
-        if len(source) != len(latents):
-            raise ValueError(f"{len(latents)} latents for {len(source)} records")
-        self._source, self._latents = source, latents
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**self._source[i], "latent": self._latents[i].copy()}
-
-
-def latent_spec(spec: DatasetSpec, space: LatentSpace) -> DatasetSpec:
-    """The data set's spec with examples read from the cached latents (``LatentRecords``); pictures are drawn from
-    decoded samples, so ``render`` is the image data set's own."""
-    to_latent: Callable[[dict], np.ndarray] = lambda record: np.asarray(record["latent"], np.float32)  # noqa: E731
-    return dataclasses.replace(spec, to_example=to_latent,
-                               example_shape=lambda cfg: space.example_shape(tuple(spec.example_shape(cfg))))
+    codec = KLCodec(cfg, {})
+    return jax.jit(codec.encode), jax.jit(codec.decode)

@@ -17,8 +17,8 @@ from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.diffusion.losses import LOSSES
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.families import Family, build_family
-from mmdit_jax.pipelines.latent import LatentSpace
-from mmdit_jax.pipelines.text import TextConditioner
+from mmdit_jax.components.codec import LatentSpace
+from mmdit_jax.components.text import TextConditioner
 
 Array = jax.Array
 TEXT_ENTRIES = ("context", "pooled")
