@@ -19,42 +19,30 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.captions import caption_text
 from mmdit_jax.data.pipeline import build_sources, default_data_dir
 from mmdit_jax.diffusion.losses import LOSSES, denoising_loss
-from mmdit_jax.components.from_config import data_shape
-from mmdit_jax.pipelines.editing import EditingPipeline
-from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
-from mmdit_jax.pipelines.video import VideoPipeline
-from mmdit_jax.setup.video import training_view
 from mmdit_jax.reporting import MetricWriter, report
-from mmdit_jax.train.loop import edit_grid, save_clips, save_grid, train
+from mmdit_jax.setup.video import training_view
+from mmdit_jax.train.loop import train
+from mmdit_jax.train.pictures import RunPictures
 
 __all__ = ["train", "sample", "evaluate", "export_lora"]
 
 
 def sample(config: Any, workdir: str, prompts: Sequence[str] | None = None, allow_untrained: bool = False) -> str:
-    """Draw the run's sample picture (``SamplingPipeline.grid``; an editing run's: ``loop.edit_grid``; a video run's
-    clips: ``loop.save_clips``, the returned path is the GIF) from the
-    newest checkpoint's EMA weights with the configured sampler into ``<workdir>/samples/step_<step>.png`` and TensorBoard; returns its path."""
-    if "edit" in config:    # an editor's picture: test sources and their edits (the data set is read for them)
-        pipe = EditingPipeline(load_trained(config, workdir, allow_untrained))
-        grid = edit_grid(pipe, build_sources(config.data, config.data.data_dir or default_data_dir(workdir))["test"])
-    elif len(data_shape(config)) == 4:   # a video run: clips (joint or rolled out), as a frame strip and a GIF
-        video = VideoPipeline.from_workdir(config, workdir, allow_untrained=allow_untrained)
-        cfg = video.config
-        clips = video.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
-        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-        path = save_clips(workdir, writer, video.sampling.model.step, clips)
-        writer.close()
-        report(f"sample clips: {path}")
-        return path
-    else:
-        pipe = SamplingPipeline.from_workdir(config, workdir, allow_untrained)
-        cfg = pipe.model.config
-        grid = pipe.grid(list(prompts or cfg.sample.prompts), cfg.sample.per_prompt, cfg.sample.seed)
+    """Draw the run's sample picture (``train.pictures.RunPictures``: an image run's grid of ``prompts``, default
+    the config's; an editing run's edits of test sources, read from the data set; a video run's clips) from the
+    newest checkpoint's EMA weights with the configured sampler into ``<workdir>/samples/step_<step>`` and
+    TensorBoard, as training writes it; returns the path of the PNG, or of the GIF for clips."""
+    model = load_trained(config, workdir, allow_untrained)
+    pictures = RunPictures(model)
+    test = None
+    if pictures.editing:    # an editor's picture: test sources and their edits (the data set is read for them)
+        test = build_sources(config.data, config.data.data_dir or default_data_dir(workdir))["test"]
+    picture = pictures.draw(list(prompts or model.config.sample.prompts), test_source=test)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    path = save_grid(workdir, writer, pipe.model.step, grid)
+    path = pictures.save(workdir, writer, model.step, picture)
     writer.close()
-    report(f"sample grid: {path}")
+    report(f"sample {pictures.kind}: {path}")
     return path
 
 

@@ -1,12 +1,6 @@
-"""The experiment config's sections and their start-up validation: unknown keys (typos) and invalid values are
-rejected with the field name and the valid choices, before any data is generated or any model compiled.
-
-Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.families``), ``data``
-(``mmdit_jax.data.registry``), ``schedule``, ``loss`` and ``sample.sampler`` (``mmdit_jax.diffusion``).
-``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
-``latent`` only for latent training (``mmdit_jax.components.codec``); ``finetune`` only to start from a trained
-run, fully or with LoRA (``mmdit_jax.adapters.finetune``); ``dreambooth`` to personalise such a fine-tune
-(``mmdit_jax.train.dreambooth``).
+"""The experiment config's entry points: ``validate_config`` (start-up validation: unknown keys and invalid values
+are rejected with the field name and the valid choices, before any data is generated or any model compiled;
+defined in ``mmdit_jax.train.schema`` with the sections, ``SCHEMA``), ``model_config`` and ``workdir_config``.
 """
 
 from __future__ import annotations
@@ -14,35 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mmdit_jax.checks import (
-    ConfigError,
-    check_choice,
-    check_keys,
-    check_positive,
-    check_positive_int,
-)
-
-SCHEMA: dict[str, set[str] | None] = {
-    "seed": None, "model_parameterization": None, "timestep_scale": None,
-    "data": None,         # validated by its data set's registry entry
-    "text": {"clip_l", "clip_g", "t5", "joint_dim", "drop_probs"},
-    "model": None,        # validated by its family's config dataclass
-    "schedule": None,     # validated by get_schedule
-    "loss": {"name"},
-    "optim": {"learning_rate", "warmup_steps", "schedule", "final_lr_fraction", "b1", "b2", "eps", "weight_decay",
-              "grad_clip"},
-    "train": {"num_steps", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
-              "async_checkpointing", "ema_decay", "loss_buckets"},
-    "mesh": {"data", "fsdp"},
-    "sample": {"sampler", "guidance_scale", "negative", "prompts", "per_prompt", "seed", "remove_pooled", "steering"},
-    "eval": {"num_examples"},
-    "latent": {"vae", "batch_size"},
-    "finetune": None,     # validated by mmdit_jax.adapters.finetune
-    "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
-    "edit": None,         # validated by mmdit_jax.setup.editing
-    "video": None,        # validated by mmdit_jax.setup.video
-}
-OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit", "video"}
+from mmdit_jax.checks import ConfigError
+from mmdit_jax.train.schema import OPTIONAL, SCHEMA, validate_config
 
 
 def model_config(config: Any) -> Any:
@@ -52,130 +19,9 @@ def model_config(config: Any) -> Any:
     return family_from_config(config).config
 
 
-def validate_config(config: Any) -> None:
-    """Raise ``ConfigError`` naming the first invalid field of an experiment config."""
-    from mmdit_jax.adapters.finetune import validate_finetune_config
-    from mmdit_jax.train.dreambooth import validate_dreambooth_config
-    from mmdit_jax.data.registry import validate_data_config
-    from mmdit_jax.diffusion.losses import LOSSES, make_loss_fn
-    from mmdit_jax.diffusion.parameterization import PARAMETERIZATIONS
-    from mmdit_jax.diffusion.samplers import make_sampler
-    from mmdit_jax.diffusion.schedules import get_schedule
-    from mmdit_jax.components.from_config import data_shape, family_from_config, uses_text
-    from mmdit_jax.setup.editing import validate_edit_config
-    from mmdit_jax.components.codec import validate_latent_config
-    from mmdit_jax.setup.video import validate_video_config
-    from mmdit_jax.train.state import learning_rate_schedule
-
-    check_keys("config", config.keys(), SCHEMA)
-    missing = sorted(set(SCHEMA) - OPTIONAL - set(config.keys()))
-    if missing:
-        raise ConfigError(f"config is missing sections {missing}")
-    for section, keys in SCHEMA.items():
-        if keys is not None and section in config:
-            check_keys(section, config[section].keys(), keys)
-    spec = validate_data_config(config.data)
-    validate_latent_config(config)
-    check_choice("model_parameterization", config.model_parameterization, PARAMETERIZATIONS)
-    check_choice("loss.name", config.loss.name, LOSSES)
-    check_positive("timestep_scale", config.timestep_scale)
-    schedule = get_schedule(config.schedule)
-    make_loss_fn(config.loss.name, schedule, config.model_parameterization)
-    family = family_from_config(config)
-    text = uses_text(family, spec)
-    family.check_data(data_shape(config))
-    if text and "text" not in config:
-        raise ConfigError(f"model.name={family.name!r} on captioned data needs a text section (configs/text.py)")
-    make_sampler(config.sample.sampler, schedule, config.model_parameterization)
-    learning_rate_schedule(config.optim, config.train.num_steps)
-    for f in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "loss_buckets"):
-        check_positive_int(f"train.{f}", config.train[f])
-    if not 0.0 <= config.train.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
-    check_positive_int("sample.per_prompt", config.sample.per_prompt)
-    check_choice("sample.negative", config.sample.negative, ("null", "empty_prompt"))
-    check_keys("sample.steering", config.sample.steering.keys(), ("positive", "negative", "weight"))
-    steer = config.sample.steering
-    if steer.weight != 0.0:
-        if not (steer.positive and steer.negative):
-            raise ConfigError("sample.steering.weight != 0 needs both sample.steering.positive and .negative prompts")
-        if "pooled" not in family.conditioning or config.sample.remove_pooled:
-            raise ConfigError("sample.steering needs the pooled path: a family that reads the pooled vector "
-                              "(model.use_pooled=True for sd3) and sample.remove_pooled=False")
-    if text and config.text.drop_probs:
-        for i, p in enumerate(config.text.drop_probs):
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"text.drop_probs[{i}] must be in [0, 1], got {p}")
-    for axis in ("data", "fsdp"):
-        if config.mesh[axis] != -1:
-            check_positive_int(f"mesh.{axis}", config.mesh[axis])
-    validate_edit_config(config)
-    validate_video_config(config, data_shape(config))
-    validate_finetune_config(config)
-    validate_dreambooth_config(config)
-    model = config.model
-    if "edit" not in config and "in_channels" in model and "out_channels" in model \
-            and model.in_channels != model.out_channels:
-        raise ConfigError(f"model.in_channels={model.in_channels} differs from model.out_channels={model.out_channels}: "
-                          "a model that reads an image concatenated to its input needs edit.mode='channel_concat'")
-
-
-# Beside config.json: {"families": {model.name: module}} for the families defined outside the package, the modules
-# a fresh process imports before the config's names can resolve (docs/plugins.md).
-PLUGINS_FILE = "plugins.json"
-
-
-def save_workdir_plugins(workdir: str, config: Any) -> None:
-    """Record in ``<workdir>/plugins.json`` the module of the run's model family when it is defined outside the
-    package; with none, no file (and a stale one is removed)."""
-    import json
-
-    from mmdit_jax.families import plugin_module
-    from mmdit_jax.reporting import report, write_text_atomic
-
-    families = {}
-    module = plugin_module(config.model.name)
-    if module == "__main__":
-        # importing "__main__" elsewhere gives that process's own script: nothing to record
-        report(f"model family {config.model.name!r} is defined in the __main__ script: other commands cannot find "
-               "it from this workdir; define it in an importable module (docs/plugins.md)")
-    elif module is not None:
-        families[config.model.name] = module
-    path = os.path.join(workdir, PLUGINS_FILE)
-    if families:
-        write_text_atomic(path, json.dumps({"families": families}, indent=1, sort_keys=True))
-    elif os.path.exists(path):
-        os.remove(path)
-
-
-def import_workdir_plugins(workdir: str) -> None:
-    """Import the modules ``<workdir>/plugins.json`` records (none without the file), so that the names in the
-    workdir's config resolve; a module that cannot be imported is a one-line ``ConfigError`` naming it."""
-    import importlib
-    import json
-
-    path = os.path.join(workdir, PLUGINS_FILE)
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        record = json.load(f)
-    if not isinstance(record, dict) or not all(isinstance(v, dict) for v in record.values()):
-        raise ConfigError(f"{path} is not a plug-in record: expected {{\"families\": {{name: module}}}}")
-    for kind, modules in sorted(record.items()):
-        label = {"families": "model family"}.get(kind, f"{kind} entry")
-        for name, module in sorted(modules.items()):
-            try:
-                importlib.import_module(module)
-            except ImportError as e:
-                raise ConfigError(
-                    f"{path} records module {module!r} for {label} {name!r}, and it cannot be imported "
-                    f"({type(e).__name__}: {e}): install the package that provides it or put its folder on "
-                    "PYTHONPATH") from e
-
-
 def workdir_config(workdir: str) -> Any:
     """The config a training run saved as ``<workdir>/config.json``, validated, after importing the plug-in
-    modules recorded in ``<workdir>/plugins.json`` (``save_workdir_plugins``)."""
+    modules recorded in ``<workdir>/plugins.json`` (``mmdit_jax.families.plugins``)."""
     import json
 
     import ml_collections
@@ -183,6 +29,8 @@ def workdir_config(workdir: str) -> Any:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir} has no config.json: it is not a training workdir of `python -m mmdit_jax`")
+    from mmdit_jax.families.plugins import import_workdir_plugins
+
     import_workdir_plugins(workdir)
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
@@ -196,3 +44,6 @@ def workdir_config(workdir: str) -> Any:
                 config.data[key] = value
     validate_config(config)
     return config
+
+
+__all__ = ["OPTIONAL", "SCHEMA", "model_config", "validate_config", "workdir_config"]

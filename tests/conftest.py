@@ -47,3 +47,29 @@ def tiny_base_run(tmp_path_factory):
     cfg.train.sample_every = 0
     loop.train(cfg, workdir)
     return cfg, workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    """A tiny random diffusers SD3 pipeline folder (``save_pretrained``): the ``tests/pipelines/tiny_sd3.py``
+    components without T5, scheduler shift 3.0. Saved once per session and read-only: a test that writes into it
+    copies it first (``shutil.copytree``)."""
+    diffusers = pytest.importorskip("diffusers")
+    from tests.pipelines.tiny_sd3 import components
+
+    path = tmp_path_factory.mktemp("tiny_sd3_folder")
+    diffusers.StableDiffusion3Pipeline(**components(with_t5=False, shift=3.0)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(tmp_path_factory):
+    """A tiny random diffusers FLUX pipeline folder (``save_pretrained``): the ``tests/pipelines/tiny_flux.py``
+    components of variant "dev". Saved once per session and read-only: a test that writes into it copies it first
+    (``shutil.copytree``)."""
+    diffusers = pytest.importorskip("diffusers")
+    from tests.pipelines.tiny_flux import components
+
+    path = tmp_path_factory.mktemp("tiny_flux_folder")
+    diffusers.FluxPipeline(**components("dev")).save_pretrained(path)
+    return path

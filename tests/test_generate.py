@@ -72,16 +72,11 @@ def test_command_line_error_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: source") and "Traceback" not in proc.stderr
 
 
-def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_the_batch(tmp_path):
-    pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
+def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_the_batch(tiny_sd3_folder, tmp_path):
     from mmdit_jax.pipelines.images import to_uint8
     from mmdit_jax.pipelines.pipeline import Pipeline
-    from tests.pipelines.tiny_sd3 import components
 
-    folder = tmp_path / "sd3"
-    pipe = diffusers.StableDiffusion3Pipeline(**components(with_t5=False, shift=3.0))
-    pipe.save_pretrained(folder)
+    folder = tiny_sd3_folder
     prompts = ["a red circle", "a blue square", "a green ring"]
     batched = gen_cli.generate(str(folder), prompts, str(tmp_path / "b"), seed=3, batch_size=2, steps=2,
                                guidance_scale=4.0, height=32, width=48)
@@ -105,16 +100,11 @@ def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_t
     assert 0 < diff.mean() <= 2.0   # measured 0.55 (max 4 of 255)
 
 
-def test_flux_folder_images_equal_fluxpipeline_per_prompt_and_seed(tmp_path):
-    pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
-    from tests.pipelines.tiny_flux import components
-
+def test_flux_folder_images_equal_fluxpipeline_per_prompt_and_seed(tiny_flux_folder, tmp_path):
     from mmdit_jax.pipelines.images import to_uint8
     from mmdit_jax.pipelines.pipeline import Pipeline
 
-    folder = tmp_path / "flux"
-    diffusers.FluxPipeline(**components("dev")).save_pretrained(folder)
+    folder = tiny_flux_folder
     prompts = ["a red circle", "a blue square"]
     paths = gen_cli.generate(str(folder), prompts, str(tmp_path / "o"), seed=7, batch_size=2, steps=2,
                              guidance_scale=2.0)

@@ -8,7 +8,8 @@ and minimum wall time of the compiled forward + backward (``out, dq, dk, dv``), 
 round so a slow moment of a shared machine does not fall on one variant only.
 
 Run: ``python experiments/benchmarks/attention_memory.py [--lengths 1024,2048,4096,8192 --heads 2 --head_dim 64]``
-(about 2 minutes on a 2-core CPU); the table is appended to RESULTS.md as "Linear-memory attention on CPU".
+(about 2 minutes on a 2-core CPU); the table is appended to ARCHIVE.md as "Linear-memory attention on CPU" (RESULTS.md
+holds the curated summary).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Shared benchmark helpers: the project's own train step on random data, timing of compiled functions, and the
-results entries of RESULTS.md.
+raw results entries appended to ARCHIVE.md (RESULTS.md is the curated summary they are folded into by hand).
 
 The MMDiT benchmarks time ``mmdit_jax.train.step.make_train_step`` (loss of the score-based core, AdamW from
 ``mmdit_jax.train.state.make_optimizer``, EMA, loss buckets) exactly as training compiles it, so a number here is
@@ -29,7 +29,7 @@ from mmdit_jax.runtime import configure_runtime
 from mmdit_jax.train.state import init_state, learning_rate_schedule, make_optimizer
 from mmdit_jax.train.step import make_train_step
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ARCHIVE.md")
 
 
 def time_compiled(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> tuple[float, float]:
@@ -240,11 +240,12 @@ def machine() -> str:
 
 
 def append_results(title: str, table: str) -> None:
-    """Append a dated entry (title, machine, table) to the results file (``--results``, default RESULTS.md)."""
+    """Append a dated entry (title, machine, table) to the results file (``--results``, default ARCHIVE.md)."""
     path = _RESULTS[0]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     new = not os.path.exists(path)
     with open(path, "a") as f:
         if new:
-            f.write("# Benchmark results\n\nEach entry is appended by the script that measured it.\n")
+            f.write("# Benchmark archive\n\nEach entry is appended by the script that measured it (the curated "
+                    "summary: RESULTS.md).\n")
         f.write(f"\n## {title} — {stamp}\n\nMachine: {machine()}\n\n{table}\n")

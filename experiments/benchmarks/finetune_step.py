@@ -21,8 +21,9 @@ import jax  # noqa: E402
 
 from experiments.benchmarks.common import (  # noqa: E402
     TrainStep, append_results, benchmark_config, median_time, parse_args, random_batch)
-from mmdit_jax.adapters.lora import ATTENTION_TARGETS, LoraConfig, num_parameters  # noqa: E402
+from mmdit_jax.adapters.lora import ATTENTION_TARGETS, LoraConfig  # noqa: E402
 from mmdit_jax.components.from_config import family_from_config  # noqa: E402
+from mmdit_jax.models.flops import num_parameters  # noqa: E402
 
 
 def state_megabytes(state) -> float:

@@ -2,8 +2,9 @@
 # which runs CMD under a time limit (and sets OOM=1 if the device ran out of memory), prints the lines matching
 # $SHOW (default: all but XLA's log lines) from the end of its log, appends the log to $OUT/logs.txt and copies
 # the results file to $OUT. (The device tool brings back at most 8 files from $OUT: one log file, not one per step.)
-# The benchmarks append their entries to $RESULTS (default experiments/benchmarks/RESULTS.md; a CPU smoke test
-# sets a scratch file, so that RESULTS.md holds measurements only).
+# The benchmarks append their raw entries to $RESULTS (default experiments/benchmarks/ARCHIVE.md, the run log;
+# RESULTS.md is the summary written from it by hand; a CPU smoke test sets a scratch file, so that ARCHIVE.md holds
+# measurements only).
 #
 # The lent GPU machines have jax, flax, optax, torch and transformers but not ml_collections or diffusers, and no
 # network. Fetch their wheels here first (pure Python), carry the folder `.whl` with the call, and this installs
@@ -15,7 +16,7 @@ if [ -d .whl ] && command -v nvidia-smi > /dev/null; then  # only on the lent ma
     && export PYTHONPATH=/tmp/site:$PWD
 fi
 PRESET=${PRESET:-sd3_medium}; SIZE=${SIZE:-64}; TOKENS=${TOKENS:-333}; BATCH=${BATCH:-8}; PY=${PY:-python3}
-B=experiments/benchmarks; RESULTS=${RESULTS:-$B/RESULTS.md}
+B=experiments/benchmarks; RESULTS=${RESULTS:-$B/ARCHIVE.md}
 # JAX and PyTorch share the card in the side-by-side run: no up-front grab of 75% of its memory.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 step() {
@@ -24,6 +25,6 @@ step() {
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"
   OOM=0; grep -q "RESOURCE_EXHAUSTED" "$OUT/$name.log" && OOM=1  # for callers that retry with --remat
   grep -v "^[WI][0-9]\{4\}" "$OUT/$name.log" | grep -E "${SHOW:-.}" | tail -n "${TAIL:-14}"
-  [ -f "$RESULTS" ] && cp "$RESULTS" "$OUT/RESULTS.md"
+  [ -f "$RESULTS" ] && cp "$RESULTS" "$OUT/ARCHIVE.md"
   { echo "=== $name"; cat "$OUT/$name.log"; } >> "$OUT/logs.txt" && rm "$OUT/$name.log"
 }

@@ -3,7 +3,7 @@
 # 333 text tokens, batch 8), blocks under lax.scan (the unrolled 24-block train step compiles for minutes). The
 # train step timed is the trainer's own (make_train_step). Most valuable first, each step under its own limit
 # (under 10 minutes in all, one call of the device tool); logs, the trace, the optimised HLO and the updated
-# RESULTS.md go to $OUT (default runs/gpu_suite).
+# ARCHIVE.md (the new raw entries, to fold into RESULTS.md) go to $OUT (default runs/gpu_suite).
 # Smoke-test on a CPU with small sizes: RESULTS=/tmp/results.md PRESET=tiny SIZE=8 TOKENS=8 BATCH=2 bash experiments/benchmarks/gpu_suite.sh
 OUT=${OUT:-runs/gpu_suite}; mkdir -p "$OUT"
 source experiments/benchmarks/gpu_common.sh  # wheels (read it for .whl), shapes, step()

@@ -24,7 +24,8 @@ import optax  # noqa: E402
 from experiments.benchmarks.common import (  # noqa: E402
     append_results, benchmark_config, parse_args, sd3_model, time_compiled)
 from mmdit_jax.families import model_config  # noqa: E402
-from mmdit_jax.models.mmdit_params import abstract_variables, count_params  # noqa: E402
+from mmdit_jax.models.flops import num_parameters  # noqa: E402
+from mmdit_jax.models.mmdit_params import abstract_variables  # noqa: E402
 from mmdit_jax.train.state import make_optimizer  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main(preset: str, repeats: int) -> None:
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 2 * len(jax.tree_util.tree_leaves(shapes)) + 2))
     params = jax.tree_util.tree_map(lambda s: 0.02 * jax.random.normal(next(keys), s.shape, s.dtype), shapes)
     grads = jax.tree_util.tree_map(lambda s: 1e-3 * jax.random.normal(next(keys), s.shape, s.dtype), shapes)
-    n = count_params(params)
+    n = num_parameters(params)
     opt = make_optimizer(config.optim, config.train.num_steps)
 
     def update(p, s, g):

@@ -23,8 +23,8 @@ retained heap). The chunked runs read a two-line config file that imports ``conf
 ``model.attention_impl`` (``--config.model.attention_impl=chunked`` does the same from the command line).
 
 Run: ``python experiments/benchmarks/video_step.py [--repeats 3] [--memory_only] [--cli dense,chunked]`` (about 4
-minutes on a 2-core CPU without ``--cli``; each CLI run adds 1-3 minutes); the table is appended to RESULTS.md as
-"Video train step vs frames".
+minutes on a 2-core CPU without ``--cli``; each CLI run adds 1-3 minutes); the table is appended to ARCHIVE.md as
+"Video train step vs frames" (RESULTS.md holds the curated summary).
 """
 
 from __future__ import annotations

@@ -52,19 +52,15 @@ GRID_CHAINS = 6
 
 def train_stages(workdir: str) -> dict[str, str]:
     """The three workdirs, trained (``train`` resumes, and returns at once for a finished run)."""
-    from mmdit_jax.config_schema import validate_config
     from mmdit_jax.train.loop import train
 
     base = os.path.join(workdir, "base")
-    cfg = editing_config("base")
-    validate_config(cfg)
-    train(cfg, base)
+    train(editing_config("base"), base)
     runs = {"base": base}
     for mode in METHODS:
         cfg = editing_config(mode)
         cfg.finetune.init_from = os.path.abspath(base)
         cfg.data.data_dir = os.path.join(base, "tfds")    # the base prepared the same records
-        validate_config(cfg)
         runs[mode] = os.path.join(workdir, mode)
         train(cfg, runs[mode])
     return runs

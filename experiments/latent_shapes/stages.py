@@ -37,7 +37,6 @@ def train_vae(workdir: str) -> str:
 
 
 def train_model(workdir: str, vae: str, model: str):
-    from mmdit_jax.config_schema import validate_config
     from mmdit_jax.train.loop import train
 
     if model not in MODELS:
@@ -50,7 +49,6 @@ def train_model(workdir: str, vae: str, model: str):
         cfg.train.num_steps = LARGER[model]["num_steps"]
         cfg.data.captions = LARGER[model]["captions"]
     cfg.latent.vae = vae
-    validate_config(cfg)
     folder = os.path.join(workdir, model)
     train(cfg, folder)          # resumes; returns at once when the run is complete
     return cfg, folder

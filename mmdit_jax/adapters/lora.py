@@ -172,8 +172,3 @@ def merge(params: Params, adapter: Params, scale: float) -> dict[str, Any]:
 def unmerge(params: Params, adapter: Params, scale: float) -> dict[str, Any]:
     """The inverse of ``merge`` (exact up to float rounding): ``W' - s A B``."""
     return _apply(params, adapter, scale, -1.0)
-
-
-def num_parameters(tree: Params) -> int:
-    """Number of scalars in a tree (an adapter, its optimizer state, a model's params)."""
-    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

@@ -18,7 +18,7 @@ from mmdit_jax.diffusion.losses import LOSSES
 from mmdit_jax.diffusion.schedules import get_schedule
 from mmdit_jax.families import Family, build_family
 from mmdit_jax.components.codec import LatentSpace
-from mmdit_jax.components.text import TextConditioner
+from mmdit_jax.components.text import TextConditioner, text_stack_from_config
 
 Array = jax.Array
 TEXT_ENTRIES = ("context", "pooled")
@@ -63,7 +63,7 @@ def text_from_config(config: Any, family: Family) -> TextConditioner | None:
     """The run's text conditioner, or None for an unconditional run."""
     if not uses_text(family, dataset_spec(config.data.name)):
         return None
-    return TextConditioner.from_config(config.text, run_keys(config.seed)[1])
+    return text_stack_from_config(family.text_stack, config.text, run_keys(config.seed)[1])
 
 
 def example_inputs(shape: tuple[int, ...], cond_shapes: dict[str, tuple[int, ...]]) -> tuple[Array, dict[str, Array]]:

@@ -54,7 +54,9 @@ def _checked_encoder(model_cfg: Any, variables: Any, tokenizer: PromptTokenizer,
     return Encoder(model_cfg, variables, tokenizer)
 
 
-def _build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
+def build_encoder(cfg: Any, kind: str, key: Array) -> Encoder:
+    """One encoder (``kind`` "clip" | "t5") from its ``text`` sub-section: a local folder (``path`` with
+    ``tokenizer_path``) or a preset with random weights drawn from ``key``."""
     tok_folder = cfg.get("tokenizer_path") or None
     if cfg.get("path") and not tok_folder:
         raise ConfigError(f"text.{kind}: path={cfg.path!r} is set, so tokenizer_path must point to that encoder's "
@@ -75,9 +77,9 @@ def sd3_text_encoders_from_config(config: Any, key: Array) -> SD3TextEncoders:
     """CLIP-L, CLIP-G and (if enabled) T5 from a ``text`` section (configs/text.py): local folders or presets
     (a preset's random weights are drawn from ``key``)."""
     keys = jax.random.split(key, 3)
-    clip_l = _build_encoder(config.clip_l, "clip", keys[0])
-    clip_g = _build_encoder(config.clip_g, "clip", keys[1])
-    t5 = _build_encoder(config.t5, "t5", keys[2]) if config.t5.enabled else None
+    clip_l = build_encoder(config.clip_l, "clip", keys[0])
+    clip_g = build_encoder(config.clip_g, "clip", keys[1])
+    t5 = build_encoder(config.t5, "t5", keys[2]) if config.t5.enabled else None
     return SD3TextEncoders(clip_l, clip_g, t5, config.joint_dim, config.t5.max_length)
 
 
@@ -99,10 +101,7 @@ class TextConditioner:
 
     def negative(self, kind: str, cond: dict[str, Array]) -> dict[str, Array]:
         """The unconditional branch of classifier-free guidance for ``cond`` (module docstring)."""
-        check_choice("sample.negative", kind, NEGATIVES)
-        if kind == "null":
-            return {k: jnp.zeros_like(cond[k]) for k in ("context", "pooled")}
-        return self.encode([""] * cond["context"].shape[0])
+        return null_or_empty(self.encode, kind, cond)
 
     def steering(self, positive: Sequence[str], negative: Sequence[str], weight: float) -> dict[str, Any]:
         """``{"pooled_steering": (y(p+), y(p-), w (B,))}``, one positive and one negative prompt per example."""
@@ -131,7 +130,17 @@ class TextConditioner:
 
 
 # ------------------------------------------------------------------------------------------------
-# The stacks of released pipeline folders, by name
+# Text stacks by name: built from a run's ``text`` section or from a released pipeline folder
+
+
+def null_or_empty(encode: Callable[[Sequence[str]], dict[str, Array]], kind: str,
+                  cond: dict[str, Array]) -> dict[str, Array]:
+    """The CFG negative of ``cond``: ``"null"`` zeros every text entry of it, ``"empty_prompt"`` encodes ``""``."""
+    check_choice("sample.negative", kind, NEGATIVES)
+    entries = [k for k in cond if k in ("context", "pooled")]
+    if kind == "null":
+        return {k: jnp.zeros_like(cond[k]) for k in entries}
+    return encode([""] * cond["context"].shape[0])
 
 
 def pooled_steering(encode: Callable[[Sequence[str]], dict[str, Array]], steering: Steering,
@@ -143,8 +152,11 @@ def pooled_steering(encode: Callable[[Sequence[str]], dict[str, Array]], steerin
     if len(plus) != len(minus) or (batch is not None and len(plus) != batch):
         raise ConfigError(f"steering needs one positive and one negative prompt per prompt"
                           f"{'' if batch is None else f' ({batch})'}, got {len(plus)} and {len(minus)}")
-    return {"pooled_steering": (encode(plus)["pooled"], encode(minus)["pooled"],
-                                jnp.full((len(plus),), weight, jnp.float32))}
+    y_plus = encode(plus)
+    if "pooled" not in y_plus:
+        raise ConfigError("steering moves the pooled text vector; this model's text stack yields none")
+    weights = jnp.full((len(plus),), weight, jnp.float32)
+    return {"pooled_steering": (y_plus["pooled"], encode(minus)["pooled"], weights)}
 
 
 @dataclasses.dataclass
@@ -172,37 +184,46 @@ class FolderText:
 
 @dataclasses.dataclass(frozen=True)
 class TextStackSpec:
-    """A named text stack: the pipeline-folder components it reads (``required`` / ``optional``, folder names as
-    diffusers saves them) and ``build(parts, max_sequence_length, context_dim) -> encoders``."""
+    """A named text stack.
+
+    Folders: the components it reads (``required`` / ``optional``, folder names as diffusers saves them) and
+    ``build(parts, max_sequence_length, context_dim) -> text`` with ``text.encode(prompts) -> {entry: (B, ...)}``.
+    Training: ``from_config(text_section, key) -> text`` with, besides ``encode``, ``negative(kind, cond)``,
+    ``steering(p+, p-, w)`` (stacks with a pooled vector), ``dropout(probs)`` and ``fingerprint_parts()`` (what the
+    caption cache is keyed by); None where the stack is read from folders only.
+    """
 
     required: tuple[str, ...]
     optional: tuple[str, ...]
     build: Callable[[dict[str, str], int, int], Any]
     default_max_sequence_length: int
     max_sequence_length_limit: int | None = None
+    from_config: Callable[[Any, Array], Any] | None = None
 
 
 def _encoder(parts: dict[str, str], model: str, tokenizer: str, kind: str, max_length: int) -> Encoder:
     return encoder_from_folder(parts[model], PromptTokenizer(parts[tokenizer], kind, max_length), kind, f"{model}/")
 
 
-def _sd3_stack(parts: dict[str, str], max_sequence_length: int, context_dim: int) -> SD3TextEncoders:
+def _sd3_stack(parts: dict[str, str], max_sequence_length: int, context_dim: int) -> FolderText:
     # without text_encoder_3 the T5 part is zeros (B, max_sequence_length, context_dim), as diffusers does
     t5 = (_encoder(parts, "text_encoder_3", "tokenizer_3", "t5", max_sequence_length)
           if "text_encoder_3" in parts else None)
-    return SD3TextEncoders(_encoder(parts, "text_encoder", "tokenizer", "clip", CLIP_MAX_LENGTH),
-                           _encoder(parts, "text_encoder_2", "tokenizer_2", "clip", CLIP_MAX_LENGTH),
-                           t5, context_dim, max_sequence_length)
+    return FolderText("sd3", SD3TextEncoders(_encoder(parts, "text_encoder", "tokenizer", "clip", CLIP_MAX_LENGTH),
+                                             _encoder(parts, "text_encoder_2", "tokenizer_2", "clip", CLIP_MAX_LENGTH),
+                                             t5, context_dim, max_sequence_length))
 
 
-def _flux_stack(parts: dict[str, str], max_sequence_length: int, context_dim: int) -> FluxTextEncoders:
-    return FluxTextEncoders(_encoder(parts, "text_encoder", "tokenizer", "clip", CLIP_MAX_LENGTH),
-                            _encoder(parts, "text_encoder_2", "tokenizer_2", "t5", max_sequence_length))
+def _flux_stack(parts: dict[str, str], max_sequence_length: int, context_dim: int) -> FolderText:
+    return FolderText("flux", FluxTextEncoders(_encoder(parts, "text_encoder", "tokenizer", "clip", CLIP_MAX_LENGTH),
+                                               _encoder(parts, "text_encoder_2", "tokenizer_2", "t5",
+                                                        max_sequence_length)))
 
 
 TEXT_STACKS: dict[str, TextStackSpec] = {
     "sd3": TextStackSpec(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-                         ("text_encoder_3", "tokenizer_3"), _sd3_stack, 256),
+                         ("text_encoder_3", "tokenizer_3"), _sd3_stack, 256,
+                         from_config=lambda section, key: TextConditioner.from_config(section, key)),
     # diffusers' FluxPipeline refuses T5 prompts longer than 512 tokens
     "flux": TextStackSpec(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), (), _flux_stack, 512, 512),
 }
@@ -217,8 +238,17 @@ def register_text_stack(name: str, spec: TextStackSpec) -> TextStackSpec:
     return spec
 
 
+def text_stack_from_config(name: str, text_config: Any, key: Array) -> Any:
+    """The stack ``name`` built from a run's ``text`` section (random preset weights from ``key``)."""
+    check_choice("text stack", name, TEXT_STACKS)
+    if TEXT_STACKS[name].from_config is None:
+        raise ConfigError(f"text stack {name!r} is read from pipeline folders only; a training run needs one of "
+                          f"{sorted(k for k, v in TEXT_STACKS.items() if v.from_config is not None)}")
+    return TEXT_STACKS[name].from_config(text_config, key)
+
+
 def text_stack_from_folder(name: str, parts: dict[str, str], max_sequence_length: int | None,
-                           context_dim: int) -> FolderText:
+                           context_dim: int) -> Any:
     """The stack ``name`` built from a pipeline folder's ``{component: sub-folder}``."""
     check_choice("text stack", name, TEXT_STACKS)
     spec = TEXT_STACKS[name]
@@ -229,4 +259,4 @@ def text_stack_from_folder(name: str, parts: dict[str, str], max_sequence_length
     if spec.max_sequence_length_limit is not None and length > spec.max_sequence_length_limit:
         raise ConfigError(f"max_sequence_length={length} must be at most {spec.max_sequence_length_limit} "
                           f"(the {name} text stack's limit)")
-    return FolderText(name, spec.build(parts, length, context_dim))
+    return spec.build(parts, length, context_dim)

@@ -1,4 +1,5 @@
-"""Frozen text encoders, encoded once: a caption -> (c, y_pooled) cache on disk.
+"""Frozen text encoders, encoded once: a caption -> named embeddings cache on disk (whatever entries the run's
+text stack yields, e.g. SD3's ``context (T, d)`` and ``pooled (d_pool,)``, or a T5-only stack's ``context``).
 
 Training reads embeddings instead of running CLIP/T5 every step. Entries are keyed by a fingerprint of the
 encoders (configs, weights, tokenizer files), so changing any of them can never serve stale embeddings.
@@ -15,7 +16,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-EncodeFn = Callable[[Sequence[str]], tuple[Any, Any]]
+EncodeFn = Callable[[Sequence[str]], dict[str, Any]]
 
 
 def fingerprint(*objects: Any) -> str:
@@ -36,40 +37,47 @@ def fingerprint(*objects: Any) -> str:
 
 
 class TextEmbeddingCache:
-    """``cache.encode(captions, encode_fn) -> (c: (N, T, d), y: (N, d_pool))`` with each distinct caption encoded once."""
+    """``cache.encode(captions, encode_fn) -> {entry: (N, ...)}`` with each distinct caption encoded once;
+    ``encode_fn(captions) -> {entry: (n, ...)}``."""
 
     def __init__(self, directory: str, key: str):
         self.path = os.path.join(directory, f"text_embeddings_{key}.npz")
         os.makedirs(directory, exist_ok=True)
         self._captions: list[str] = []
-        self._c: np.ndarray | None = None
-        self._y: np.ndarray | None = None
+        self._entries: dict[str, np.ndarray] = {}
         if os.path.exists(self.path):
             with np.load(self.path) as data:
                 self._captions = json.loads(str(data["captions"]))
-                self._c, self._y = data["c"], data["y"]
+                if "entries" in data:
+                    names = json.loads(str(data["entries"]))
+                    self._entries = {name: data[f"entry_{i}"] for i, name in enumerate(names)}
+                else:     # the SD3 stack's two entries, as caches written before named entries hold them
+                    self._entries = {"context": data["c"], "pooled": data["y"]}
 
     def __len__(self) -> int:
         return len(self._captions)
 
-    def encode(self, captions: Sequence[str], encode_fn: EncodeFn, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, captions: Sequence[str], encode_fn: EncodeFn, batch_size: int = 64) -> dict[str, np.ndarray]:
         index = {cap: i for i, cap in enumerate(self._captions)}
         missing = sorted({c for c in captions if c not in index})
         if missing:
-            parts = [tuple(np.asarray(a) for a in encode_fn(missing[i:i + batch_size]))
+            parts = [{k: np.asarray(v) for k, v in encode_fn(missing[i:i + batch_size]).items()}
                      for i in range(0, len(missing), batch_size)]
-            new_c = np.concatenate([p[0] for p in parts])
-            new_y = np.concatenate([p[1] for p in parts])
-            self._c = new_c if self._c is None else np.concatenate([self._c, new_c])
-            self._y = new_y if self._y is None else np.concatenate([self._y, new_y])
+            new = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            if self._entries and set(new) != set(self._entries):
+                raise ValueError(f"the encoder yields entries {sorted(new)}, the cache holds {sorted(self._entries)}")
+            self._entries = {k: v if k not in self._entries else np.concatenate([self._entries[k], v])
+                             for k, v in new.items()}
             for cap in missing:
                 index[cap] = len(self._captions)
                 self._captions.append(cap)
             self._save()
         rows = np.asarray([index[c] for c in captions], np.int64)
-        return self._c[rows], self._y[rows]
+        return {k: v[rows] for k, v in self._entries.items()}
 
     def _save(self) -> None:
         tmp = f"{self.path}.{os.getpid()}.tmp.npz"   # unique per process: several hosts may share the folder
-        np.savez(tmp, captions=json.dumps(self._captions), c=self._c, y=self._y)
+        names = sorted(self._entries)
+        np.savez(tmp, captions=json.dumps(self._captions), entries=json.dumps(names),
+                 **{f"entry_{i}": self._entries[name] for i, name in enumerate(names)})
         os.replace(tmp, self.path)

@@ -93,3 +93,25 @@ def sdedit_ode(net: Net, schedule: Schedule, parameterization: str, x0: Array, n
     alpha, sigma = schedule.marginal(t_start)
     x = alpha * x0 + sigma * noise.astype(x0.dtype)
     return probability_flow(net, schedule, parameterization, x.astype(x0.dtype), n_steps, method, start=start)
+
+
+def inpaint_ode(net: Net, schedule: Schedule, parameterization: str, x0: Array, noise: Array, mask: Array,
+                n_steps: int, strength: float, method: str = "euler") -> Array:
+    """Inpainting on the probability-flow ODE of any schedule: SDEdit of ``x0`` (``sdedit_ode``) where, after every
+    step to ``t_{i+1}``, the known region is put back noised to that level,
+    ``x <- (1 - m) (alpha(t_{i+1}) x0 + sigma(t_{i+1}) noise) + m x`` (``mask`` 1 = repaint, broadcasting against
+    ``x0``); at the last step ``alpha(t_n) x0 + sigma(t_n) noise`` is ``x0`` up to the schedule's end point.
+    ``strength = 1`` starts from pure noise. Returns ``(B, ...)`` in ``x0``'s dtype."""
+    start = img2img_start(n_steps, strength)
+    t_start = schedule.timesteps(n_steps)[start]
+    alpha, sigma = schedule.marginal(t_start)
+    noise = noise.astype(x0.dtype)
+    mask = jnp.asarray(mask, x0.dtype)
+
+    def project(x: Array, t: Array) -> Array:
+        a, s = schedule.marginal(t)
+        return (1 - mask) * (a * x0 + s * noise).astype(x.dtype) + mask * x
+
+    x = alpha * x0 + sigma * noise
+    return probability_flow(net, schedule, parameterization, x.astype(x0.dtype), n_steps, method, start=start,
+                            project=project)

@@ -59,6 +59,8 @@ class Family:
     Config: ClassVar[type]
     # Entries of the conditioning bundle the model reads (``()``: unconditional).
     conditioning: tuple[str, ...] = ()
+    # The text stack a training run builds for it (``mmdit_jax.components.text.TEXT_STACKS``).
+    text_stack: ClassVar[str] = "sd3"
 
     def __init__(self, config: Any, schedule: Schedule, timestep_scale: float = 1.0, forward_mode: bool = False):
         self.config = config

@@ -41,8 +41,8 @@ from mmdit_jax.models.flux import (
     FluxConfig, FluxTransformer, latent_clip_ids, latent_image_ids, pack_clip, pack_latents, text_ids, unpack_clip,
     unpack_latents,
 )
-from mmdit_jax.models.flux_params import flux_forward_flops
-from mmdit_jax.models.mmdit_params import cast_kernels
+from mmdit_jax.models.flops import flux_forward_flops
+from mmdit_jax.models.numerics import cast_kernels
 
 Array = jax.Array
 

@@ -26,7 +26,7 @@ from mmdit_jax.families.base import Conditioning, Family, Net
 from mmdit_jax.models.flops import mmdit_forward_flops
 from mmdit_jax.models.layers import attention_backend
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
-from mmdit_jax.models.mmdit_params import cast_kernels
+from mmdit_jax.models.numerics import cast_kernels
 
 Array = jax.Array
 

@@ -25,7 +25,7 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.interop.safetensors_io import load_state_dict
 from mmdit_jax.models.flux import FluxConfig
 from mmdit_jax.models.flux_params import is_scanned, stack_blocks, unstack_blocks
-from mmdit_jax.models.mmdit import DTYPES
+from mmdit_jax.models.numerics import DTYPES
 
 StateDict = dict[str, np.ndarray]
 

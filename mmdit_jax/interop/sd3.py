@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from mmdit_jax.interop.safetensors_io import load_state_dict
-from mmdit_jax.models.mmdit import DTYPES, MMDiTConfig
+from mmdit_jax.models.mmdit import MMDiTConfig
+from mmdit_jax.models.numerics import DTYPES
 from mmdit_jax.models.mmdit_params import stack_blocks
 from mmdit_jax.checks import ConfigError
 

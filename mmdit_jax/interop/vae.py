@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.interop.safetensors_io import load_state_dict
-from mmdit_jax.models.mmdit import DTYPES
+from mmdit_jax.models.numerics import DTYPES
 from mmdit_jax.models.vae import VAEConfig, abstract_variables
 
 StateDict = dict[str, np.ndarray]

@@ -1,15 +1,33 @@
-"""Analytic FLOP counts (multiply-add = 2 FLOPs) of the forward pass; a train step is ~3x the forward.
+"""Counting without running: analytic FLOPs of each model's forward pass, and parameter counts of pytrees.
 
-Only matrix products are counted (projections, MLPs, attention scores and values, patch embedding, adaLN);
-norms, activations and softmax add a few percent, which is why tests compare with XLA's cost analysis to a
-tolerance rather than exactly.
+FLOPs (multiply-add = 2 FLOPs) of the forward pass; a train step is ~3x the forward. Only matrix products are
+counted (projections, MLPs, attention scores and values, patch embedding, adaLN); norms, activations and softmax
+add a few percent, which is why tests compare with XLA's cost analysis to a tolerance rather than exactly.
+
+Parameters: ``num_parameters`` counts the scalars of any pytree, concrete or abstract (``jax.eval_shape``), so a
+model's size is known without allocating it.
+
+Configs are imported for type checking only: this module imports no model, so any module may count with it.
 """
 
 from __future__ import annotations
 
-from mmdit_jax.models.mmdit import MMDiTConfig
-from mmdit_jax.models.text.clip import CLIPTextConfig
-from mmdit_jax.models.text.t5 import T5Config
+import math
+from typing import TYPE_CHECKING, Any
+
+import jax
+
+if TYPE_CHECKING:
+    from mmdit_jax.models.flux import FluxConfig
+    from mmdit_jax.models.mmdit import MMDiTConfig
+    from mmdit_jax.models.text.clip import CLIPTextConfig
+    from mmdit_jax.models.text.t5 import T5Config
+
+
+def num_parameters(tree: Any) -> int:
+    """Number of scalars in a pytree (a model's params, an adapter, an optimizer state); leaves need only a
+    ``shape``, so abstract trees from ``jax.eval_shape`` count too."""
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def _linear(tokens: int, d_in: int, d_out: int) -> int:
@@ -45,6 +63,24 @@ def mmdit_forward_flops(cfg: MMDiTConfig, batch: int, height: int, width: int, t
         if dual:
             f += _linear(n, d, 3 * d) + _attention(n, n, d) + _linear(n, d, d)
     f += _linear(1, d, 2 * d) + _linear(n, d, pt * p * p * cfg.out_channels)    # final layer
+    return batch * f
+
+
+def flux_forward_flops(cfg: FluxConfig, batch: int, height: int, width: int, text_tokens: int) -> int:
+    """Matmul FLOPs of one FLUX.1 forward pass on ``(batch, height, width, C)`` latents (``N = H/2 * W/2`` packed
+    tokens) and ``text_tokens`` text tokens: projections, MLPs, adaLN, attention scores and values."""
+    d, n, t = cfg.hidden, (height // 2) * (width // 2), text_tokens
+    length, mlp = n + t, cfg.mlp_ratio * d
+    attention = _attention(length, length, d)                             # over the joined [txt; img]
+    f = _linear(n, cfg.in_channels, d) + _linear(t, cfg.joint_attention_dim, d)
+    f += _linear(1, 256, d) + _linear(1, d, d) + _linear(1, cfg.pooled_projection_dim, d) + _linear(1, d, d)
+    if cfg.guidance_embeds:
+        f += _linear(1, 256, d) + _linear(1, d, d)
+    double = 2 * _linear(1, d, 6 * d) + _linear(length, d, 3 * d) + attention + _linear(length, d, d) \
+        + 2 * _linear(length, d, mlp)
+    single = _linear(1, d, 3 * d) + _linear(length, d, 3 * d + mlp) + attention + _linear(length, d + mlp, d)
+    f += cfg.num_layers * double + cfg.num_single_layers * single
+    f += _linear(1, d, 2 * d) + _linear(n, d, cfg.out_channels)
     return batch * f
 
 

@@ -32,7 +32,7 @@ from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positi
 from mmdit_jax.models.embeddings import MLPEmbedder, timestep_features
 from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
 from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
-from mmdit_jax.models.mmdit import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
 from mmdit_jax.models.rope import grid_ids, rope_tables
 
 Array = jax.Array
@@ -70,7 +70,7 @@ class FluxConfig:
     dtype: str = "float32"                       # compute dtype
     param_dtype: str = "float32"
     remat: bool = False                          # rematerialise each block in the backward pass
-    remat_policy: str = "full"                   # with remat: what each block keeps (mmdit.REMAT_POLICIES)
+    remat_policy: str = "full"                   # with remat: what each block keeps (numerics.REMAT_POLICIES)
     scan_blocks: bool = False                    # nn.scan over the double and over the single blocks
     scan_unroll: int = 1
     attention_impl: str | None = None            # None: cuDNN on a GPU in bf16/fp16, else XLA | 'xla' | 'cudnn'

@@ -1,6 +1,6 @@
 """Parameter layouts of FLUX.1: unrolled (``transformer_blocks_{i}``, ``single_transformer_blocks_{j}``) <->
 scanned (``transformer_blocks/block``, ``single_transformer_blocks/block``, leading axis = block index), and
-abstract shapes for counting parameters without allocating them."""
+abstract shapes for counting parameters without allocating them (``flops.num_parameters``)."""
 
 from __future__ import annotations
 
@@ -53,22 +53,3 @@ def abstract_variables(cfg: FluxConfig, height: int = 4, width: int = 4, text_to
 
     return jax.eval_shape(init, jax.random.PRNGKey(0), f32(1, n, cfg.in_channels), f32(1),
                           f32(1, text_tokens, cfg.joint_attention_dim), f32(1, cfg.pooled_projection_dim), guidance)
-
-
-def flux_forward_flops(cfg: FluxConfig, batch: int, height: int, width: int, text_tokens: int) -> int:
-    """Matmul FLOPs (multiply-add = 2) of one forward pass on ``(batch, height, width, C)`` latents (``N = H/2 * W/2``
-    packed tokens) and ``text_tokens`` text tokens: projections, MLPs, adaLN, attention scores and values."""
-    d, n, t = cfg.hidden, (height // 2) * (width // 2), text_tokens
-    length, mlp = n + t, cfg.mlp_ratio * d
-    linear = lambda tokens, d_in, d_out: 2 * tokens * d_in * d_out  # noqa: E731
-    attention = 2 * 2 * length * length * d                               # Q K^T and A V over [txt; img]
-    f = linear(n, cfg.in_channels, d) + linear(t, cfg.joint_attention_dim, d)
-    f += linear(1, 256, d) + linear(1, d, d) + linear(1, cfg.pooled_projection_dim, d) + linear(1, d, d)
-    if cfg.guidance_embeds:
-        f += linear(1, 256, d) + linear(1, d, d)
-    double = 2 * linear(1, d, 6 * d) + linear(length, d, 3 * d) + attention + linear(length, d, d) \
-        + 2 * linear(length, d, mlp)
-    single = linear(1, d, 3 * d) + linear(length, d, 3 * d + mlp) + attention + linear(length, d + mlp, d)
-    f += cfg.num_layers * double + cfg.num_single_layers * single
-    f += linear(1, d, 2 * d) + linear(n, d, cfg.out_channels)
-    return batch * f

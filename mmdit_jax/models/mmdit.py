@@ -34,22 +34,10 @@ from mmdit_jax.models.embeddings import (
 )
 from mmdit_jax.models.custom_gradients import custom_gradients_on
 from mmdit_jax.models.layers import ATTENTION_IMPLS, Dense, Attention, FeedForward, layer_norm, modulate
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
-
-# What a rematerialised block (``remat=True``) keeps for its backward pass, chosen by ``remat_policy``:
-#   full     nothing: the backward reruns the whole block forward (least memory);
-#   minimal  the projections' outputs (matmuls with no batch dimension): reruns only the element-wise work and
-#            the attention core, so no weight matmul is computed twice;
-#   dots     every matmul output, the einsum attention's products too.
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-}
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +62,7 @@ class MMDiTConfig:
     dtype: str = "float32"                   # compute dtype
     param_dtype: str = "float32"
     remat: bool = False                      # rematerialise each block in the backward pass
-    remat_policy: str = "full"               # with remat: what each block keeps (REMAT_POLICIES)
+    remat_policy: str = "full"               # with remat: what each block keeps (numerics.REMAT_POLICIES)
     scan_blocks: bool = False                # nn.scan over runs of identical blocks (stacked params)
     scan_unroll: int = 1                     # blocks per scan iteration (lets XLA schedule across blocks)
     attention_impl: str | None = None        # None (per platform: layers.attention_backend) | one of ATTENTION_IMPLS

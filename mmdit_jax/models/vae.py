@@ -19,10 +19,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive, check_positive_int
-from mmdit_jax.models.mmdit import DTYPES
+from mmdit_jax.models.flops import num_parameters
+from mmdit_jax.models.numerics import DTYPES
 from mmdit_jax.models.vae_blocks import Downsample, MidBlock, ResnetBlock, Upsample, conv, group_norm
 
 Array = jax.Array
@@ -253,5 +253,4 @@ def abstract_variables(cfg: VAEConfig) -> Any:
 
 def count_params(cfg: VAEConfig) -> int:
     """Number of parameters of the autoencoder for ``cfg``, counted from abstract shapes."""
-    leaves = jax.tree_util.tree_leaves(abstract_variables(cfg)["params"])
-    return int(sum(np.prod(leaf.shape) for leaf in leaves))
+    return num_parameters(abstract_variables(cfg)["params"])

@@ -1,7 +1,7 @@
 """Diffusers pipeline folders -> ``LoadedModel``: per-family folder specs, read through ``model_index.json``.
 
-A folder saved by ``save_pretrained`` holds ``model_index.json`` and one sub-folder per component. The family is
-recognised from ``transformer/config.json``'s ``_class_name``; its ``FolderSpec`` says which text stack it reads
+A folder saved by ``save_pretrained`` holds ``model_index.json`` and one sub-folder per component. Its
+``_class_name`` names the pipeline and so the family; the family's ``FolderSpec`` says which text stack it reads
 (``mmdit_jax.components.text.TEXT_STACKS``), what its ``guidance_scale`` means and how its sampling grid is built:
 
 =========================  ======  ==========  ===================================  ==============================
@@ -43,7 +43,9 @@ class FolderSpec:
     shifted by ``mu`` of the token count (FLUX); otherwise the scheduler's own grid, with ``mu`` only under
     ``use_dynamic_shifting`` (SD3). ``model_time``: the pipeline's ``t`` -> what ``family.net`` is called with.
     ``latent_patch``: latent pixels per token side; ``latent_channels`` and ``default_latent_size`` read the
-    transformer config. ``reference_pipelines``: ``_class_name`` values whose folders take a reference image.
+    transformer config. ``image_task_steps``: the default steps of image-to-image and inpainting.
+    ``pipelines`` / ``reference_pipelines``: the ``_class_name`` values read with this spec / that take a reference
+    image.
     """
 
     family: str
@@ -57,6 +59,7 @@ class FolderSpec:
     latent_channels: Callable[[Any], int]
     default_latent_size: Callable[[Any], int]
     context_dim: Callable[[Any], int]
+    image_task_steps: int = 50
     pipelines: tuple[str, ...] = ()
     reference_pipelines: tuple[str, ...] = ()
 
@@ -83,6 +86,7 @@ FOLDER_SPECS: dict[str, FolderSpec] = {
         latent_patch=lambda cfg: 2, latent_channels=lambda cfg: cfg.latent_channels,
         # diffusers' default_sample_size: 128 latents (1024 pixels with the FLUX VAE)
         default_latent_size=lambda cfg: 128, context_dim=lambda cfg: cfg.joint_attention_dim,
+        image_task_steps=28,     # FluxImg2ImgPipeline's and FluxInpaintPipeline's default, unlike SD3's 50
         pipelines=("FluxPipeline", "FluxKontextPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
         reference_pipelines=("FluxKontextPipeline",)),
 }

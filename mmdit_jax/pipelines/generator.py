@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,6 @@ import numpy as np
 from mmdit_jax.checks import ConfigError, check_positive_int
 from mmdit_jax.pipelines.images import to_uint8
 from mmdit_jax.pipelines.pipeline import Pipeline
-from mmdit_jax.pipelines.sampling import SamplingPipeline
 
 DTYPES = ("float32", "bfloat16")
 
@@ -41,112 +40,54 @@ class Options:
     width: int | None = None
 
 
-class ImageSource(Protocol):
-    description: str
+class ImageSource:
+    """A ``Pipeline`` from a pipeline folder or a workdir, drawn one image per (prompt, seed).
 
-    def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray: ...
+    ``guidance_scale`` means what the model's spec says (``folders.FolderSpec`` / ``loaded.RunSpec``): SD3's and a
+    workdir's CFG scale, with ``negative_prompt`` its negative branch; FLUX's embedded guidance (dev), where a
+    negative prompt turns on true CFG at scale 4 (diffusers' default is none)."""
+
+    def __init__(self, pipe: Pipeline, description: str):
+        self.pipe = pipe
+        self.description = description
 
     def settings(self, options: Options) -> dict[str, Any]:
         """The values ``options`` resolve to (``steps``, ``guidance_scale``, ``height``, ``width``)."""
-        ...
-
-
-class FolderSource:
-    """A diffusers pipeline folder of any registered family, run by ``Pipeline``.
-
-    ``guidance_scale`` means what the folder's family says (``folders.FolderSpec``): SD3's CFG scale, with
-    ``negative_prompt`` its negative branch; FLUX's embedded guidance (dev), where a negative prompt turns on true
-    CFG at scale 4 (diffusers' default is none)."""
-
-    def __init__(self, path: str, dtype: str):
-        self.pipe = Pipeline.from_folder(path, dtype=dtype)
-        self.default_guidance = self.pipe.default_guidance_scale
-        self.description = f"{self.pipe.model.pipeline} folder {path} ({dtype})"
-
-    def settings(self, options: Options) -> dict[str, Any]:
-        return {"steps": 28 if options.steps is None else options.steps,
-                "guidance_scale": self.default_guidance if options.guidance_scale is None else options.guidance_scale,
-                "height": options.height or self.pipe.default_size, "width": options.width or self.pipe.default_size}
-
-    def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
         pipe = self.pipe
-        s = self.settings(options)
-        height, width = s["height"], s["width"]
-        pipe.check_size(height, width)
-        shape = pipe.latent_shape(1, height, width)
-        latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(s)), shape) for s in seeds])
-        negative = {}
-        if options.negative_prompt is not None:
-            negative = {"negative_prompts": [options.negative_prompt] * len(prompts)}
-            if pipe.model.spec.guidance == "embedded":
-                negative["true_cfg_scale"] = 4.0
-        return to_uint8(pipe.generate(list(prompts), height=height, width=width, num_inference_steps=s["steps"],
-                                      guidance_scale=s["guidance_scale"], latents=latents, **negative))
-
-
-class WorkdirSource:
-    """The newest checkpoint's EMA weights of a training workdir, run by ``SamplingPipeline``."""
-
-    def __init__(self, workdir: str, dtype: str, config: Any):
-        config = copy.deepcopy(config)
-        if dtype != "float32":
-            if "dtype" not in config.model:
-                raise ConfigError(f"dtype={dtype!r}: model.name={config.model.name!r} has no compute dtype option")
-            config.model.dtype = dtype
-        self.config = config
-        self.workdir = workdir
-        self.dtype = dtype
-        self._pipes: dict[tuple, SamplingPipeline] = {}
-        self._base = self._pipe(None, None)
-        self.description = f"workdir {workdir} (step {self._base.model.step}, {dtype})"
-
-    def _pipe(self, steps: int | None, guidance: float | None) -> SamplingPipeline:
-        key = (steps, guidance)
-        if key not in self._pipes:
-            sampler = None
-            if steps is not None:
-                sampler = copy.deepcopy(self.config.sample.sampler)
-                if "n_steps" not in sampler:
-                    raise ConfigError(f"steps: sampler {sampler.name!r} of this run has no n_steps option")
-                sampler.n_steps = steps
-            base = self._pipes.get((None, None))
-            model = base.model if base is not None else None
-            self._pipes[key] = (SamplingPipeline(model, sampler=sampler, guidance_scale=guidance) if model
-                                else SamplingPipeline.from_workdir(self.config, self.workdir, sampler=sampler,
-                                                                   guidance_scale=guidance))
-        return self._pipes[key]
-
-    @property
-    def model(self) -> Any:
-        """The workdir's ``TrainedModel`` (shared by the pipelines of every steps / guidance setting)."""
-        return self._base.model
-
-    def settings(self, options: Options) -> dict[str, Any]:
-        pipe = self._pipe(options.steps, options.guidance_scale)
-        model = pipe.model
-        f = 1 if model.latent is None else model.latent.config.downscale
-        sampler = self.config.sample.sampler if options.steps is None else {"n_steps": options.steps}
-        return {"steps": sampler.get("n_steps", "sampler default"), "guidance_scale": pipe.guidance_scale,
-                "height": model.data_shape[0] * f, "width": model.data_shape[1] * f}
+        height, width = pipe.default_height_width()
+        if options.steps is not None:
+            steps: Any = options.steps
+        elif pipe.is_run:
+            steps = pipe.model.grid.sampler.get("n_steps", "sampler default")
+        else:
+            steps = 28
+        guidance = pipe.default_guidance_scale if options.guidance_scale is None else options.guidance_scale
+        return {"steps": steps, "guidance_scale": guidance, "height": options.height or height,
+                "width": options.width or width}
 
     def images(self, prompts: Sequence[str], seeds: Sequence[int], options: Options) -> np.ndarray:
-        pipe = self._pipe(options.steps, options.guidance_scale)
-        model = pipe.model
-        if not pipe.conditional:
-            raise ConfigError(f"{self.workdir}: the model is unconditional (no prompts); use "
+        """``(N, H, W, 3)`` uint8: image k of ``prompts[k]`` from ``seeds[k]``, whatever the batch."""
+        pipe = self.pipe
+        if pipe.text is None:
+            raise ConfigError(f"{pipe.model.source}: the model is unconditional (no prompts); use "
                               "`python -m mmdit_jax --mode=sample` for its samples")
-        trained = self.settings(options)["height"], self.settings(options)["width"]
-        for name, value, size in (("height", options.height, trained[0]), ("width", options.width, trained[1])):
-            if value is not None and value != size:
-                raise ConfigError(f"{name}={value}: a workdir's model samples at its training size "
-                                  f"{trained[0]}x{trained[1]}")
-        negative = None if options.negative_prompt is None else model.text.encode([options.negative_prompt])
-        out = []
-        for prompt, seed in zip(prompts, seeds):
-            x = pipe.sample(pipe.conditioning([prompt]), jax.random.fold_in(jax.random.PRNGKey(int(seed)), 0),
-                            negative=negative)
-            out.append(to_uint8(model.to_images(x)))
-        return np.concatenate(out)
+        s = self.settings(options)
+        kwargs = {"height": s["height"], "width": s["width"], "guidance_scale": s["guidance_scale"],
+                  "num_inference_steps": options.steps}
+        if options.negative_prompt is not None:
+            kwargs["negative_prompts"] = [options.negative_prompt]
+            if pipe.model.spec.guidance == "embedded":
+                kwargs["true_cfg_scale"] = 4.0
+        if pipe.is_run:      # the run's sampler draws each image's noise from its seed
+            return np.concatenate([to_uint8(pipe.generate([p], seed=int(seed), **kwargs))
+                                   for p, seed in zip(prompts, seeds)])
+        pipe.check_size(s["height"], s["width"])
+        shape = pipe.latent_shape(1, s["height"], s["width"])
+        latents = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(int(seed)), shape) for seed in seeds])
+        if options.negative_prompt is not None:
+            kwargs["negative_prompts"] = [options.negative_prompt] * len(prompts)
+        kwargs["num_inference_steps"] = s["steps"]
+        return to_uint8(pipe.generate(list(prompts), latents=latents, **kwargs))
 
 
 def with_lora(family: Any, variables: Any, path: str, weight: float = 1.0) -> dict[str, Any]:
@@ -162,12 +103,9 @@ def with_lora(family: Any, variables: Any, path: str, weight: float = 1.0) -> di
     return {**variables, "params": merge(variables["params"], adapter, weight * scale)}
 
 
-def add_lora(source: "ImageSource", path: str, weight: float = 1.0) -> None:
+def add_lora(source: ImageSource, path: str, weight: float = 1.0) -> None:
     """Merge a LoRA file into an opened source's transformer (pipeline folder or workdir), in place."""
-    if isinstance(source, FolderSource):
-        source.pipe.variables = with_lora(source.pipe.family, source.pipe.variables, path, weight)
-    else:
-        source.model.variables = with_lora(source.model.family, source.model.variables, path, weight)
+    source.pipe.variables = with_lora(source.pipe.family, source.pipe.variables, path, weight)
     source.description += f" + LoRA {path} (weight {weight})"
 
 
@@ -183,9 +121,16 @@ def open_source(path: str, dtype: str = "float32", config: Any = None) -> ImageS
     if not os.path.isdir(path):
         raise ConfigError(f"source {path!r} is not a folder (give a diffusers pipeline folder or a training workdir)")
     if is_pipeline_folder(path):
-        return FolderSource(path, dtype)
+        pipe = Pipeline.from_folder(path, dtype=dtype)
+        return ImageSource(pipe, f"{pipe.model.pipeline} folder {path} ({dtype})")
     if config is not None:
-        return WorkdirSource(path, dtype, config)
+        config = copy.deepcopy(config)
+        if dtype != "float32":
+            if "dtype" not in config.model:
+                raise ConfigError(f"dtype={dtype!r}: model.name={config.model.name!r} has no compute dtype option")
+            config.model.dtype = dtype
+        pipe = Pipeline.from_workdir(config, path)
+        return ImageSource(pipe, f"workdir {path} ({pipe.model.source}, {dtype})")
     raise ConfigError(f"source {path!r} is neither a diffusers pipeline folder (model_index.json) nor a training workdir "
                       "(config.json and checkpoints/)")
 

@@ -3,10 +3,16 @@
     LoadedModel(family, variables, text, codec, grid, spec)
 
 ``family.net(variables, cond)`` is the ``net(x, t)`` of the score-based core; ``text`` turns prompts into the
-conditioning bundle (``mmdit_jax.components.text``); ``codec`` maps images to the model's latents and back
-(``mmdit_jax.components.codec``; None: the model works on pixels); ``grid`` says how the sampling grid is built
-(a pipeline folder's FlowMatchEuler scheduler). Pipeline folders produce one with
-``mmdit_jax.pipelines.folders.load_folder``; ``mmdit_jax.pipelines.pipeline.Pipeline`` runs every task on it.
+conditioning bundle (``mmdit_jax.components.text``); ``codec`` maps images to the model's examples and back
+(``mmdit_jax.components.codec``; ``PixelCodec`` for a model on pixels); ``grid`` says how the sampling grid is
+built and ``spec`` what guidance means and which sizes the model takes:
+
+* a pipeline folder (``folders.load_folder``): ``FolderGrid`` (diffusers' FlowMatchEuler grid) and the family's
+  ``FolderSpec``;
+* a training workdir (``from_trained``): ``RunGrid`` (the run's own sampler; SDEdit and inpainting on its
+  probability-flow ODE) and ``RunSpec`` (CFG against the run's configured negative, the training size).
+
+``mmdit_jax.pipelines.pipeline.Pipeline`` runs every task on either.
 """
 
 from __future__ import annotations
@@ -43,17 +49,91 @@ class FolderGrid:
 
 
 @dataclasses.dataclass
+class PixelCodec:
+    """The identity codec of a model that works on pixels in [-1, 1] (``encode`` / ``decode`` as ``KLCodec``'s)."""
+
+    channels: int
+    variables: Any = dataclasses.field(default_factory=dict)
+    downscale: int = 1
+
+    @property
+    def latent_channels(self) -> int:
+        return self.channels
+
+    def encode(self, variables: Any, images: Any, eps: Any = None) -> Any:
+        return images
+
+    def decode(self, variables: Any, z: Any, shift: bool = True) -> Any:
+        return z
+
+
+@dataclasses.dataclass(frozen=True)
+class RunGrid:
+    """A training run's sampling: its ``sample.sampler`` section, on the family's schedule in the run's
+    parameterisation. Image-to-image and inpainting integrate the probability-flow ODE on the same grid."""
+
+    sampler: Any
+    parameterization: str
+    latent_patch: int = 1
+
+    # sampler name -> its probability-flow ODE method (None: the config's ``method``)
+    ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}
+
+    def ode(self, num_inference_steps: int | None) -> tuple[int, str]:
+        """``(n_steps, method)`` of SDEdit / inpainting on this run's grid; errors name ``sample.sampler.name``."""
+        from mmdit_jax.checks import ConfigError
+
+        name = self.sampler["name"]
+        if name not in self.ODE_SAMPLERS:
+            raise ConfigError(f"image-to-image and inpainting integrate the probability-flow ODE: sample.sampler.name="
+                              f"{name!r} must be one of {sorted(self.ODE_SAMPLERS)}")
+        method = self.ODE_SAMPLERS[name] or self.sampler.get("method", "euler")
+        return int(self.sampler["n_steps"] if num_inference_steps is None else num_inference_steps), method
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a workdir's guidance and sizes mean: CFG at ``sample.guidance_scale`` against ``sample.negative``
+    (``null``: zeros; ``empty_prompt``: the encoded ``""``) unless negative prompts are given; the training size."""
+
+    default_guidance_scale: float
+    negative: str
+    size: tuple[int, int]          # (height, width) pixels
+    guidance: str = "cfg"
+    model_time: Any = None
+    reference_pipelines: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
 class LoadedModel:
     """A sampler-ready model (module docstring). ``variables`` may be replaced (e.g. a LoRA merged in)."""
 
     family: Family
     variables: Any
     text: Any
-    codec: KLCodec | None
-    grid: FolderGrid
+    codec: Any                    # KLCodec | PixelCodec
+    grid: Any                     # FolderGrid | RunGrid
     spec: Any = None              # the folder spec (mmdit_jax.pipelines.folders.FolderSpec)
     pipeline: str = ""            # model_index.json's _class_name
     source: str = ""
 
     def __post_init__(self) -> None:
         self.variables = jax.device_put(self.variables)
+
+    @classmethod
+    def from_trained(cls, trained: Any) -> "LoadedModel":
+        """The ``LoadedModel`` of a workdir's ``TrainedModel`` (``trained_model.load_trained``)."""
+        from mmdit_jax.checks import ConfigError
+
+        cfg = trained.config
+        shape = tuple(trained.data_shape)
+        if len(shape) != 3:
+            raise ConfigError(f"the image pipeline takes runs on images (H, W, C); this run's examples are {shape} "
+                              "(clips: mmdit_jax.pipelines.video)")
+        codec = (PixelCodec(shape[-1]) if trained.latent is None
+                 else KLCodec(trained.latent.config, trained.latent.variables))
+        f = codec.downscale
+        spec = RunSpec(float(cfg.sample.guidance_scale), str(cfg.sample.negative), (shape[0] * f, shape[1] * f))
+        grid = RunGrid(dict(cfg.sample.sampler), str(cfg.model_parameterization))
+        return cls(family=trained.family, variables=trained.variables, text=trained.text, codec=codec, grid=grid,
+                   spec=spec, pipeline="workdir", source=f"step {trained.step}")

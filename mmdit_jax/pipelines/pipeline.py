@@ -35,11 +35,11 @@ from mmdit_jax.checks import ConfigError, check_positive_int
 from mmdit_jax.components.text import Steering, pooled_steering
 from mmdit_jax.diffusion.flow_match import flow_match_euler
 from mmdit_jax.diffusion.samplers import make_sampler
-from mmdit_jax.diffusion.sdedit import img2img_start, inpaint_flow_match_euler, scale_noise
+from mmdit_jax.diffusion.sdedit import img2img_start, inpaint_flow_match_euler, inpaint_ode, scale_noise, sdedit_ode
 from mmdit_jax.pipelines import tasks
 from mmdit_jax.pipelines.guidance import guided_net
 from mmdit_jax.pipelines.images import preprocess_images, preprocess_mask, to_uint8
-from mmdit_jax.pipelines.loaded import LoadedModel
+from mmdit_jax.pipelines.loaded import LoadedModel, RunGrid
 
 Array = jax.Array
 
@@ -57,6 +57,7 @@ class Plan:
     shape: tuple[int, ...] = ()
     from_noise: bool = False
     decode_shift: bool = True
+    ode: tuple[int, str, float] | None = None     # a workdir's (n_steps, method, strength) for SDEdit / inpainting
 
 
 class Pipeline:
@@ -73,6 +74,18 @@ class Pipeline:
         from mmdit_jax.pipelines.folders import load_folder
 
         return cls(load_folder(path, dtype, max_sequence_length))
+
+    @classmethod
+    def from_workdir(cls, config: Any, workdir: str, allow_untrained: bool = False) -> "Pipeline":
+        """A training workdir's newest EMA weights (``trained_model.load_trained``) with the run's sampler."""
+        from mmdit_jax.pipelines.trained_model import load_trained
+
+        return cls(LoadedModel.from_trained(load_trained(config, workdir, allow_untrained)))
+
+    @property
+    def is_run(self) -> bool:
+        """Whether the model comes from a training workdir (its own sampler and size) rather than a folder."""
+        return isinstance(self.model.grid, RunGrid)
 
     # ---- the parts ----------------------------------------------------------------------------------------------
 
@@ -108,8 +121,13 @@ class Pipeline:
 
     @property
     def default_size(self) -> int:
-        """diffusers' default height and width in pixels."""
+        """diffusers' default height and width in pixels (a workdir: its training height)."""
+        if self.is_run:
+            return self.model.spec.size[0]
         return self.model.spec.default_latent_size(self.family.config) * self.vae_scale_factor
+
+    def default_height_width(self) -> tuple[int, int]:
+        return self.model.spec.size if self.is_run else (self.default_size, self.default_size)
 
     @property
     def default_guidance_scale(self) -> float:
@@ -117,6 +135,13 @@ class Pipeline:
 
     def check_size(self, height: int, width: int, names: tuple[str, str] = ("height", "width")) -> None:
         """Errors name ``height`` / ``width`` unless both are positive multiples of ``size_multiple``."""
+        if self.is_run:
+            trained = self.model.spec.size
+            for name, value, size in zip(names, (height, width), trained):
+                if value != size:
+                    raise ConfigError(f"{name}={value}: a workdir's model samples at its training size "
+                                      f"{trained[0]}x{trained[1]}")
+            return
         multiple = self.size_multiple
         for name, value in zip(names, (height, width)):
             check_positive_int(name, value)
@@ -160,6 +185,21 @@ class Pipeline:
         if not np.isfinite(guidance_scale) or not np.isfinite(true_cfg_scale):
             raise ConfigError(f"guidance_scale={guidance_scale} and true_cfg_scale={true_cfg_scale} must be finite")
         negatives = [negative_prompts] if isinstance(negative_prompts, str) else negative_prompts
+        if self.text is None:
+            raise ConfigError("this model is unconditional (its data set has no captions or its family reads no "
+                              "text): sample it without prompts (python -m mmdit_jax --mode=sample)")
+        if self.is_run:
+            if true_cfg_scale != 1.0:
+                raise ConfigError(f"true_cfg_scale={true_cfg_scale}: a workdir's model guides with guidance_scale")
+            if negatives is not None and len(negatives) != len(prompts):
+                raise ConfigError(f"negative_prompts has {len(negatives)} entries for {len(prompts)} prompts")
+            cond = self.text.encode(prompts)
+            if steering is not None:
+                cond.update(pooled_steering(self.text.encode, steering, len(prompts)))
+            # a run trained with dropped conditions guides always, against its configured negative by default
+            negative = (self.text.negative(spec.negative, cond) if negatives is None
+                        else self.text.encode(list(negatives)))
+            return cond, negative, guidance_scale
         if spec.guidance == "cfg":
             if true_cfg_scale != 1.0:
                 raise ConfigError(f"true_cfg_scale={true_cfg_scale}: this {self.model.pipeline} folder guides with "
@@ -203,9 +243,19 @@ class Pipeline:
         if model.spec.model_time is not None:
             time, inner = model.spec.model_time(model.grid.scheduler), net
             net = lambda x, t, *rest: inner(x, time(t), *rest)  # noqa: E731
-        if plan.sampler is not None:
-            z = make_sampler(dict(plan.sampler), model.family.schedule, "velocity")(net, arrays["key"], plan.shape)
+        if plan.ode is not None:      # a workdir's image tasks on its probability-flow ODE
+            n_steps, method, strength = plan.ode
+            schedule, parameterization = model.family.schedule, model.grid.parameterization
+            if plan.task == "inpainting":
+                mask = jnp.tile(arrays["mask"], (plan.shape[0] // arrays["mask"].shape[0], 1, 1, 1))
+                z = inpaint_ode(net, schedule, parameterization, x0, arrays["noise"], mask, n_steps, strength, method)
+            else:
+                z = sdedit_ode(net, schedule, parameterization, x0, arrays["noise"], n_steps, strength, method)
             return codec.decode(vae_variables, z)
+        if plan.sampler is not None:
+            parameterization = model.grid.parameterization if self.is_run else "velocity"
+            sample = make_sampler(dict(plan.sampler), model.family.schedule, parameterization)
+            return codec.decode(vae_variables, sample(net, arrays["key"], plan.shape))
         sigmas = np.asarray(plan.sigmas, np.float32)
         if plan.task == "inpainting":
             noise = arrays["noise"]
@@ -250,12 +300,26 @@ class Pipeline:
                                                   steering, remove_pooled)
         guided = negative is not None
         n = cond["context"].shape[0]
+        default_steps = (self.model.spec.image_task_steps if task in ("image_to_image", "inpainting") and not self.is_run
+                         else tasks.DEFAULT_STEPS[task])
         steps = len(sigmas) if sigmas is not None else (
-            tasks.DEFAULT_STEPS[task] if num_inference_steps is None else num_inference_steps)
+            default_steps if num_inference_steps is None else num_inference_steps)
         check_positive_int("num_inference_steps", steps)
         options = tuple(sorted(({"remove_pooled": True} if remove_pooled else {}).items()))
+        if (tuple(skip_layers) or tuple(skip_guidance_layers)) and not self._family_option("skip_layers"):
+            raise ConfigError(f"skip_layers / skip_guidance_layers: model family {self.family.name!r} cannot skip "
+                              "blocks (the sd3 family can)")
         if tuple(skip_layers):
             options += (("skip_layers", tuple(int(i) for i in skip_layers)),)
+        if self.is_run:
+            if latents is not None or sigmas is not None or tuple(skip_guidance_layers) or reference_image is not None:
+                raise ConfigError("latents, sigmas, skip_guidance_layers and reference_image are pipeline-folder "
+                                  "options; a workdir's model samples with its own sampler (edit a workdir with the "
+                                  "edit command)")
+            plan, arrays = self._run_inputs(task, n, height, width, num_inference_steps, seed, image, mask_image,
+                                            strength, noise, options, sampler)
+            scales = {"cfg": jnp.float32(scale), "slg": jnp.float32(0.0)}
+            return self._run(self.variables, self.model.codec.variables, arrays, cond, negative, scales, plan=plan)
         arrays: dict[str, Any] = {}
         key = jax.random.PRNGKey(seed)
         f = self.vae_scale_factor
@@ -320,7 +384,50 @@ class Pipeline:
         """``(N, H, W, 3)`` uint8 images (``generate``, then ``images.to_uint8``)."""
         return to_uint8(self.generate(prompts, **kwargs))
 
+    def _run_inputs(self, task: str, n: int, height: int | None, width: int | None, num_inference_steps: int | None,
+                    seed: int, image: Any, mask_image: Any, strength: float, noise: Any,
+                    options: tuple[tuple[str, Any], ...],
+                    sampler: Mapping[str, Any] | None) -> tuple[Plan, dict[str, Any]]:
+        """A workdir's plan: text-to-image with the run's sampler from ``fold_in(PRNGKey(seed), 0)`` (as
+        ``SamplingPipeline`` draws one prompt), image tasks on its probability-flow ODE with ``noise`` from
+        ``PRNGKey(seed)`` and the posterior mean of a latent run's VAE."""
+        grid, f = self.model.grid, self.vae_scale_factor
+        if task == "text_to_image":
+            default = self.default_height_width()
+            height, width = (default[0] if height is None else height), (default[1] if width is None else width)
+            self.check_size(height, width)
+            config = dict(grid.sampler if sampler is None else sampler)
+            if num_inference_steps is not None:
+                if "n_steps" not in config:
+                    raise ConfigError(f"num_inference_steps: sampler {config.get('name')!r} of this run has no "
+                                      "n_steps option")
+                config["n_steps"] = int(num_inference_steps)
+            spec = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+            make_sampler(dict(spec), self.family.schedule, grid.parameterization)   # errors name the field
+            shape = self.latent_shape(n, height, width)
+            arrays = {"key": jax.random.fold_in(jax.random.PRNGKey(seed), 0)}
+            return Plan(task, (), True, options, sampler=spec, shape=shape), arrays
+        if sampler is not None:
+            raise ConfigError("sampler: image-to-image and inpainting of a workdir run on its probability-flow ODE")
+        n_steps, method = grid.ode(num_inference_steps)
+        img2img_start(n_steps, strength)      # errors name strength
+        images = preprocess_images(image)
+        self._check_image_size(images, height, width, ("height", "width"))
+        tasks.check_batch("image", images.shape[0], n)
+        shape = self.latent_shape(n, *images.shape[1:3])
+        arrays = {"images": images, "noise": tasks.noise_or("noise", noise, shape, jax.random.PRNGKey(seed), f)}
+        if task == "inpainting":
+            arrays["mask"] = preprocess_mask(mask_image, *images.shape[1:3], f)
+            tasks.check_batch("mask_image", arrays["mask"].shape[0], n)
+        return Plan(task, (), True, options, shape=shape, ode=(n_steps, method, float(strength))), arrays
+
     # ---- checks -----------------------------------------------------------------------------------------------
+
+    def _family_option(self, name: str) -> bool:
+        """Whether the family's ``net`` takes the inference option ``name``."""
+        import inspect
+
+        return name in inspect.signature(self.family.net).parameters
 
     def _check_image_size(self, images: np.ndarray, height: int | None, width: int | None,
                           names: tuple[str, str]) -> None:

@@ -27,6 +27,7 @@ from mmdit_jax.checks import ConfigError, check_positive_int
 
 Array = jax.Array
 TASKS = ("text_to_image", "image_to_image", "inpainting", "reference")
+# diffusers' defaults (image tasks of a folder: its ``FolderSpec.image_task_steps``)
 DEFAULT_STEPS = {"text_to_image": 28, "reference": 28, "image_to_image": 50, "inpainting": 50}
 
 # (width, height) pairs Kontext was trained at (diffusers' pipeline_flux_kontext, BFL's util.py)

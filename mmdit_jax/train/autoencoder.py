@@ -11,16 +11,16 @@ The loss of a batch ``x: (B, H, W, C)`` in [-1, 1], with posterior ``mean, logva
 i.e. LDM's autoencoder loss (per-image sums, batch mean; no perceptual or adversarial term) divided by the pixel
 count: the first term reads as a per-pixel error and ``kl_weight`` means what it means in LDM (1e-6 there).
 
-Single process, single device. Workdir: ``checkpoints/<step>/`` (Orbax: state and data-iterator state; a restart
-continues exactly), ``tensorboard/``, ``metrics.jsonl``, ``reconstructions/step_*.png`` (held-out inputs | their
-reconstructions), ``config.json`` and, when training ends, ``vae/`` (the export).
+Single process, single device; the step loop is the one every trainer shares (``train.loop.run_steps``). Workdir:
+``checkpoints/<step>/`` (Orbax: state and data-iterator state; a restart continues exactly), ``tensorboard/``,
+``metrics.jsonl``, ``reconstructions/step_*.png`` (held-out inputs | their reconstructions; written atomically),
+``config.json`` and, when training ends, ``vae/`` (the export).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any, Callable
 
 import flax.struct
@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from PIL import Image
 
 from mmdit_jax.checkpoints import Checkpointer, check_workdir
 from mmdit_jax.checks import (
@@ -42,9 +41,10 @@ from mmdit_jax.data.pipeline import build_sources, default_data_dir, train_itera
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec, validate_data_config
 from mmdit_jax.data.render import to_grid
 from mmdit_jax.models.vae import AutoencoderKL, VAEConfig, sample_latents
-from mmdit_jax.reporting import MetricWriter, Progress, report, write_text_atomic
+from mmdit_jax.reporting import MetricWriter, report, write_text_atomic
 from mmdit_jax.train.autoencoder_export import export_vae
-from mmdit_jax.train.loop import NonFiniteLossError
+from mmdit_jax.train.loop import run_steps
+from mmdit_jax.train.pictures import write_picture
 from mmdit_jax.train.state import learning_rate_schedule, make_optimizer
 
 Array = jax.Array
@@ -215,15 +215,6 @@ def _images(spec: DatasetSpec, source: Any, n: int, field: str) -> np.ndarray:
     return np.stack([spec.to_example(source[i]) for i in range(n)])
 
 
-def _save_png(workdir: str, step: int, grid: np.ndarray) -> str:
-    folder = os.path.join(workdir, "reconstructions")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step_{step:07d}.png")
-    scale = max(1, 256 // grid.shape[0])
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-    return path
-
-
 def train_autoencoder(config: Any, workdir: str) -> dict[str, Any]:
     """Train until ``train.num_steps`` (resuming from the newest checkpoint), then measure the held-out
     reconstruction error and export ``<workdir>/vae/``. Returns a summary."""
@@ -243,51 +234,31 @@ def train_autoencoder(config: Any, workdir: str) -> dict[str, Any]:
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
                                 async_save=c.train.async_checkpointing)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
-    restored, start = checkpointer.restore_latest(abstract), 0
+    restored, start, data_state = checkpointer.restore_latest(abstract), 0, None
     if restored is not None:
         start, state, data_state = restored
-        it.set_state(data_state["iterator"])
         report(f"resumed from checkpoint step {start}")
     config_json = c.to_json_best_effort(sort_keys=True)
     write_text_atomic(os.path.join(workdir, "config.json"), config_json)
     step_fn, recon_fn = make_train_step(vae_cfg, c.loss, optimizer, schedule), make_reconstruct(vae_cfg)
-    writer, progress = MetricWriter(workdir), Progress(total, start, c.data.batch_size)
-    pending: list[tuple[int, dict]] = []
-    t_start, rates, grid_path, loss = time.time(), [], None, float("nan")
+    writer = MetricWriter(workdir)
+    grid_path = None
 
-    def drain() -> None:
-        """Write every pending step's metrics (one device sync); raise on a NaN / Inf loss."""
-        for s, metrics in pending:
-            values = {k: float(v) for k, v in metrics.items()}
-            if not math.isfinite(values["loss"]):
-                checkpointer.wait()
-                raise NonFiniteLossError(f"loss is {values['loss']} at step {s}; stopped. The last good checkpoint "
-                                         f"(step {max(checkpointer.steps(), default=0)}) is kept in "
-                                         f"{checkpointer.directory}")
-            writer.scalars(s, values)
-        pending.clear()
+    def reconstructions(step: int, state: AEState) -> None:
+        """The held-out grid's inputs | reconstructions as ``reconstructions/step_<step>.png``, and its error."""
+        nonlocal grid_path
+        recons = reconstruct(recon_fn, state.params, grid_x, c.export.batch_size)
+        grid = reconstruction_grid(grid_x, recons, rows)
+        grid_path = write_picture(os.path.join(workdir, "reconstructions"), step, grid)
+        writer.image(step, "reconstructions", grid)
+        writer.scalars(step, {"eval/grid_pixel_l1": pixel_l1(grid_x, recons)})
 
-    for step in range(start, total):
-        state, metrics = step_fn(state, next(it)["x"], key_train)
-        pending.append((step + 1, metrics))
-        done = step + 1
-        if done % c.train.log_every == 0 or done == total:
-            drain()
-            loss = float(metrics["loss"])
-            rates.append(progress.update(done, loss))
-            writer.scalars(done, {"examples_per_second": rates[-1]})
-        if c.train.image_every and (done % c.train.image_every == 0 or done == total):
-            recons = reconstruct(recon_fn, state.params, grid_x, c.export.batch_size)
-            grid = reconstruction_grid(grid_x, recons, rows)
-            grid_path = _save_png(workdir, done, grid)
-            writer.image(done, "reconstructions", grid)
-            writer.scalars(done, {"eval/grid_pixel_l1": pixel_l1(grid_x, recons)})
-        if done % c.train.checkpoint_every == 0 or done == total:
-            drain()
-            checkpointer.save(done, state, {"iterator": it.get_state()}, config_json)
-    drain()
-    checkpointer.close()
-    seconds = time.time() - t_start
+    run = run_steps(state, lambda state, batch: step_fn(state, batch["x"], key_train), it, start=start, total=total,
+                    log_every=c.train.log_every, checkpoint_every=c.train.checkpoint_every,
+                    batch_size=c.data.batch_size, checkpointer=checkpointer, config_json=config_json, writer=writer,
+                    metric_values=lambda metrics: {k: float(v) for k, v in metrics.items()}, data_state=data_state,
+                    extras=[(c.train.image_every, reconstructions)])
+    state = run.state
     heldout = pixel_l1(eval_x, reconstruct(recon_fn, state.params, eval_x, c.export.batch_size))
     folder = os.path.join(workdir, "vae")
     stats = export_vae(vae_cfg, {"params": state.params}, folder,
@@ -295,8 +266,8 @@ def train_autoencoder(config: Any, workdir: str) -> dict[str, Any]:
     writer.scalars(total, {"eval/heldout_pixel_l1": heldout, "export/latent_mean": stats["latent_mean"],
                            "export/latent_std": stats["latent_std"]})
     writer.close()
-    summary = {"steps": total, "start_step": start, "seconds": seconds, "final_loss": loss,
-               "examples_per_second": float(np.median(rates)) if rates else 0.0, "heldout_pixel_l1": heldout,
+    summary = {"steps": total, "start_step": start, "seconds": run.seconds, "final_loss": run.last_loss,
+               "examples_per_second": run.examples_per_second, "heldout_pixel_l1": heldout,
                "heldout_images": len(eval_x), **stats, "vae_folder": folder, "grid": grid_path}
     report(f"done: {summary}")
     return summary

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder, widens_inputs
-from mmdit_jax.adapters.lora import num_parameters
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.pipeline import (
@@ -32,6 +31,7 @@ from mmdit_jax.data.pipeline import (
 from mmdit_jax.data.registry import DatasetSpec, dataset_spec
 from mmdit_jax.data.text_cache import TextEmbeddingCache, fingerprint
 from mmdit_jax.families import Family, build_family
+from mmdit_jax.models.flops import num_parameters
 from mmdit_jax.components.from_config import (
     checkpoint_params,
     data_shape,
@@ -158,9 +158,8 @@ class Experiment:
 
 def _encode_captions(text: TextConditioner, captions: list[str], workdir: str) -> dict[str, np.ndarray]:
     cache = TextEmbeddingCache(os.path.join(workdir, "text_cache"), fingerprint(*text.fingerprint_parts()))
-    encode = jax.jit(lambda cond: (cond["context"].astype(jnp.float16), cond["pooled"].astype(jnp.float16)))
-    c, y = cache.encode(captions, lambda caps: encode(text.encode(caps)), batch_size=256)
-    return {"context": np.asarray(c), "pooled": np.asarray(y)}
+    encode = jax.jit(lambda cond: {k: v.astype(jnp.float16) for k, v in cond.items()})
+    return cache.encode(captions, lambda caps: encode(text.encode(caps)), batch_size=256)
 
 
 def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:
@@ -248,7 +247,7 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
                      caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune, token_table)
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
-        from mmdit_jax.config_schema import save_workdir_plugins
+        from mmdit_jax.families.plugins import save_workdir_plugins
 
         # the modules other commands must import before this config.json's model.name resolves
         save_workdir_plugins(workdir, cfg)

@@ -1,142 +1,161 @@
-"""``--mode=train``: the training loop, with metrics, checkpoints and sample grids along the way."""
+"""``--mode=train``: the training loop, with metrics, checkpoints and sample pictures along the way.
+
+``run_steps`` is the loop every trainer shares (this one and ``train.autoencoder``): steps from the resumed step
+to the last, metrics written in batches (one device sync each), a progress line, periodic checkpoints (Orbax:
+atomic, with the data iterator's state, so a restart continues exactly) and periodic extras such as sample
+pictures. ``train`` is the diffusion run on top of it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import time
-from typing import Any
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import numpy as np
-from PIL import Image
 
-from mmdit_jax.data.captions import caption_text
-from mmdit_jax.pipelines.editing import EditingPipeline
-from mmdit_jax.pipelines.sampling import SamplingPipeline
+from mmdit_jax.checkpoints import Checkpointer
 from mmdit_jax.pipelines.trained_model import TrainedModel
-from mmdit_jax.pipelines.video import VideoPipeline
 from mmdit_jax.reporting import MetricWriter, Progress, report
 from mmdit_jax.train.experiment import build
-
-
-EDIT_GRID_ROWS = 4   # an editing run's sample picture: this many test sources, each with its edits
-
-
-def edit_grid(pipeline: EditingPipeline, test_source: Any, variables: Any = None) -> np.ndarray:
-    """An editing run's sample picture: the first ``EDIT_GRID_ROWS`` test sources, each followed by
-    ``sample.per_prompt`` edits by its instruction."""
-    cfg = pipeline.model.config
-    records = [test_source[i] for i in range(EDIT_GRID_ROWS)]
-    return pipeline.grid(np.stack([r["source"] for r in records]), [caption_text(r) for r in records],
-                         cfg.sample.per_prompt, cfg.sample.seed, variables)
+from mmdit_jax.train.pictures import RunPictures
+from mmdit_jax.train.schema import validate_config
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step."""
 
 
-def save_grid(workdir: str, writer: MetricWriter, step: int, grid: np.ndarray) -> str:
-    """Write a sample picture to ``<workdir>/samples/step_<step>.png`` (upscaled to >= 256 rows) and TensorBoard."""
-    folder = os.path.join(workdir, "samples")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step_{step:07d}.png")
-    scale = max(1, 256 // grid.shape[0])
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-    writer.image(step, "samples", grid)
-    return path
+class DataIterator(Protocol):
+    """An infinite batch iterator whose position can be saved and restored (``grain.DatasetIterator``)."""
+
+    def __next__(self) -> Any: ...
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> None: ...
 
 
-def save_clips(workdir: str, writer: MetricWriter, step: int, clips: np.ndarray) -> str:
-    """A video run's samples ``(N, T, H, W, 3)`` uint8: the frame strip (one clip per row) as ``step_<step>.png``
-    and TensorBoard image, and the clips animated side by side as ``step_<step>.gif``."""
-    from mmdit_jax.data.motion import clip_strip
-    from mmdit_jax.pipelines.video import clip_grid, write_gif
+@dataclasses.dataclass
+class LoopResult:
+    """What ``run_steps`` ends with."""
 
-    path = save_grid(workdir, writer, step, clip_strip(clips.astype(np.float32) / 127.5 - 1.0))
-    frames = clip_grid(clips)
-    gif = os.path.join(workdir, "samples", f"step_{step:07d}.gif")
-    write_gif(gif, frames, scale=max(1, 256 // frames.shape[1]))
-    return gif
+    state: Any              # the train state after the last step
+    last_step: int          # the last step whose metrics were written (all losses up to it finite)
+    last_loss: float        # the loss of the last progress line (NaN when no step ran)
+    seconds: float          # wall time of the steps, checkpoints and extras
+    rates: list[float]      # examples per second of every progress line
+
+    @property
+    def examples_per_second(self) -> float:
+        """The median progress-line rate (0.0 when no step ran)."""
+        return float(np.median(self.rates)) if self.rates else 0.0
 
 
-def train(config: Any, workdir: str) -> dict[str, Any]:
-    """Train until ``train.num_steps``, resuming from the newest checkpoint. Returns a summary."""
-    exp, start, data_state = build(config, workdir)
-    cfg = exp.config
-    total = cfg.train.num_steps
-    it = exp.train_iterator()
+def run_steps(state: Any, step_fn: Callable[[Any, Any], tuple[Any, dict]], batches: DataIterator, *,
+              start: int, total: int, log_every: int, checkpoint_every: int, batch_size: int,
+              checkpointer: Checkpointer, config_json: str, writer: MetricWriter,
+              metric_values: Callable[[dict], dict[str, float]], data_state: dict | None = None,
+              extras: Sequence[tuple[int, Callable[[int, Any], None]]] = ()) -> LoopResult:
+    """Run steps ``start + 1 .. total``: ``state, metrics = step_fn(state, next(batches))``.
+
+    ``data_state``: the data state the checkpoint of step ``start`` was saved with (None: a fresh run); the
+    iterator continues from it. Every ``log_every`` steps and at the last, the pending steps' metrics are
+    converted by ``metric_values`` (which must keep ``"loss"``) and written to ``writer`` with
+    ``examples_per_second``, and a progress line is printed. Every ``checkpoint_every`` steps and at the last, the
+    state and the iterator's position are saved. Then each ``(every, fn)`` of ``extras`` with ``every > 0`` runs
+    ``fn(step, state)`` every ``every`` steps and at the last (``fn`` must not donate the state).
+
+    A NaN or Inf loss raises ``NonFiniteLossError`` naming the step, before its metrics or any later checkpoint
+    are written; the checkpointer is closed at the end, ``writer`` is left open.
+    """
     if data_state is not None:
-        it.set_state(data_state["iterator"])
-    step_fn = exp.train_step()
-    key = jax.random.PRNGKey(cfg.seed + 1)
-    primary = jax.process_index() == 0
-    writer = MetricWriter(workdir, enabled=primary)
-    progress = Progress(total, start, cfg.data.batch_size)
-    pipeline = None
-    if cfg.train.sample_every:
-        model = TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text, exp.latent)
-        pipeline = EditingPipeline(model) if "edit" in cfg else SamplingPipeline(model)
-        if len(exp.data_shape) == 4:
-            pipeline = VideoPipeline(pipeline)
-    state, pending = exp.state, []
-    t_start, last_good, rates = time.time(), start, []
+        batches.set_state(data_state["iterator"])
+    progress = Progress(total, start, batch_size)
+    pending: list[tuple[int, dict]] = []
+    t_start, last_good, last_loss, rates = time.time(), start, float("nan"), []
 
     def drain() -> None:
-        """Check every pending step's loss (one device sync), write metrics; raise on NaN / Inf."""
+        """Check and write every pending step's metrics (one device sync); raise on a NaN / Inf loss."""
         nonlocal last_good
         for step, metrics in pending:
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                exp.checkpointer.wait()
-                raise NonFiniteLossError(f"loss is {loss} at step {step}; stopped. The last good checkpoint "
-                                         f"(step {max(exp.checkpointer.steps(), default=0)}) is kept in "
-                                         f"{exp.checkpointer.directory}")
-            sums, counts = np.asarray(metrics["bucket_loss_sum"]), np.asarray(metrics["bucket_count"])
-            values = {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                      "learning_rate": float(metrics["learning_rate"])}
-            values.update({f"loss_bucket/{i}": s / c for i, (s, c) in enumerate(zip(sums, counts)) if c > 0})
+            values = metric_values(metrics)
+            if not math.isfinite(values["loss"]):
+                # an asynchronous save may still be writing: the error names the checkpoints as they will stay
+                checkpointer.wait()
+                raise NonFiniteLossError(f"loss is {values['loss']} at step {step}; stopped. The last good "
+                                         f"checkpoint (step {max(checkpointer.steps(), default=0)}) is kept in "
+                                         f"{checkpointer.directory}")
             writer.scalars(step, values)
             last_good = step
         pending.clear()
 
     for step in range(start, total):
-        batch = exp.device_batch(next(it))
-        state, metrics = step_fn(state, batch, key)
-        pending.append((step + 1, metrics))
+        state, metrics = step_fn(state, next(batches))
         done = step + 1
-        if done % cfg.train.log_every == 0 or done == total:
+        pending.append((done, metrics))
+        if done % log_every == 0 or done == total:
             drain()
-            rate = progress.update(done, float(metrics["loss"]))
-            rates.append(rate)
-            writer.scalars(done, {"examples_per_second": rate})
-        if done % cfg.train.checkpoint_every == 0 or done == total:
-            drain()
-            exp.checkpointer.save(done, state, {"iterator": it.get_state()}, exp.config_json())
-        if pipeline is not None and (done % cfg.train.sample_every == 0 or done == total):
-            variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
-            text = exp.text_conditioner(state.ema_params)
-            if isinstance(pipeline, VideoPipeline):
-                pipeline.sampling.model.text = text
-                clips = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
-                if primary:
-                    report(f"sample clips: {save_clips(workdir, writer, done, clips)}")
-                continue
-            pipeline.model.text = text
-            if isinstance(pipeline, EditingPipeline):
-                grid = edit_grid(pipeline, exp.sources["test"], variables)
-            else:
-                grid = pipeline.grid(cfg.sample.prompts, cfg.sample.per_prompt, cfg.sample.seed, variables)
-            if primary:
-                report(f"sample grid: {save_grid(workdir, writer, done, grid)}")
+            last_loss = float(metrics["loss"])
+            rates.append(progress.update(done, last_loss))
+            writer.scalars(done, {"examples_per_second": rates[-1]})
+        if done % checkpoint_every == 0 or done == total:
+            drain()     # a checkpoint is only written once every loss before it is known finite
+            checkpointer.save(done, state, {"iterator": batches.get_state()}, config_json)
+        for every, fn in extras:
+            if every and (done % every == 0 or done == total):
+                fn(done, state)
     drain()
-    exp.checkpointer.close()
+    checkpointer.close()
+    return LoopResult(state, last_good, last_loss, time.time() - t_start, rates)
+
+
+def _diffusion_metrics(metrics: dict) -> dict[str, float]:
+    """A train step's metrics as scalars: loss, gradient norm, learning rate and the loss per noise-level bucket
+    (buckets the batch left empty are skipped)."""
+    sums, counts = np.asarray(metrics["bucket_loss_sum"]), np.asarray(metrics["bucket_count"])
+    values = {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+              "learning_rate": float(metrics["learning_rate"])}
+    values.update({f"loss_bucket/{i}": s / c for i, (s, c) in enumerate(zip(sums, counts)) if c > 0})
+    return values
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+    """Validate ``config`` (``ConfigError`` naming the first invalid field, before anything is built or written),
+    then train until ``train.num_steps``, resuming from the newest checkpoint. Returns a summary."""
+    validate_config(config)
+    exp, start, data_state = build(config, workdir)
+    cfg = exp.config
+    step_fn = exp.train_step()
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    primary = jax.process_index() == 0
+    writer = MetricWriter(workdir, enabled=primary)
+    extras = []
+    if cfg.train.sample_every:
+        pictures = RunPictures(TrainedModel(cfg, exp.family, {}, start, exp.data, exp.data_shape, exp.text,
+                                            exp.latent))
+
+        def sample(step: int, state: Any) -> None:
+            variables = {"params": exp.model_params(state.ema_params), **exp.non_trainable}
+            # the text path can train with the model (CLIP towers): sample with the state's
+            pictures.model.text = exp.text_conditioner(state.ema_params)
+            picture = pictures.draw(cfg.sample.prompts, variables, exp.sources.get("test"))
+            if primary:
+                report(f"sample {pictures.kind}: {pictures.save(workdir, writer, step, picture)}")
+
+        extras.append((cfg.train.sample_every, sample))
+    run = run_steps(exp.state, lambda state, batch: step_fn(state, exp.device_batch(batch), key),
+                    exp.train_iterator(), start=start, total=cfg.train.num_steps, log_every=cfg.train.log_every,
+                    checkpoint_every=cfg.train.checkpoint_every, batch_size=cfg.data.batch_size,
+                    checkpointer=exp.checkpointer, config_json=exp.config_json(), writer=writer,
+                    metric_values=_diffusion_metrics, data_state=data_state, extras=extras)
     writer.close()
-    elapsed = time.time() - t_start
-    summary = {"steps": total, "start_step": start, "seconds": elapsed,
-               "examples_per_second": float(np.median(rates)) if rates else 0.0, "last_step": last_good}
+    summary = {"steps": cfg.train.num_steps, "start_step": start, "seconds": run.seconds,
+               "examples_per_second": run.examples_per_second, "last_step": run.last_step}
     report(f"done: {summary}")
     return summary
 
 
-__all__ = ["train", "edit_grid", "save_clips", "NonFiniteLossError"]
+__all__ = ["train", "run_steps", "LoopResult", "NonFiniteLossError"]

@@ -11,11 +11,11 @@ from mmdit_jax.adapters.lora import (
     adapter_paths,
     init_lora,
     merge,
-    num_parameters,
     target_paths,
     unmerge,
 )
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.models.flops import num_parameters
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
 from mmdit_jax.models.mmdit_params import stack_blocks, unstack_blocks
 

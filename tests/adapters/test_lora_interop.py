@@ -24,6 +24,7 @@ from mmdit_jax.interop.sd3 import load_sd3  # noqa: E402
 from mmdit_jax.models import mmdit_params  # noqa: E402
 from mmdit_jax.models.flux import FluxTransformer, latent_image_ids, pack_latents, text_ids  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT  # noqa: E402
+from tests.torch_reference import numpy_state, randomize  # noqa: E402
 
 SD3 = dict(sample_size=8, patch_size=1, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
            caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=16, out_channels=4,
@@ -32,22 +33,6 @@ FLUX = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, att
             num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, guidance_embeds=True,
             axes_dims_rope=(2, 2, 4))
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-
-
-def randomize(model, seed):
-    """Weights N(0, 1/fan_in), vectors 0.2 N(0, 1) (+1 for norm scales): every path reaches the output."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn_like(p) / np.sqrt(np.prod(p.shape[1:])))
-            else:
-                p.copy_(0.2 * torch.randn_like(p) + (1.0 if "norm_" in name else 0.0))
-    return model.eval()
-
-
-def numpy_state(model):
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
 from mmdit_jax.families import build_family, family_config, get_family
 from mmdit_jax.families.flux import FluxFamily
 from mmdit_jax.models.flux import latent_image_ids, pack_latents, text_ids, unpack_latents
-from mmdit_jax.models.flux_params import flux_forward_flops
+from mmdit_jax.models.flops import flux_forward_flops
 
 
 def _family(**overrides):

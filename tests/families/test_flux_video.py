@@ -16,7 +16,7 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
 from mmdit_jax.families import build_family, family_config
 from mmdit_jax.models.flux import latent_clip_ids, latent_image_ids, pack_clip, pack_latents, unpack_clip
-from mmdit_jax.models.flux_params import flux_forward_flops
+from mmdit_jax.models.flops import flux_forward_flops
 
 B, H, W, C, TEXT = 2, 6, 10, 4, 13
 

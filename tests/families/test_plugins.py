@@ -103,7 +103,7 @@ def _workdir_config(workdir: str, pythonpath: list[str]) -> subprocess.Completed
 
 def test_a_workdir_records_the_plugin_module_that_a_fresh_process_imports(tmp_path, monkeypatch, clean_plugins):
     from configs.toy2d import get_config
-    from mmdit_jax.config_schema import PLUGINS_FILE
+    from mmdit_jax.families.plugins import PLUGINS_FILE
     from mmdit_jax.train import loop
 
     clean_plugins("wd_mlp", "mmdit_wd_plugin")
@@ -141,7 +141,7 @@ def test_a_workdir_records_the_plugin_module_that_a_fresh_process_imports(tmp_pa
 
 def test_a_workdir_of_a_builtin_family_records_nothing(tmp_path):
     from configs.toy2d import get_config
-    from mmdit_jax.config_schema import PLUGINS_FILE, import_workdir_plugins, save_workdir_plugins
+    from mmdit_jax.families.plugins import PLUGINS_FILE, import_workdir_plugins, save_workdir_plugins
 
     stale = tmp_path / PLUGINS_FILE
     stale.write_text(json.dumps({"families": {"gone": "mmdit_no_such_plugin_module"}}))

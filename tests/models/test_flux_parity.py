@@ -15,8 +15,9 @@ from mmdit_jax.models.flux import (  # noqa: E402
     FluxConfig, FluxTransformer, latent_image_ids, pack_latents, text_ids, unpack_latents,
 )
 from mmdit_jax.models.flux_params import abstract_variables, stack_blocks, unstack_blocks  # noqa: E402
-from mmdit_jax.models.mmdit_params import count_params  # noqa: E402
+from mmdit_jax.models.flops import num_parameters  # noqa: E402
 from mmdit_jax.models.rope import rope_tables  # noqa: E402
+from tests.torch_reference import numpy_state, randomize  # noqa: E402
 
 TINY = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=24)
@@ -27,17 +28,7 @@ def reference_model(guidance_embeds=True, axes=(4, 6, 6), seed=0):
     scales), so every gate and modulation is far from zero and every path reaches the output."""
     torch.manual_seed(seed)
     model = diffusers.FluxTransformer2DModel(**TINY, guidance_embeds=guidance_embeds, axes_dims_rope=axes).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn_like(p) / np.sqrt(np.prod(p.shape[1:])))
-            else:
-                p.copy_(0.2 * torch.randn_like(p) + (1.0 if "norm_" in name else 0.0))
-    return model
-
-
-def state_dict(model):
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return randomize(model)
 
 
 def inputs(seed, batch=2, height=6, width=10, tokens=13):
@@ -77,7 +68,7 @@ def rel_err(a, ref):
 @pytest.mark.parametrize("guidance,axes", [(True, (4, 6, 6)), (False, (8, 4, 4))], ids=["dev-like", "schnell-like"])
 def test_output_equals_diffusers_to_1e5(guidance, axes):
     model = reference_model(guidance, axes)
-    cfg, variables = load_flux(state_dict(model), axes_dims_rope=axes)
+    cfg, variables = load_flux(numpy_state(model), axes_dims_rope=axes)
     assert (cfg.guidance_embeds, cfg.axes_dims_rope, cfg.head_dim, cfg.num_single_layers) == (guidance, axes, 16, 2)
     for seed, (h, w, tokens) in [(0, (6, 10, 13)), (1, (8, 8, 8))]:    # non-square, odd text length; square
         inp = inputs(seed, height=h, width=w, tokens=tokens)
@@ -113,7 +104,7 @@ def test_original_layout_matches_diffusers_converter_and_gives_identical_outputs
     from diffusers.loaders import single_file_utils
 
     model = reference_model(seed=2)
-    sd = state_dict(model)
+    sd = numpy_state(model)
     original = {"model.diffusion_model." + k: v for k, v in diffusers_to_original(sd).items()}
     assert "model.diffusion_model.single_blocks.1.linear1.weight" in original
     np.testing.assert_array_equal(original_to_diffusers(original)["norm_out.linear.weight"], sd["norm_out.linear.weight"])
@@ -144,7 +135,7 @@ def test_flax_to_diffusers_to_flax_round_trip_is_exact_and_scan_gives_the_same_o
     from mmdit_jax.interop.safetensors_io import save_state_dict
 
     model = reference_model(seed=3)
-    sd = state_dict(model)
+    sd = numpy_state(model)
     cfg, variables = load_flux(sd, axes_dims_rope=(4, 6, 6))
     back = to_diffusers(cfg, variables)
     assert set(back) == set(sd)
@@ -168,7 +159,7 @@ def test_preset_parameter_counts_from_abstract_shapes():
     from configs.flux import get_config
     from mmdit_jax.families import model_config
 
-    counts = {name: count_params(abstract_variables(model_config(get_config(name)))["params"])
+    counts = {name: num_parameters(abstract_variables(model_config(get_config(name)))["params"])
               for name in ("dev", "schnell")}
     assert counts == {"dev": 11_901_408_320, "schnell": 11_891_178_560}
     assert model_config(get_config("dev")) == FluxConfig()

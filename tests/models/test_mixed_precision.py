@@ -8,7 +8,7 @@ import numpy as np
 from configs.mmdit import get_config
 from mmdit_jax.families import model_config
 from mmdit_jax.models.mmdit import MMDiT
-from mmdit_jax.models.mmdit_params import cast_kernels
+from mmdit_jax.models.numerics import cast_kernels
 
 
 def test_cast_once_equals_cast_where_used():

@@ -11,14 +11,15 @@ from mmdit_jax.checks import ConfigError
 from mmdit_jax.families import model_config
 from mmdit_jax.interop.sd3 import from_diffusers, load_sd3, to_diffusers
 from mmdit_jax.models.mmdit import MMDiT
-from mmdit_jax.models.mmdit_params import abstract_variables, count_params
+from mmdit_jax.models.flops import num_parameters
+from mmdit_jax.models.mmdit_params import abstract_variables
 from mmdit_jax.train.sharding import bytes_per_device
 
 
 @pytest.mark.parametrize("name, billions", [("sd3_medium", 2.028), ("sd35_medium", 2.243), ("sd35_large", 8.057)])
 def test_parameter_counts_of_the_released_models(name, billions):
     variables = abstract_variables(model_config(get_config(name)))
-    assert round(count_params(variables["params"]) / 1e9, 3) == billions
+    assert round(num_parameters(variables["params"]) / 1e9, 3) == billions
     m = get_config(name).pos_embed_max_size
     assert variables["buffers"]["pos_embed"].shape == (1, m * m, 64 * get_config(name).num_layers)
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 from mmdit_jax.interop.sd3 import diffusers_to_original, load_sd3, to_diffusers  # noqa: E402
 from mmdit_jax.models.mmdit import MMDiT  # noqa: E402
 from mmdit_jax.models.mmdit_params import stack_blocks, unstack_blocks  # noqa: E402
+from tests.torch_reference import numpy_state, randomize  # noqa: E402
 
 TINY = dict(sample_size=32, patch_size=1, in_channels=4, num_layers=4, attention_head_dim=8, num_attention_heads=4,
             caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
@@ -30,17 +31,7 @@ def reference_model(config, seed=0):
     """
     torch.manual_seed(seed)
     model = diffusers.SD3Transformer2DModel(**config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn_like(p) / np.sqrt(np.prod(p.shape[1:])))
-            else:
-                p.copy_(0.2 * torch.randn_like(p) + (1.0 if "norm_" in name else 0.0))
-    return model
-
-
-def state_dict(model):
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return randomize(model)
 
 
 def inputs(seed, batch=2, height=32, width=32, channels=4, tokens=154, width_ctx=32, pooled=64):
@@ -72,7 +63,7 @@ def rel_err(a, ref):
 @pytest.mark.parametrize("config", [TINY_SD3, TINY_SD35], ids=["sd3", "sd3.5"])
 def test_output_equals_diffusers_to_1e5(config):
     model = reference_model(config)
-    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    cfg, variables = load_sd3(numpy_state(model), head_dim=8)
     assert cfg.dual_attention_layers == tuple(config["dual_attention_layers"])
     assert cfg.qk_norm == config["qk_norm"]
     for seed, (h, w) in [(0, (32, 32)), (1, (24, 40)), (2, (16, 8))]:   # square and non-square inputs
@@ -113,7 +104,7 @@ def test_output_equals_diffusers_at_every_timestep_of_a_28_step_schedule(config)
 
     timesteps = np.asarray(flow_match_schedule(28, {"shift": 3.0})[1], np.float32)
     model = reference_model(config, seed=4)
-    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    cfg, variables = load_sd3(numpy_state(model), head_dim=8)
     x, _, c, y = inputs(5, batch=len(timesteps), height=16, width=24)
     ref = run_reference(model, x, timesteps, c, y)
     ours = run_ours(cfg, variables, x, timesteps, c, y)
@@ -124,7 +115,7 @@ def test_output_equals_diffusers_at_every_timestep_of_a_28_step_schedule(config)
 @pytest.mark.parametrize("config", [TINY_SD3, TINY_SD35], ids=["sd3", "sd3.5"])
 def test_skip_layers_equal_diffusers(config):
     model = reference_model(config, seed=1)
-    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    cfg, variables = load_sd3(numpy_state(model), head_dim=8)
     x, t, c, y = inputs(3)
     for skip in ([1], [0, 2]):
         ref = run_reference(model, x, t, c, y, skip_layers=skip)
@@ -135,7 +126,7 @@ def test_skip_layers_equal_diffusers(config):
 
 def test_original_key_layout_gives_the_same_outputs():
     model = reference_model(TINY_SD35, seed=2)
-    sd = state_dict(model)
+    sd = numpy_state(model)
     original = {"model.diffusion_model." + k: v for k, v in diffusers_to_original(sd).items()}
     assert any(k.endswith("x_block.attn.qkv.weight") for k in original)
     cfg_a, var_a = load_sd3(sd, head_dim=8)
@@ -148,7 +139,7 @@ def test_original_key_layout_gives_the_same_outputs():
 @pytest.mark.parametrize("config", [TINY_SD3, TINY_SD35], ids=["sd3", "sd3.5"])
 def test_flax_to_diffusers_to_flax_round_trip_is_exact(config, tmp_path):
     model = reference_model(config, seed=3)
-    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    cfg, variables = load_sd3(numpy_state(model), head_dim=8)
     exported = to_diffusers(cfg, variables)
     assert set(exported) == set(model.state_dict())
     # the export loads into diffusers itself
@@ -165,10 +156,10 @@ def test_flax_to_diffusers_to_flax_round_trip_is_exact(config, tmp_path):
 
 def test_scan_and_remat_give_the_unrolled_result():
     model = reference_model(TINY_SD35, seed=4)
-    cfg, variables = load_sd3(state_dict(model), head_dim=8)
+    cfg, variables = load_sd3(numpy_state(model), head_dim=8)
     x, t, c, y = inputs(5)
     base = run_ours(cfg, variables, x, t, c, y, skip_layers=[1])
-    scan_cfg, scan_vars = load_sd3(state_dict(model), head_dim=8, scan_blocks=True, remat=True)
+    scan_cfg, scan_vars = load_sd3(numpy_state(model), head_dim=8, scan_blocks=True, remat=True)
     assert "scan_1_3" in scan_vars["params"]
     # same maths; XLA may fuse the scanned body differently, so equal up to float32 rounding
     assert rel_err(run_ours(scan_cfg, scan_vars, x, t, c, y, skip_layers=[1]), base) <= 1e-6

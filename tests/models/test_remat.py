@@ -9,7 +9,8 @@ import pytest
 from configs.mmdit import get_config
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families import model_config
-from mmdit_jax.models.mmdit import REMAT_POLICIES, MMDiT
+from mmdit_jax.models.mmdit import MMDiT
+from mmdit_jax.models.numerics import REMAT_POLICIES
 
 
 def test_remat_policies_keep_the_gradient_and_order_the_backward_memory():

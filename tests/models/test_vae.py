@@ -28,6 +28,7 @@ from mmdit_jax.models.vae import (  # noqa: E402
     denormalize_latents,
     normalize_latents,
 )
+from tests.torch_reference import numpy_state, randomize  # noqa: E402
 
 # Two tiny layouts: SD3/FLUX-like (16 latent channels, no quant convs, GroupNorm 32) and SDXL-like (4 latent
 # channels, quant convs, three stages so the decoder's reversed stage numbering is exercised).
@@ -48,17 +49,7 @@ def reference_model(name, seed=0):
     model = diffusers.AutoencoderKL(in_channels=3, out_channels=3, layers_per_block=1,
                                     down_block_types=("DownEncoderBlock2D",) * n,
                                     up_block_types=("UpDecoderBlock2D",) * n, **CONFIGS[name]).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn_like(p) / np.sqrt(np.prod(p.shape[1:])))
-            else:
-                p.copy_(0.2 * torch.randn_like(p) + (1.0 if "norm" in pname and pname.endswith("weight") else 0.0))
-    return model
-
-
-def state_dict(model):
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return randomize(model, norm_scale=lambda name: "norm" in name and name.endswith("weight"))
 
 
 def rel_err(a, ref):
@@ -94,7 +85,7 @@ def built(tmp_path_factory):
         f = cfg.downscale
         x = rng.uniform(-1, 1, (BATCH, 3, HEIGHT, WIDTH)).astype(np.float32)
         z = rng.standard_normal((BATCH, cfg.latent_channels, HEIGHT // f, WIDTH // f)).astype(np.float32)
-        out[name] = Built(model, state_dict(model), cfg, variables, encode, decode, x, z)
+        out[name] = Built(model, numpy_state(model), cfg, variables, encode, decode, x, z)
     return out
 
 
@@ -177,7 +168,7 @@ def test_export_loads_into_diffusers(built, name):
     assert set(exported) == set(b.sd)
     model = diffusers.AutoencoderKL.from_config(b.model.config)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-    for k, v in state_dict(model).items():
+    for k, v in numpy_state(model).items():
         np.testing.assert_array_equal(v, b.sd[k], err_msg=k)
     assert count_params(b.cfg) == sum(p.numel() for p in b.model.parameters())
 

@@ -46,12 +46,8 @@ def _run_steering_explorer(monkeypatch, **env):
     return "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
 
 
-def test_steering_explorer_on_a_pipeline_folder(tmp_path, monkeypatch):
-    diffusers = pytest.importorskip("diffusers")
-    from tests.pipelines.tiny_flux import components
-
-    diffusers.FluxPipeline(**components("dev")).save_pretrained(tmp_path / "flux")
-    text = _run_steering_explorer(monkeypatch, source="pipeline", pipeline=str(tmp_path / "flux"))
+def test_steering_explorer_on_a_pipeline_folder(tiny_flux_folder, monkeypatch):
+    text = _run_steering_explorer(monkeypatch, source="pipeline", pipeline=str(tiny_flux_folder))
     assert "`FluxPipeline` folder" in text
     assert "max |w = 0 − unsteered| = 0 (uint8 levels)" in text
     assert "max |no pooled − unsteered| = " in text and "not available" not in text

@@ -173,6 +173,9 @@ def test_seeded_latents_and_pooled_options_run(ours):
     with pytest.raises(ConfigError, match="latents must have shape"):
         pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, latents=np.zeros((1, 8, 8, LATENT_CHANNELS),
              np.float32))
+    with pytest.raises(ConfigError, match="cannot skip blocks"):
+        pipe(PROMPTS[:1], height=8, width=8, num_inference_steps=1, skip_guidance_layers=[0], true_cfg_scale=2.0,
+             negative_prompts=[""])
 
 
 # ---- Kontext ---------------------------------------------------------------------------------------------------

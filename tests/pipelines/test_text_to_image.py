@@ -141,6 +141,22 @@ def test_missing_vae_folder_is_named(folders, tmp_path):
         Pipeline.from_folder(path)
 
 
+def test_broken_model_index_and_non_finite_guidance_are_named(folders, ours, tmp_path):
+    path = tmp_path / "pipe"
+    shutil.copytree(folders["no_t5"][1], path)
+    (path / "model_index.json").write_text("{ not json")
+    with pytest.raises(ConfigError, match="model_index.json is not valid JSON"):
+        Pipeline.from_folder(path)
+    with pytest.raises(ConfigError, match="guidance_scale=nan"):
+        ours["no_t5"](PROMPTS[:1], height=16, width=16, guidance_scale=float("nan"))
+    with pytest.raises(ConfigError, match="true_cfg_scale"):     # SD3 guides with guidance_scale
+        ours["no_t5"](PROMPTS[:1], height=16, width=16, true_cfg_scale=2.0)
+    with pytest.raises(ConfigError, match="not an in-context editor"):
+        ours["no_t5"](PROMPTS[:1], reference_image=np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        ours["no_t5"](PROMPTS[:1], image=np.zeros((16, 16, 3), np.uint8), reference_image=np.zeros((16, 16, 3)))
+
+
 def test_size_not_divisible_is_named(ours):
     with pytest.raises(ConfigError, match="width=33"):
         ours["t5"](PROMPTS, height=32, width=33)

@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
 from mmdit_jax.models.text.tokenizer_assets import CLIP_DIR, T5_DIR  # noqa: E402
+from tests.torch_reference import tiny_clip_config, tiny_pipeline_vae, tiny_t5_config  # noqa: E402
 
 LATENT_CHANNELS = 4
 # the released FLUX.1 scheduler configs (flow_match.SCHEDULER_CONFIGS)
@@ -30,20 +31,11 @@ def components(variant: str) -> dict:
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=variant == "dev", axes_dims_rope=(4, 4, 8)).eval()
     torch.manual_seed(1)
-    vae = diffusers.AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
-        latent_channels=LATENT_CHANNELS, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.1159, scaling_factor=0.3611).eval()
+    vae = tiny_pipeline_vae(LATENT_CHANNELS, shift_factor=0.1159, scaling_factor=0.3611)
     torch.manual_seed(2)
-    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=2, bos_token_id=0,
-        pad_token_id=1)).eval()
+    clip = transformers.CLIPTextModel(tiny_clip_config()).eval()
     torch.manual_seed(3)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, use_cache=False)).eval()
+    t5 = transformers.T5EncoderModel(tiny_t5_config()).eval()
     return dict(transformer=transformer, vae=vae,
                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**SCHEDULERS[variant]),
                 text_encoder=clip, tokenizer=transformers.CLIPTokenizer.from_pretrained(CLIP_DIR),

@@ -9,14 +9,13 @@ transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
 from mmdit_jax.models.text.tokenizer_assets import CLIP_DIR, T5_DIR  # noqa: E402
+from tests.torch_reference import tiny_clip_config, tiny_pipeline_vae, tiny_t5_config  # noqa: E402
 
 
 def _clip(seed: int, act: str):
     # hidden 16 per tower: [H_L; H_G] is 32 wide, the joint width (diffusers would silently cut a wider one)
     torch.manual_seed(seed)
-    cfg = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=16, intermediate_size=37, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                                      hidden_act=act, eos_token_id=2, bos_token_id=0, pad_token_id=1)
+    cfg = tiny_clip_config(hidden_size=16, projection_dim=32, hidden_act=act)
     return transformers.CLIPTextModelWithProjection(cfg).eval()
 
 
@@ -29,16 +28,9 @@ def components(with_t5: bool, shift: float, channels: int = 4, num_layers: int =
         num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64,
         out_channels=channels)
     torch.manual_seed(1)
-    # two stages: a downscale of 2, so the size checks and the latent shape see a real VAE factor
-    vae = diffusers.AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
-        latent_channels=channels, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035).eval()
+    vae = tiny_pipeline_vae(channels, shift_factor=0.0609, scaling_factor=1.5035)
     torch.manual_seed(2)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, use_cache=False)).eval()
+    t5 = transformers.T5EncoderModel(tiny_t5_config()).eval()
     clip_tok = transformers.CLIPTokenizer.from_pretrained(CLIP_DIR)
     return dict(transformer=transformer, vae=vae, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
                 text_encoder=_clip(3, "quick_gelu"), tokenizer=clip_tok, text_encoder_2=_clip(4, "gelu"),

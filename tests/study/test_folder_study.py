@@ -19,23 +19,13 @@ SHORT, LONG = "a red circle", "a large blue square with a thin yellow border in 
 
 
 @pytest.fixture(scope="module")
-def sd3_folder(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    from tests.pipelines.tiny_sd3 import components
-
-    path = tmp_path_factory.mktemp("sd3")
-    diffusers.StableDiffusion3Pipeline(**components(with_t5=False, shift=3.0)).save_pretrained(path)
-    return str(path)
+def sd3_folder(tiny_sd3_folder):
+    return str(tiny_sd3_folder)
 
 
 @pytest.fixture(scope="module")
-def flux_folder(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    from tests.pipelines.tiny_flux import components
-
-    path = tmp_path_factory.mktemp("flux")
-    diffusers.FluxPipeline(**components("dev")).save_pretrained(path)
-    return str(path)
+def flux_folder(tiny_flux_folder):
+    return str(tiny_flux_folder)
 
 
 def test_removal_on_sd3_folder_orders_by_tokens_and_names_the_metric(sd3_folder, tmp_path):

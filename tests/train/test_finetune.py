@@ -13,9 +13,10 @@ from PIL import Image
 
 from configs.finetune import get_config as finetune_config
 from mmdit_jax import commands
-from mmdit_jax.adapters.lora import merge, num_parameters
+from mmdit_jax.adapters.lora import merge
 from mmdit_jax.generate import generate
 from mmdit_jax.interop.lora import load_lora
+from mmdit_jax.models.flops import num_parameters
 from mmdit_jax.pipelines.generator import with_lora
 from mmdit_jax.checkpoints import CheckpointError, restore_params
 from mmdit_jax.checks import ConfigError

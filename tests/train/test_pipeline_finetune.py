@@ -8,8 +8,6 @@ import jax
 import numpy as np
 import pytest
 
-from tests.pipelines.tiny_sd3 import components, diffusers
-
 from configs.pipeline_finetune import get_config  # noqa: E402
 from mmdit_jax import commands  # noqa: E402
 from mmdit_jax.checks import ConfigError  # noqa: E402
@@ -24,10 +22,8 @@ from mmdit_jax.train.experiment import build  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("sd3_pipeline"))
-    diffusers.StableDiffusion3Pipeline(**components(with_t5=False, shift=3.0)).save_pretrained(path)
-    return path
+def folder(tiny_sd3_folder):
+    return str(tiny_sd3_folder)
 
 
 def tiny(folder):

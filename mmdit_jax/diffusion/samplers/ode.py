@@ -14,6 +14,8 @@ For rectified flow with the SD3 shift, ``flow_euler`` is exactly diffusers' Flow
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -25,10 +27,11 @@ Array = jax.Array
 
 def probability_flow(
     net: Net, schedule: Schedule, parameterization: str, x: Array, n_steps: int, method: str = "euler",
-    start: int = 0,
+    start: int = 0, project: Callable[[Array, Array], Array] | None = None,
 ) -> Array:
     """Integrate the probability-flow ODE from ``x = x_{t_start}`` to ``t_n`` on the ``n_steps`` grid (``start > 0``:
-    the last ``n_steps - start`` steps only, as SDEdit does); returns ``(B, ...)`` in x's dtype."""
+    the last ``n_steps - start`` steps only, as SDEdit does); returns ``(B, ...)`` in x's dtype. ``project(x,
+    t_next)``, when given, maps the state after every step (inpainting puts the known region back there)."""
     velocity = as_parameterization(net, schedule, parameterization, "velocity")
     ts = schedule.timesteps(n_steps)
     batch, dtype = x.shape[0], x.dtype
@@ -41,10 +44,10 @@ def probability_flow(
         t, t_next = ts[i], ts[i + 1]
         d = v(x, t)
         x_euler = x + (t_next - t) * d
-        if method == "euler":
-            return x_euler, None
-        heun = lambda: x + (t_next - t) * 0.5 * (d + v(x_euler, t_next))  # noqa: E731
-        return jax.lax.cond(t_next > 0, heun, lambda: x_euler), None
+        if method == "heun":
+            heun = lambda: x + (t_next - t) * 0.5 * (d + v(x_euler, t_next))  # noqa: E731
+            x_euler = jax.lax.cond(t_next > 0, heun, lambda: x_euler)
+        return (x_euler if project is None else project(x_euler, t_next)), None
 
     x, _ = jax.lax.scan(step, x.astype(acc), jnp.arange(start, n_steps))
     return x.astype(dtype)

@@ -11,30 +11,18 @@ from mmdit_jax.checks import ConfigError  # noqa: E402
 from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.text.clip import CLIPTextModel  # noqa: E402
 from mmdit_jax.models.text.t5 import T5Encoder  # noqa: E402
+from tests.torch_reference import randomize, tiny_clip_config, tiny_t5_config  # noqa: E402
 
 
 def rel(a, ref):
     return float(np.max(np.abs(np.asarray(a) - ref)) / np.max(np.abs(ref)))
 
 
-def randomise(model, seed):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif "bias" in name and p.ndim == 1:
-                p.copy_(0.1 * torch.randn_like(p))
-    return model
-
-
 def tiny_clip(tmp_path, act, eos_token_id, projection=True, seed=0):
-    cfg = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
-                                      num_attention_heads=4, max_position_embeddings=77, projection_dim=24,
-                                      hidden_act=act, eos_token_id=eos_token_id, bos_token_id=0, pad_token_id=1)
+    cfg = tiny_clip_config(num_hidden_layers=3, projection_dim=24, hidden_act=act, eos_token_id=eos_token_id)
     cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
     torch.manual_seed(seed)
-    model = randomise(cls(cfg).eval(), seed)
+    model = randomize(cls(cfg), seed, vectors_only=True)
     model.save_pretrained(tmp_path)
     return model
 
@@ -71,11 +59,10 @@ def test_clip_without_projection_gives_the_pooler_output(tmp_path):
 
 
 def test_t5_matches_transformers(tmp_path):
-    cfg = transformers.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=40, num_layers=3, num_heads=4,
-                                relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                                feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    cfg = tiny_t5_config(vocab_size=500, d_ff=40, num_layers=3, relative_attention_num_buckets=32,
+                         relative_attention_max_distance=128)
     torch.manual_seed(2)
-    ref = randomise(transformers.T5EncoderModel(cfg).eval(), 2)
+    ref = randomize(transformers.T5EncoderModel(cfg), 2, vectors_only=True)
     ref.save_pretrained(tmp_path)
     ours_cfg, variables = load_t5(str(tmp_path))
     ids = np.random.default_rng(2).integers(0, 500, (2, 300))     # longer than max_distance: far buckets used
@@ -101,10 +88,9 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
 
 
 def test_sharded_checkpoint_folder_loads_identically(tmp_path):
-    cfg = transformers.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
-                                feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    cfg = tiny_t5_config(vocab_size=500, d_ff=40, num_layers=2)
     torch.manual_seed(4)
-    ref = randomise(transformers.T5EncoderModel(cfg).eval(), 4)
+    ref = randomize(transformers.T5EncoderModel(cfg), 4, vectors_only=True)
     ref.save_pretrained(tmp_path / "one")
     ref.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1

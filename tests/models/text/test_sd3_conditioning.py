@@ -14,6 +14,7 @@ from mmdit_jax.interop.hf_text import load_clip, load_t5  # noqa: E402
 from mmdit_jax.models.text.conditioning import Encoder, SD3TextEncoders, drop_encoders  # noqa: E402
 from mmdit_jax.models.text.tokenizer_assets import CLIP_DIR, T5_DIR  # noqa: E402
 from mmdit_jax.models.text.tokenizers import PromptTokenizer  # noqa: E402
+from tests.torch_reference import tiny_clip_config, tiny_t5_config  # noqa: E402
 
 JOINT, T5_LEN = 128, 16
 PROMPTS = ["a red circle in the top left", "a large blue square and a small green ring in the bottom right"]
@@ -21,9 +22,9 @@ PROMPTS = ["a red circle in the top left", "a large blue square and a small gree
 
 def _clip(seed, hidden, act, path):
     torch.manual_seed(seed)
-    cfg = transformers.CLIPTextConfig(vocab_size=700, hidden_size=hidden, intermediate_size=2 * hidden,
-                                      num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77,
-                                      projection_dim=hidden, hidden_act=act, eos_token_id=2)
+    # BOS: transformers' default id
+    cfg = tiny_clip_config(vocab_size=700, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+                           projection_dim=hidden, hidden_act=act, bos_token_id=49406)
     model = transformers.CLIPTextModelWithProjection(cfg).eval()
     model.save_pretrained(path)
     return model
@@ -35,9 +36,8 @@ def encoders(tmp_path_factory):
     clip_l = _clip(0, 32, "quick_gelu", root / "clip_l")
     clip_g = _clip(1, 64, "gelu", root / "clip_g")
     torch.manual_seed(2)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=100, d_model=JOINT, d_kv=16, d_ff=96, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False, use_cache=False)).eval()
+    t5 = transformers.T5EncoderModel(tiny_t5_config(vocab_size=100, d_model=JOINT, d_kv=16, d_ff=96,
+                                                    num_layers=2)).eval()
     t5.save_pretrained(root / "t5")
     torch.manual_seed(3)
     transformer = diffusers.SD3Transformer2DModel(
