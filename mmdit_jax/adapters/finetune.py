@@ -73,8 +73,11 @@ def is_checkpoint_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
 
 
-def validate_finetune_config(config: Any) -> None:
-    """Raise ConfigError naming the first invalid ``finetune`` field (a no-op without the section)."""
+def validate_finetune_config(config: Any, base_model: dict[str, Any] | None = None) -> None:
+    """Raise ConfigError naming the first invalid ``finetune`` field (a no-op without the section).
+
+    ``base_model``: the ``model`` section the base run must have (default: the run's own; a training task whose
+    model reads a wider input than its text-to-image base says which, ``setup.tasks.TrainingTask.base_model``)."""
     if "finetune" not in config:
         return
     ft = config.finetune
@@ -100,24 +103,13 @@ def validate_finetune_config(config: Any) -> None:
         if base.get("finetune", {}).get("text_encoder", False):
             raise ConfigError(f"finetune.init_from={ft.init_from!r} trained its text encoders too; starting from such a "
                               "run is not supported (its weights need its own text path)")
-        differ = [s for s in SHARED_SECTIONS if _plain(_section(config, s)) != _plain(base.get(s))]
+        mine = {s: config.get(s) for s in SHARED_SECTIONS}
+        if base_model is not None:
+            mine["model"] = base_model
+        differ = [s for s in SHARED_SECTIONS if _plain(mine[s]) != _plain(base.get(s))]
         if differ:
             raise ConfigError(f"the sections {differ} differ from those of finetune.init_from={ft.init_from!r}; a "
                               "fine-tune keeps its base's model, text encoders, latent space and parameterization")
-
-
-def widens_inputs(config: Any) -> bool:
-    """Whether the run's model reads an image concatenated to its input that its base did not
-    (``edit.mode='channel_concat'``): its input projection is the base's, widened with zero rows."""
-    return "edit" in config and config.edit.get("mode") == "channel_concat"
-
-
-def _section(config: Any, name: str) -> Any:
-    """A section as the base must have it: a widened model's base reads its input alone."""
-    section = config.get(name)
-    if name == "model" and widens_inputs(config):
-        section = {**section.to_dict(), "in_channels": section.out_channels}
-    return section
 
 
 def base_config(init_from: str) -> Any:
@@ -178,7 +170,7 @@ def load_finetune(config: Any, workdir: str, abstract_params: Any, record: bool,
     """The run's ``Finetune`` (None without ``finetune.init_from``). ``abstract_params``: shapes, dtypes and
     shardings of the model's params. ``record``: a training start writes ``init_from.json`` if absent; inference
     (``record=False``) only reads it, and without it uses the base's newest checkpoint. ``base_abstract``: the
-    base's params where they differ from the run's (a widened input projection, ``widens_inputs``); the base is
+    base's params where they differ from the run's (a widened input projection); the base is
     then widened with zero rows to ``abstract_params`` (``mmdit_jax.adapters.widen``).
 
     A checkpoint folder as ``init_from`` (``is_checkpoint_folder``) is read by ``load_checkpoint(folder) ->

@@ -19,14 +19,13 @@ The data set gives each example its source image as the condition ``"source"`` (
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from mmdit_jax.checks import ConfigError, check_choice, check_keys
-from mmdit_jax.data.registry import dataset_spec
 
 Array = jax.Array
 MODES = {"in_context": "reference", "channel_concat": "concat"}   # mode -> the conditioning entry of the source
@@ -45,52 +44,34 @@ def edit_mode(config: Any) -> str | None:
     return config.edit.mode if "edit" in config else None
 
 
-def source_entry(config: Any) -> str | None:
-    """The conditioning entry the source image becomes (``reference`` / ``concat``), or None."""
-    mode = edit_mode(config)
-    return None if mode is None else MODES[mode]
-
-
-def validate_edit_config(config: Any) -> None:
-    """Raise ConfigError naming the first invalid ``edit`` field (a no-op without the section)."""
-    if "edit" not in config:
-        return
-    ed = config.edit
+def check_edit_section(ed: Any) -> None:
+    """Raise ConfigError naming the first invalid field of the ``edit`` section ``ed``."""
     check_keys("edit", ed.keys(), {"mode", "image_drop_prob", "image_guidance_scale"})
     check_choice("edit.mode", ed.mode, MODES)
-    spec = dataset_spec(config.data.name)
-    if spec.conditions is None:
-        raise ConfigError(f"edit.mode={ed.mode!r} needs a data set of edits whose examples carry a source image "
-                          f"(e.g. data.name='shape_edits'); data.name={config.data.name!r} has none")
-    if config.get("latent") is not None and config.latent.get("vae"):
-        raise ConfigError("editing runs are in pixel space: remove the latent section (latent.vae) or the edit section")
-    if "text" not in config:
-        raise ConfigError("an editing run follows instructions: it needs a text section")
-    inp, out = int(config.model.in_channels), int(config.model.out_channels)
-    concat = ed.mode == "channel_concat"
-    if inp != (2 if concat else 1) * out:
-        raise ConfigError(f"edit.mode={ed.mode!r} needs model.in_channels = {'2x' if concat else ''} "
-                          f"model.out_channels ({out}); got in_channels={inp}")
     p = ed.image_drop_prob
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 0.5:
         raise ConfigError(f"edit.image_drop_prob={p!r} is not valid; choose a number in [0, 0.5)")
-    if p and not concat:
+    if p and ed.mode != "channel_concat":
         raise ConfigError("edit.image_drop_prob is for edit.mode='channel_concat' (an in-context model always sees "
                           "its source); set it to 0")
-    if not isinstance(ed.image_guidance_scale, (int, float)) or isinstance(ed.image_guidance_scale, bool):
-        raise ConfigError(f"edit.image_guidance_scale={ed.image_guidance_scale!r} is not a number")
-    if concat and "finetune" in config and config.finetune.lora.rank:
+    g = ed.image_guidance_scale
+    if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g):
+        raise ConfigError(f"edit.image_guidance_scale={g!r} is not valid; choose a finite number")
+
+
+def check_edit_run(mode: str, data_name: str, data_conditions: bool, latent: bool, text: bool,
+                   lora_rank: int) -> None:
+    """Raise ConfigError when the rest of the run cannot train an editor of ``edit.mode=mode``."""
+    if not data_conditions:
+        raise ConfigError(f"edit.mode={mode!r} needs a data set of edits whose examples carry a source image "
+                          f"(e.g. data.name='shape_edits'); data.name={data_name!r} has none")
+    if latent:
+        raise ConfigError("editing runs are in pixel space: remove the latent section (latent.vae) or the edit section")
+    if not text:
+        raise ConfigError("an editing run follows instructions: it needs a text section")
+    if mode == "channel_concat" and lora_rank:
         raise ConfigError("edit.mode='channel_concat' trains the widened input projection, which LoRA keeps frozen "
                           "at zero: set finetune.lora.rank=0 (full fine-tuning) or use edit.mode='in_context'")
-
-
-def parent_model_fields(config: Any) -> dict[str, Any]:
-    """The ``model`` section of the text-to-image parent of a channel-concatenating model (the input as wide as
-    the output); the section itself otherwise."""
-    fields = dict(config.model)
-    if edit_mode(config) == "channel_concat":
-        fields["in_channels"] = fields["out_channels"]
-    return fields
 
 
 def image_dropout(prob: float) -> Callable[[Array, dict[str, Array]], dict[str, Array]]:
@@ -110,20 +91,5 @@ def image_dropout(prob: float) -> Callable[[Array, dict[str, Array]], dict[str, 
             if name in cond:
                 out[name] = mask(cond[name], keep_text)
         return out
-
-    return drop
-
-
-Dropout = Callable[[Array, dict[str, Array]], dict[str, Array]]
-
-
-def chain_dropouts(first: Dropout | None, second: Dropout) -> Dropout:
-    """Both dropouts, with independent keys (``first`` may be None)."""
-    if first is None:
-        return second
-
-    def drop(key: Array, cond: dict[str, Array]) -> dict[str, Array]:
-        k1, k2 = jax.random.split(key)
-        return second(k2, first(k1, cond))
 
     return drop

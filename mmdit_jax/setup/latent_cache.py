@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from mmdit_jax.components.codec import LatentSpace

@@ -39,28 +39,30 @@ def video_mode(config: Any) -> str | None:
     return config.video.mode if "video" in config else None
 
 
-def validate_video_config(config: Any, data_shape: tuple[int, ...]) -> None:
-    """Raise ConfigError naming the first invalid ``video`` field; clips without the section train jointly."""
-    if "video" not in config:
-        return
-    vid = config.video
+def check_video_section(vid: Any) -> None:
+    """Raise ConfigError naming the first invalid field of the ``video`` section ``vid``."""
     check_keys("video", vid.keys(), {"mode", "context_frames", "chunk_frames"})
     check_choice("video.mode", vid.mode, MODES)
     check_positive_int("video.context_frames", vid.context_frames)
     check_positive_int("video.chunk_frames", vid.chunk_frames)
+
+
+def check_video_run(mode: str, context_frames: int, chunk_frames: int, data_name: str,
+                    data_shape: tuple[int, ...], latent: bool, temporal_patch_size: int) -> None:
+    """Raise ConfigError when the rest of the run cannot train a video model of this ``video`` section."""
     if len(data_shape) != 4:
-        raise ConfigError(f"the video section needs clip data (T, H, W, C); data.name={config.data.name!r} gives "
+        raise ConfigError(f"the video section needs clip data (T, H, W, C); data.name={data_name!r} gives "
                           f"examples of shape {tuple(data_shape)}")
-    if "latent" in config:
+    if latent:
         raise ConfigError("video runs are in pixel space: remove the latent section")
-    pt = config.model.get("temporal_patch_size", 1)
-    if vid.mode == "next_chunk":
-        if vid.chunk_frames > data_shape[0]:
-            raise ConfigError(f"video.chunk_frames={vid.chunk_frames} is longer than the data's clips "
+    if mode == "next_chunk":
+        if chunk_frames > data_shape[0]:
+            raise ConfigError(f"video.chunk_frames={chunk_frames} is longer than the data's clips "
                               f"({data_shape[0]} frames)")
-        for name in ("context_frames", "chunk_frames"):
-            if vid[name] % pt:
-                raise ConfigError(f"video.{name}={vid[name]} is not divisible by model.temporal_patch_size={pt}")
+        for name, frames in (("context_frames", context_frames), ("chunk_frames", chunk_frames)):
+            if frames % temporal_patch_size:
+                raise ConfigError(f"video.{name}={frames} is not divisible by "
+                                  f"model.temporal_patch_size={temporal_patch_size}")
 
 
 def window_view(context_frames: int, chunk_frames: int) -> View:
@@ -76,17 +78,3 @@ def window_view(context_frames: int, chunk_frames: int) -> View:
         return windows[:, c:], {**cond, "context_frames": windows[:, :c]}
 
     return view
-
-
-def training_view(config: Any) -> View | None:
-    """The run's batch view (None: the model sees whole clips)."""
-    if video_mode(config) != "next_chunk":
-        return None
-    return window_view(config.video.context_frames, config.video.chunk_frames)
-
-
-def sample_shape(config: Any, data_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape one sampler call draws: the clip (joint) or one chunk (next_chunk)."""
-    if video_mode(config) == "next_chunk":
-        return (config.video.chunk_frames, *data_shape[1:])
-    return tuple(data_shape)

@@ -35,10 +35,13 @@ import numpy as np
 from PIL import Image
 
 from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
+from mmdit_jax.components.codec import LatentSpace
 from mmdit_jax.data import subjects
+from mmdit_jax.data.registry import dataset_spec
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import TrainedModel
 from mmdit_jax.reporting import report
+from mmdit_jax.setup.latent_cache import LatentRecords, encode_records
 
 KEYS = {"subject", "instance_dir", "class_name", "token", "num_instance", "instance_seed", "prior_weight",
         "num_class_images", "class_seed"}
@@ -162,3 +165,15 @@ def dreambooth_source(config: Any, workdir: str, base: TrainedModel) -> DreamBoo
         raise ConfigError(f"the DreamBooth source has {len(source)} examples, fewer than data.batch_size="
                           f"{config.data.batch_size}; lower the batch size or raise dreambooth.num_class_images")
     return source
+
+
+def personalised_source(config: Any, workdir: str, base: TrainedModel, latent: LatentSpace | None) -> Any | None:
+    """The training source of a DreamBooth run (``dreambooth_source``), as the base's latents in a latent run (a
+    few dozen images: encoded at every start, not cached); None for a fine-tune without a ``dreambooth`` section."""
+    if "dreambooth" not in config:
+        return None
+    source = dreambooth_source(config, workdir, base)
+    if latent is None:
+        return source
+    return LatentRecords(source, encode_records(latent, source, dataset_spec(config.data.name),
+                                                config.latent.batch_size))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder, widens_inputs
+from mmdit_jax.adapters.finetune import Finetune, load_finetune, trains_text_encoder
 from mmdit_jax.checkpoints import Checkpointer, abstract_with_shardings, check_workdir
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.data.pipeline import (
@@ -40,15 +40,14 @@ from mmdit_jax.components.from_config import (
     run_keys,
     text_from_config,
 )
-from mmdit_jax.setup.video import training_view
-from mmdit_jax.setup.editing import SOURCE, chain_dropouts, image_dropout, parent_model_fields, source_entry
 from mmdit_jax.components.codec import LatentSpace
-from mmdit_jax.setup.latent_cache import LatentRecords, encode_records, encode_split, latent_spec
 from mmdit_jax.components.text import TextConditioner
+from mmdit_jax.setup.latent_cache import LatentRecords, encode_split, latent_spec
+from mmdit_jax.setup.tasks import TrainingTask, chain_dropouts, training_task
 from mmdit_jax.pipelines.trained_model import TrainedModel, fresh_variables
 from mmdit_jax.reporting import report, write_text_atomic
 from mmdit_jax.train import sharding
-from mmdit_jax.train.dreambooth import dreambooth_source
+from mmdit_jax.train.dreambooth import personalised_source
 from mmdit_jax.train.state import (
     TrainState,
     init_state,
@@ -63,6 +62,7 @@ Array = jax.Array
 @dataclasses.dataclass
 class Experiment:
     config: Any
+    task: TrainingTask                  # what kind of run (``setup.tasks``): its conditions, dropout, view
     workdir: str
     mesh: jax.sharding.Mesh
     family: Family
@@ -82,13 +82,6 @@ class Experiment:
     token_table: dict[str, np.ndarray] | None = None   # {clip_l, clip_g: (U, T) int32}: CLIP towers trained too
 
     @property
-    def image_conditions(self) -> dict[str, str]:
-        """``{data condition: conditioning entry}``: the images each example brings besides its text (an edit's
-        source image becomes ``reference`` or ``concat``, ``edit.mode``)."""
-        entry = source_entry(self.config)
-        return {} if entry is None else {SOURCE: entry}
-
-    @property
     def frozen(self) -> Any:
         return None if self.finetune is None else self.finetune.frozen
 
@@ -106,7 +99,7 @@ class Experiment:
         """Gather the cached conditioning and place the batch sharded over all devices."""
         idx = host_batch.get("text_index")
         batch = {"x": host_batch["x"], "cond": {k: v[idx].astype(np.float32) for k, v in self.cond_table.items()}}
-        for name, entry in self.image_conditions.items():   # e.g. an edit's source image as cond["reference"]
+        for name, entry in self.task.image_conditions().items():   # e.g. an edit's source image as cond["reference"]
             batch["cond"][entry] = host_batch[f"cond/{name}"]
         if "loss_weight" in host_batch:
             batch["loss_weight"] = host_batch["loss_weight"]
@@ -123,7 +116,7 @@ class Experiment:
 
     def batch_shardings(self) -> dict[str, Any]:
         ndim = {"x": 1 + len(self.data_shape), "cond": {k: v.ndim for k, v in self.cond_table.items()}}
-        for entry in self.image_conditions.values():
+        for entry in self.task.image_conditions().values():
             ndim["cond"][entry] = 1 + len(self.data_shape)
         if "loss_weight" in self.sources["train"][0]:
             ndim["loss_weight"] = 1
@@ -135,13 +128,12 @@ class Experiment:
         """The jit-compiled ``step(state, batch, key) -> (state, metrics)``, state donated."""
         cfg = self.config
         drop = self.text.dropout(cfg.text.drop_probs) if self.text is not None and cfg.text.drop_probs else None
-        if "edit" in cfg and cfg.edit.image_drop_prob:
-            drop = chain_dropouts(drop, image_dropout(cfg.edit.image_drop_prob))
+        drop = chain_dropouts(drop, self.task.dropout())
         compose = None if self.frozen is None else self.finetune.compose
         text_encode = None if self.token_table is None else self.text.encoders.encode_clip_tokens
         step = make_train_step(self.family, self.non_trainable, self.optimizer, cfg,
                                learning_rate_schedule(cfg.optim, cfg.train.num_steps), drop, compose, text_encode,
-                               training_view(cfg))
+                               self.task.view())
         shardings = (self.state_shardings, self.batch_shardings(), None)
         frozen = self.frozen
         if frozen is None:
@@ -162,73 +154,117 @@ def _encode_captions(text: TextConditioner, captions: list[str], workdir: str) -
     return cache.encode(captions, lambda caps: encode(text.encode(caps)), batch_size=256)
 
 
-def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:
-    """Build the experiment; restore the newest readable checkpoint. Returns (experiment, start step, data state)."""
-    check_workdir(workdir)
-    cfg = config
+def _mesh(cfg: Any) -> jax.sharding.Mesh:
+    """The device mesh (``mesh`` section), checked against the batch size."""
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     if cfg.data.batch_size % mesh.size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the device count {mesh.size}")
     if cfg.data.batch_size % jax.process_count():
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is not divisible by the process count "
                           f"{jax.process_count()}")
+    return mesh
+
+
+def _training_data(cfg: Any, workdir: str, spec: DatasetSpec,
+                   latent: LatentSpace | None) -> tuple[dict[str, Any], DatasetSpec]:
+    """The data set's splits (``data`` section), the training split as cached latents in a latent run."""
+    sources = build_sources(cfg.data, cfg.data.data_dir or os.path.join(workdir, "tfds"))
+    if latent is None:
+        return sources, spec
+    latents = encode_split(latent, sources["train"], spec, cfg.data, "train",
+                           os.path.join(workdir, "latent_cache"), cfg.latent.batch_size)
+    return {**sources, "train": LatentRecords(sources["train"], latents)}, latent_spec(spec, latent)
+
+
+def _finetune(cfg: Any, workdir: str, family: Family, task: TrainingTask, shape: tuple[int, ...],
+              text: TextConditioner | None, mesh: jax.sharding.Mesh, record: bool) -> tuple[Finetune | None, Any]:
+    """``(fine-tune, abstract variables)``: the base weights (``finetune`` section) and the shapes of the run's
+    variables, or ``(None, None)`` for a run trained from its initialisation. A task whose model reads more than its
+    base (a channel-concatenating editor) restores the base as it is, then widens it with zero rows."""
+    if "finetune" not in cfg or not cfg.finetune.init_from:
+        return None, None
+    abstract = fresh_variables(family, cfg, shape, text, params_only_shapes=True)
+    params_sh = sharding.state_shardings(abstract["params"], mesh)
+    base_model = task.base_model(dict(cfg.model))
+    base_abstract = None
+    if base_model != dict(cfg.model):
+        parent = build_family(base_model, family.schedule, family.timestep_scale, family.forward_mode)
+        parent_params = fresh_variables(parent, cfg, shape, text, params_only_shapes=True)["params"]
+        base_abstract = abstract_with_shardings(parent_params, sharding.state_shardings(parent_params, mesh))
+    finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=record,
+                             load_checkpoint=checkpoint_params(family), base_abstract=base_abstract)
+    return finetune, abstract
+
+
+def _conditioning(text: TextConditioner | None, train_source: Any, workdir: str,
+                  family: Family) -> tuple[dict[str, int] | None, dict[str, np.ndarray], list[str]]:
+    """``(caption index, conditioning table, distinct captions)`` of the training captions, encoded once and
+    cached on disk (an unconditional run: ``(None, {}, [])``)."""
+    if text is None:
+        return None, {}, []
+    unique = sorted(set(captions_of(train_source)))
+    report(f"text-embedding cache: {len(unique)} distinct captions")
+    cond_table = _encode_captions(text, unique, workdir)
+    family.check_conditioning({k: v.shape for k, v in cond_table.items()})
+    return {c: i for i, c in enumerate(unique)}, cond_table, unique
+
+
+def _trained_tree(cfg: Any, key_model: Array, params: Any, finetune: Finetune | None, text: TextConditioner | None,
+                  captions: list[str]) -> tuple[Any, dict[str, np.ndarray] | None]:
+    """``(trained tree, token table)``: what the optimizer trains (the params, a fine-tune's adapter or base
+    weights, with the CLIP towers when they train too) and the token ids batches then carry."""
+    trained = params
+    if finetune is not None:
+        trained = finetune.initial_trainable(jax.random.fold_in(key_model, 1))
+        report(f"fine-tuning {finetune.base_workdir} (step {finetune.base_step}): "
+               f"{'LoRA rank %d, ' % finetune.lora.rank if finetune.lora else 'all weights, '}"
+               f"{num_parameters(trained):,} trained parameters of {num_parameters(params):,}")
+    if not trains_text_encoder(cfg):
+        return trained, None
+    token_table = {k: np.asarray(v, np.int32) for k, v in text.encoders.clip_tokens(captions).items()}
+    # copies: the state is donated to the step, the encoders' own arrays must outlive it
+    trained = {"model": trained, "text": jax.tree_util.tree_map(jnp.copy, text.encoders.clip_params())}
+    report(f"training the CLIP towers too: {num_parameters(trained['text']):,} parameters")
+    return trained, token_table
+
+
+def _restore(checkpointer: Checkpointer, state: TrainState, state_sh: Any) -> tuple[int, TrainState, dict | None]:
+    """The newest readable checkpoint's ``(step, state, data state)``, or the fresh state at step 0."""
+    restored = checkpointer.restore_latest(abstract_with_shardings(state, state_sh))
+    if restored is None:
+        report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
+        return 0, state, None
+    report(f"resumed from checkpoint step {restored[0]}")
+    return restored
+
+
+def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, int, dict | None]:
+    """Build the experiment; restore the newest readable checkpoint. Returns (experiment, start step, data state)."""
+    check_workdir(workdir)
+    cfg = config
+    mesh = _mesh(cfg)
+    task = training_task(cfg)
     family = family_from_config(cfg)
-    spec = dataset_spec(cfg.data.name)
     shape = data_shape(cfg)
     family.check_data(shape)
     key_model, _ = run_keys(cfg.seed)
-
-    sources = build_sources(cfg.data, cfg.data.data_dir or os.path.join(workdir, "tfds"))
     latent = LatentSpace.from_config(cfg)
-    if latent is not None:
-        latents = encode_split(latent, sources["train"], spec, cfg.data, "train",
-                               os.path.join(workdir, "latent_cache"), cfg.latent.batch_size)
-        sources = {**sources, "train": LatentRecords(sources["train"], latents)}
-        spec = latent_spec(spec, latent)
+    sources, spec = _training_data(cfg, workdir, dataset_spec(cfg.data.name), latent)
     text = text_from_config(cfg, family)
-    finetune = None
-    if "finetune" in cfg and cfg.finetune.init_from:
-        abstract = fresh_variables(family, cfg, shape, text, params_only_shapes=True)
-        params_sh = sharding.state_shardings(abstract["params"], mesh)
-        base_abstract = None
-        if widens_inputs(cfg):   # the base reads the image alone: restored as it is, then widened with zero rows
-            parent = build_family(parent_model_fields(cfg), family.schedule, family.timestep_scale, family.forward_mode)
-            parent_params = fresh_variables(parent, cfg, shape, text, params_only_shapes=True)["params"]
-            base_abstract = abstract_with_shardings(parent_params, sharding.state_shardings(parent_params, mesh))
-        finetune = load_finetune(cfg, workdir, abstract_with_shardings(abstract["params"], params_sh), record=restore,
-                                 load_checkpoint=checkpoint_params(family), base_abstract=base_abstract)
-        if "dreambooth" in cfg:   # the instances, and the class images the frozen base draws (cached)
-            base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
-                                text, latent)
-            source = dreambooth_source(cfg, workdir, base)
-            if latent is not None:   # a few dozen images: encoded at every start, not cached
-                source = LatentRecords(source, encode_records(latent, source, dataset_spec(cfg.data.name),
-                                                              cfg.latent.batch_size))
-            sources = {**sources, "train": source}
-    caption_index, cond_table = None, {}
-    if text is not None:
-        unique = sorted(set(captions_of(sources["train"])))
-        report(f"text-embedding cache: {len(unique)} distinct captions")
-        cond_table = _encode_captions(text, unique, workdir)
-        family.check_conditioning({k: v.shape for k, v in cond_table.items()})
-        caption_index = {c: i for i, c in enumerate(unique)}
+    finetune, abstract = _finetune(cfg, workdir, family, task, shape, text, mesh, record=restore)
+    if finetune is not None:   # DreamBooth: the instances, and the class images the frozen base draws (cached)
+        base = TrainedModel(cfg, family, {**abstract, "params": finetune.base}, finetune.base_step, spec, shape,
+                            text, latent)
+        personal = personalised_source(cfg, workdir, base, latent)
+        if personal is not None:
+            sources = {**sources, "train": personal}
+    caption_index, cond_table, captions = _conditioning(text, sources["train"], workdir, family)
 
     x, _ = example_inputs(shape, {})
     # compiled: initialising a transformer op by op costs seconds of dispatch, the compiled program is cached
     variables = jax.jit(family.init)(key_model, x, {k: jnp.asarray(v[:1], jnp.float32) for k, v in cond_table.items()})
     optimizer = make_optimizer(cfg.optim, cfg.train.num_steps)
-    trained = variables["params"]
-    if finetune is not None:
-        trained = finetune.initial_trainable(jax.random.fold_in(key_model, 1))
-        report(f"fine-tuning {finetune.base_workdir} (step {finetune.base_step}): "
-               f"{'LoRA rank %d, ' % finetune.lora.rank if finetune.lora else 'all weights, '}"
-               f"{num_parameters(trained):,} trained parameters of {num_parameters(variables['params']):,}")
-    token_table = None
-    if trains_text_encoder(cfg):   # the CLIP towers train too: batches carry token ids, the state their weights
-        token_table = {k: np.asarray(v, np.int32) for k, v in text.encoders.clip_tokens(unique).items()}
-        # copies: the state is donated to the step, the encoders' own arrays must outlive it
-        trained = {"model": trained, "text": jax.tree_util.tree_map(jnp.copy, text.encoders.clip_params())}
-        report(f"training the CLIP towers too: {num_parameters(trained['text']):,} parameters")
+    trained, token_table = _trained_tree(cfg, key_model, variables["params"], finetune, text, captions)
     state = init_state(trained, optimizer)
     state_sh = sharding.state_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
@@ -237,14 +273,10 @@ def build(config: Any, workdir: str, restore: bool = True) -> tuple[Experiment, 
                                 async_save=cfg.train.async_checkpointing)
     start, data_state = 0, None
     if restore:
-        restored = checkpointer.restore_latest(abstract_with_shardings(state, state_sh))
-        if restored is not None:
-            start, state, data_state = restored
-            report(f"resumed from checkpoint step {start}")
-        else:
-            report(f"no checkpoint in {checkpointer.directory}: starting from step 0")
-    exp = Experiment(cfg, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent, sources,
-                     caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune, token_table)
+        start, state, data_state = _restore(checkpointer, state, state_sh)
+    exp = Experiment(cfg, task, workdir, mesh, family, spec, shape, family.non_trainable(variables), text, latent,
+                     sources, caption_index, cond_table, state, state_sh, checkpointer, optimizer, finetune,
+                     token_table)
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "config.json"), json.dumps(json.loads(exp.config_json()), indent=1))
         from mmdit_jax.families.plugins import save_workdir_plugins

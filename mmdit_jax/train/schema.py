@@ -6,7 +6,8 @@ Sections chosen by name validate through their registry: ``model`` (``mmdit_jax.
 ``text`` is needed only when the run conditions on text (a captioned data set and a family that reads text);
 ``latent`` only for latent training (``mmdit_jax.components.codec``); ``finetune`` only to start from a trained
 run, fully or with LoRA (``mmdit_jax.adapters.finetune``); ``dreambooth`` to personalise such a fine-tune
-(``mmdit_jax.train.dreambooth``); ``edit`` and ``video`` for editing and video runs (``mmdit_jax.setup``).
+(``mmdit_jax.train.dreambooth``); ``edit`` and ``video`` are the sections of the editing and video training
+tasks (``mmdit_jax.setup.tasks``), which check them and their fit with the rest of the run.
 
 It lives in ``train/``, the lowest layer that knows every section (the optimizer and DreamBooth checks are
 training's), so that ``train.loop.train`` validates its own config; ``mmdit_jax.config_schema`` re-exports it.
@@ -41,10 +42,8 @@ SCHEMA: dict[str, set[str] | None] = {
     "latent": {"vae", "batch_size"},
     "finetune": None,     # validated by mmdit_jax.adapters.finetune
     "dreambooth": None,   # validated by mmdit_jax.train.dreambooth
-    "edit": None,         # validated by mmdit_jax.setup.editing
-    "video": None,        # validated by mmdit_jax.setup.video
-}
-OPTIONAL = {"text", "latent", "finetune", "dreambooth", "edit", "video"}
+}                         # and every training task's section (``edit``, ``video``): validated by its task
+OPTIONAL = {"text", "latent", "finetune", "dreambooth"}
 
 
 def validate_config(config: Any) -> None:
@@ -58,12 +57,11 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.diffusion.samplers import make_sampler
     from mmdit_jax.diffusion.schedules import get_schedule
     from mmdit_jax.components.from_config import data_shape, family_from_config, uses_text
-    from mmdit_jax.setup.editing import validate_edit_config
     from mmdit_jax.components.codec import validate_latent_config
-    from mmdit_jax.setup.video import validate_video_config
+    from mmdit_jax.setup.tasks import TRAINING_TASKS, validate_task
     from mmdit_jax.train.state import learning_rate_schedule
 
-    check_keys("config", config.keys(), SCHEMA)
+    check_keys("config", config.keys(), {**SCHEMA, **{t.section: None for t in TRAINING_TASKS.values() if t.section}})
     missing = sorted(set(SCHEMA) - OPTIONAL - set(config.keys()))
     if missing:
         raise ConfigError(f"config is missing sections {missing}")
@@ -105,15 +103,9 @@ def validate_config(config: Any) -> None:
     for axis in ("data", "fsdp"):
         if config.mesh[axis] != -1:
             check_positive_int(f"mesh.{axis}", config.mesh[axis])
-    validate_edit_config(config)
-    validate_video_config(config, data_shape(config))
-    validate_finetune_config(config)
+    task = validate_task(config)
+    validate_finetune_config(config, task.base_model(dict(config.model)))
     validate_dreambooth_config(config)
-    model = config.model
-    if "edit" not in config and "in_channels" in model and "out_channels" in model \
-            and model.in_channels != model.out_channels:
-        raise ConfigError(f"model.in_channels={model.in_channels} differs from model.out_channels={model.out_channels}: "
-                          "a model that reads an image concatenated to its input needs edit.mode='channel_concat'")
 
 
 __all__ = ["OPTIONAL", "SCHEMA", "validate_config"]
