@@ -56,12 +56,12 @@ class Checkpointer:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
                 if errors:
-                    logging.warning("restored the earlier checkpoint at step %d after: %s", step, "; ".join(errors))
+                    logging.warning("restored the earlier checkpoint at step %d: %s", step, "; ".join(errors))
                 return step, restored["state"], dict(restored["data"])
-            except Exception as e:  # any unreadable checkpoint: log it, try the previous one
-                msg = f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: {e})"
-                logging.error("%s; falling back to the previous checkpoint", msg)
-                errors.append(msg)
+            except Exception as e:  # any unreadable checkpoint: try the previous one (one warning if one works)
+                errors.append(f"checkpoint step {step} in {self.directory} could not be restored "
+                              f"({type(e).__name__}: {_first_line(e)})")
+        self.close()   # closed before raising: an open asynchronous manager prints errors when the process exits
         raise CheckpointError("no checkpoint could be restored, refusing to start from scratch over them:\n"
                               + "\n".join(errors))
 
@@ -117,8 +117,18 @@ def restore_params(directory: str, abstract_params: Any, item: str = "ema_params
     errors = []
     for step in reversed(steps):
         try:
-            return step, checkpointer.restore(os.path.join(directory, str(step)), args=args)["state"][item]
+            params = checkpointer.restore(os.path.join(directory, str(step)), args=args)["state"][item]
         except Exception as e:  # an unreadable checkpoint: try the previous one, say so if none works
-            errors.append(f"checkpoint step {step} in {directory} could not be restored ({type(e).__name__}: {e})")
-            logging.error("%s; trying the previous checkpoint", errors[-1])
+            errors.append(f"checkpoint step {step} in {directory} could not be restored "
+                          f"({type(e).__name__}: {_first_line(e)})")
+            continue
+        if errors:   # one visible line: the weights are not the newest checkpoint's
+            logging.warning("using the earlier checkpoint at step %d: %s", step, "; ".join(errors))
+        return step, params
     raise CheckpointError("no checkpoint could be restored:\n" + "\n".join(errors))
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (Orbax's shape errors run to pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -104,7 +104,8 @@ EXIT_USAGE = 2      # the exit status of an input error (a bad flag, config valu
 
 def exit_on_input_error(run: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> Any:
     """Run a command; an error of ``errors`` (the user's input) becomes one line ``error: ...`` on stderr and exit
-    status 2 instead of a traceback (which ``--verbosity=1`` shows)."""
+    status 2 instead of a traceback (which ``--verbosity=1`` shows). Nothing else is printed: the command checks its
+    input before it creates anything."""
     from absl import flags
 
     try:
@@ -112,8 +113,14 @@ def exit_on_input_error(run: Callable[[], Any], errors: tuple[type[BaseException
     except errors as e:
         if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a message listing several causes joins them with '; ')."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
 def write_png(path: str, image: Any, metadata: dict[str, str]) -> None:

@@ -22,7 +22,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _run() -> None:
     import jax
 
+    from mmdit_jax.checks import check_finite_values
     from mmdit_jax.train.autoencoder import train_autoencoder
+
+    check_finite_values("", _CONFIG.value)
 
     report(f"{jax.device_count()} devices ({jax.devices()[0].platform}), workdir={_WORKDIR.value}")
     train_autoencoder(_CONFIG.value, _WORKDIR.value)

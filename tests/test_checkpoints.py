@@ -28,9 +28,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
         ck.save(step, _state(step), {"iterator": {"next_index": step}}, '{"a": 1}')
     ck.wait()
     _corrupt(tmp_path / "2")
-    step, state, data = Checkpointer(str(tmp_path)).restore_latest(_state(0))
+    with caplog.at_level("WARNING"):
+        step, state, data = Checkpointer(str(tmp_path)).restore_latest(_state(0))
     assert step == 1 and data == {"iterator": {"next_index": 1}}
     np.testing.assert_array_equal(state["w"], np.ones((4, 3)))
+    # the fallback is one visible line naming the step that could not be read
+    fallback = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR") and "checkpoint" in r.getMessage()]
+    assert len(fallback) == 1 and "step 2" in fallback[0].getMessage()
+    assert len(fallback[0].getMessage().splitlines()) == 1
 
 
 def test_no_readable_checkpoint_raises_instead_of_restarting(tmp_path):

@@ -31,6 +31,10 @@ def test_workdir_images_carry_prompt_and_seed_and_are_reproducible(workdir, tmp_
     assert [m["seed"] for m in meta] == ["5", "6", "7", "8"]
     assert meta[0]["steps"] == "3" and meta[0]["source"] == os.path.abspath(workdir)
     assert (meta[0]["height"], meta[0]["width"], meta[0]["guidance_scale"]) == ("32", "32", "3.0")
+    assert meta[0]["checkpoint_step"] == "6"     # the workdir's newest checkpoint
+    # the same request again would replace the images: refused unless overwrite=True
+    with pytest.raises(ConfigError, match="--overwrite"):
+        gen_cli.generate(workdir, prompts, str(tmp_path / "out"), per_prompt=2, seed=5, steps=3)
 
     # the image of (prompt, seed) is what the sampling pipeline draws for that prompt and seed
     config = gen_cli_config(workdir)

@@ -47,9 +47,10 @@ class ImageSource:
     workdir's CFG scale, with ``negative_prompt`` its negative branch; FLUX's embedded guidance (dev), where a
     negative prompt turns on true CFG at scale 4 (diffusers' default is none)."""
 
-    def __init__(self, pipe: Pipeline, description: str):
+    def __init__(self, pipe: Pipeline, description: str, checkpoint_step: int | None = None):
         self.pipe = pipe
         self.description = description
+        self.checkpoint_step = checkpoint_step   # a workdir's: the step of the checkpoint the weights come from
 
     def settings(self, options: Options) -> dict[str, Any]:
         """The values ``options`` resolve to (``steps``, ``guidance_scale``, ``height``, ``width``)."""
@@ -96,9 +97,17 @@ def with_lora(family: Any, variables: Any, path: str, weight: float = 1.0) -> di
     from mmdit_jax.adapters.lora import merge
     from mmdit_jax.interop.lora import from_diffusers_lora, load_lora
 
+    from safetensors import SafetensorError
+
+    from mmdit_jax.reporting import one_line
+
     if not os.path.exists(path):
-        raise ConfigError(f"lora={path!r} does not exist (give a .safetensors file or a folder holding one)")
-    state_dict, metadata = load_lora(path)
+        raise ConfigError(f"--lora={path!r} does not exist (give a .safetensors file or a folder holding one)")
+    try:
+        state_dict, metadata = load_lora(path)
+    except (SafetensorError, OSError) as e:   # truncated, corrupt, or not a safetensors file
+        raise ConfigError(f"--lora={path!r}: not a readable .safetensors file (truncated or corrupt? "
+                          f"{one_line(e)})") from e
     adapter, scale = from_diffusers_lora(family.name, family.config, state_dict, metadata)
     return {**variables, "params": merge(variables["params"], adapter, weight * scale)}
 
@@ -129,10 +138,14 @@ def open_source(path: str, dtype: str = "float32", config: Any = None) -> ImageS
             if "dtype" not in config.model:
                 raise ConfigError(f"dtype={dtype!r}: model.name={config.model.name!r} has no compute dtype option")
             config.model.dtype = dtype
-        pipe = Pipeline.from_workdir(config, path)
-        return ImageSource(pipe, f"workdir {path} ({pipe.model.source}, {dtype})")
-    raise ConfigError(f"source {path!r} is neither a diffusers pipeline folder (model_index.json) nor a training workdir "
-                      "(config.json and checkpoints/)")
+        from mmdit_jax.pipelines.loaded import LoadedModel
+        from mmdit_jax.pipelines.trained_model import load_trained
+
+        trained = load_trained(config, path)
+        pipe = Pipeline(LoadedModel.from_trained(trained))
+        return ImageSource(pipe, f"workdir {path} ({pipe.model.source}, {dtype})", trained.step)
+    raise ConfigError(f"--source={path!r} is neither a diffusers pipeline folder (model_index.json) nor a training "
+                      "workdir (config.json and checkpoints/)")
 
 
 def seeds_for(num_prompts: int, per_prompt: int, seed: int) -> list[int]:

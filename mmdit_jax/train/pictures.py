@@ -13,8 +13,9 @@ a rename), so a viewer or a sync never reads half a picture; the still picture a
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,36 +27,41 @@ from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import TrainedModel
 from mmdit_jax.pipelines.video import VideoPipeline, clip_grid, write_gif
 from mmdit_jax.reporting import MetricWriter, write_png
+from mmdit_jax.setup.tasks import training_task
 
 EDIT_GRID_ROWS = 4   # an editing run's sample picture: this many test sources, each with its edits
 MIN_ROWS = 256       # pictures are upscaled by an integer factor to at least this many rows
 
 
-def write_picture(folder: str, step: int, grid: np.ndarray) -> str:
-    """Write ``grid`` ``(H, W, 3)`` uint8 to ``<folder>/step_<step>.png`` (7-digit step), upscaled by
-    ``max(1, MIN_ROWS // H)`` with nearest neighbours, atomically; returns the path."""
+def write_picture(folder: str, step: int, grid: np.ndarray, prefix: str = "step",
+                  metadata: dict[str, str] | None = None) -> str:
+    """Write ``grid`` ``(H, W, 3)`` uint8 to ``<folder>/<prefix>_<step>.png`` (7-digit step), upscaled by
+    ``max(1, MIN_ROWS // H)`` with nearest neighbours, atomically, with ``metadata`` as PNG text; returns the
+    path."""
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step_{step:07d}.png")
+    path = os.path.join(folder, f"{prefix}_{step:07d}.png")
     scale = max(1, MIN_ROWS // grid.shape[0])
     image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    write_png(path, np.asarray(image), {})
+    write_png(path, np.asarray(image), metadata or {})
     return path
 
 
-def save_grid(workdir: str, writer: MetricWriter, step: int, grid: np.ndarray) -> str:
-    """Write a sample picture to ``<workdir>/samples/step_<step>.png`` (``write_picture``) and to TensorBoard;
+def save_grid(workdir: str, writer: MetricWriter, step: int, grid: np.ndarray, prefix: str = "step",
+              metadata: dict[str, str] | None = None) -> str:
+    """Write a sample picture to ``<workdir>/samples/<prefix>_<step>.png`` (``write_picture``) and to TensorBoard;
     returns the PNG's path."""
-    path = write_picture(os.path.join(workdir, "samples"), step, grid)
+    path = write_picture(os.path.join(workdir, "samples"), step, grid, prefix, metadata)
     writer.image(step, "samples", grid)
     return path
 
 
-def save_clips(workdir: str, writer: MetricWriter, step: int, clips: np.ndarray) -> str:
+def save_clips(workdir: str, writer: MetricWriter, step: int, clips: np.ndarray, prefix: str = "step",
+               metadata: dict[str, str] | None = None) -> str:
     """A video run's samples ``(N, T, H, W, 3)`` uint8: the frame strip (one clip per row) as ``step_<step>.png``
     and TensorBoard image, and the clips animated side by side as ``step_<step>.gif``; returns the GIF's path."""
-    save_grid(workdir, writer, step, clip_strip(clips.astype(np.float32) / 127.5 - 1.0))
+    save_grid(workdir, writer, step, clip_strip(clips.astype(np.float32) / 127.5 - 1.0), prefix, metadata)
     frames = clip_grid(clips)
-    gif = os.path.join(workdir, "samples", f"step_{step:07d}.gif")
+    gif = os.path.join(workdir, "samples", f"{prefix}_{step:07d}.gif")
     write_gif(gif, frames, scale=max(1, MIN_ROWS // frames.shape[1]))
     return gif
 
@@ -69,29 +75,65 @@ def edit_grid(pipeline: EditingPipeline, test_source: Any, variables: Any = None
                          cfg.sample.per_prompt, cfg.sample.seed, variables)
 
 
+def _grid(pipeline: SamplingPipeline, prompts: Sequence[str], variables: Any, test_source: Any) -> np.ndarray:
+    cfg = pipeline.model.config
+    return pipeline.grid(list(prompts), cfg.sample.per_prompt, cfg.sample.seed, variables)
+
+
+def _clips(pipeline: VideoPipeline, prompts: Sequence[str], variables: Any, test_source: Any) -> np.ndarray:
+    cfg = pipeline.sampling.model.config
+    return pipeline.grid(list(prompts), cfg.sample.per_prompt, cfg.sample.seed, variables)
+
+
+def _edits(pipeline: EditingPipeline, prompts: Sequence[str], variables: Any, test_source: Any) -> np.ndarray:
+    if test_source is None:
+        raise ValueError("an editing run's sample picture edits test sources: pass test_source")
+    return edit_grid(pipeline, test_source, variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class PictureKind:
+    """How a task's sample picture is drawn and written: ``pipeline(model)``, ``draw(pipeline, prompts,
+    variables, test_source)``, ``save(workdir, writer, step, picture)``; ``reads_test_source``: drawn from records
+    of the test split rather than from prompts; ``kind``: what ``save`` returns the path of."""
+
+    pipeline: Callable[[TrainedModel], Any]
+    draw: Callable[[Any, Sequence[str], Any, Any], np.ndarray]
+    save: Callable[[str, MetricWriter, int, np.ndarray], str]
+    reads_test_source: bool = False
+    kind: str = "grid"
+
+
+# The training tasks' ``picture`` names (``mmdit_jax.setup.tasks``).
+PICTURES: dict[str, PictureKind] = {
+    "grid": PictureKind(SamplingPipeline, _grid, save_grid),
+    "edits": PictureKind(EditingPipeline, _edits, save_grid, reads_test_source=True),
+    "clips": PictureKind(lambda model: VideoPipeline(SamplingPipeline(model)), _clips, save_clips, kind="clips"),
+}
+
+
 class RunPictures:
-    """The sample picture of a run on ``model``, drawn with the pipeline its config calls for: editing for a run
-    with an ``edit`` section, video for a run on clips ``(T, H, W, C)``, else sampling (sampler, guidance and seed
-    from the config's ``sample`` section).
+    """The sample picture of a run on ``model``, drawn as its training task says (``setup.tasks``: a grid of
+    samples per prompt, edits of test sources, or clips), with the sampler, guidance and seed of the config's
+    ``sample`` section.
 
     ``model`` is shared with the pipeline: a training run replaces ``model.text`` when its text path trains.
     """
 
     def __init__(self, model: TrainedModel):
         self.model = model
-        self.editing = "edit" in model.config
-        self.video = not self.editing and len(model.data_shape) == 4
-        if self.editing:
-            self.pipeline: EditingPipeline | SamplingPipeline | VideoPipeline = EditingPipeline(model)
-        elif self.video:
-            self.pipeline = VideoPipeline(SamplingPipeline(model))
-        else:
-            self.pipeline = SamplingPipeline(model)
+        self.picture = PICTURES[training_task(model.config).picture]
+        self.pipeline = self.picture.pipeline(model)
 
     @property
     def kind(self) -> str:
         """What ``save`` returns the path of: ``"clips"`` (the GIF) or ``"grid"`` (the PNG)."""
-        return "clips" if self.video else "grid"
+        return self.picture.kind
+
+    @property
+    def reads_test_source(self) -> bool:
+        """Whether ``draw`` needs ``test_source`` (an editing run edits test sources)."""
+        return self.picture.reads_test_source
 
     def draw(self, prompts: Sequence[str], variables: Any = None, test_source: Any = None) -> np.ndarray:
         """The picture as arrays: clips ``(N, T, H, W, 3)`` for a video run, else a grid ``(H, W, 3)``, uint8.
@@ -99,19 +141,14 @@ class RunPictures:
         ``prompts``: an image or video run's (an editing run reads ``test_source``, the records of the test split,
         and needs it). ``variables``: default the model's. Every process of a multi-process run calls it.
         """
-        cfg = self.model.config
-        if self.editing:
-            if test_source is None:
-                raise ValueError("an editing run's sample picture edits test sources: pass test_source")
-            return edit_grid(self.pipeline, test_source, variables)
-        return self.pipeline.grid(list(prompts), cfg.sample.per_prompt, cfg.sample.seed, variables)
+        return self.picture.draw(self.pipeline, prompts, variables, test_source)
 
-    def save(self, workdir: str, writer: MetricWriter, step: int, picture: np.ndarray) -> str:
-        """Write ``draw``'s picture as step ``step`` under ``<workdir>/samples/`` (``save_clips`` or ``save_grid``);
-        returns the path of the GIF (video) or the PNG."""
-        if self.video:
-            return save_clips(workdir, writer, step, picture)
-        return save_grid(workdir, writer, step, picture)
+    def save(self, workdir: str, writer: MetricWriter, step: int, picture: np.ndarray, prefix: str = "step",
+             metadata: dict[str, str] | None = None) -> str:
+        """Write ``draw``'s picture as step ``step`` under ``<workdir>/samples/`` (``save_clips`` or ``save_grid``;
+        ``prefix``: the files' name before the step, ``metadata``: the PNG's text); returns the path of the GIF
+        (video) or the PNG."""
+        return self.picture.save(workdir, writer, step, picture, prefix, metadata)
 
 
-__all__ = ["EDIT_GRID_ROWS", "RunPictures", "edit_grid", "save_clips", "save_grid", "write_picture"]
+__all__ = ["EDIT_GRID_ROWS", "PICTURES", "PictureKind", "RunPictures", "edit_grid", "save_clips", "save_grid", "write_picture"]

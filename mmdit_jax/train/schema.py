@@ -20,7 +20,9 @@ from typing import Any
 from mmdit_jax.checks import (
     ConfigError,
     check_choice,
+    check_finite_values,
     check_keys,
+    check_number,
     check_positive,
     check_positive_int,
 )
@@ -61,6 +63,7 @@ def validate_config(config: Any) -> None:
     from mmdit_jax.setup.tasks import TRAINING_TASKS, validate_task
     from mmdit_jax.train.state import learning_rate_schedule
 
+    check_finite_values("", config)   # no field means NaN or inf, and NaN passes every range check below
     check_keys("config", config.keys(), {**SCHEMA, **{t.section: None for t in TRAINING_TASKS.values() if t.section}})
     missing = sorted(set(SCHEMA) - OPTIONAL - set(config.keys()))
     if missing:
@@ -87,6 +90,7 @@ def validate_config(config: Any) -> None:
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     check_positive_int("sample.per_prompt", config.sample.per_prompt)
+    check_number("sample.guidance_scale", config.sample.guidance_scale, 0.0)
     check_choice("sample.negative", config.sample.negative, ("null", "empty_prompt"))
     check_keys("sample.steering", config.sample.steering.keys(), ("positive", "negative", "weight"))
     steer = config.sample.steering

@@ -32,11 +32,10 @@ def test_a_family_registered_outside_the_package_trains_resumes_and_samples_thro
     assert "resumed from checkpoint step 4" in resumed.stdout
     assert "6" in os.listdir(os.path.join(work, "checkpoints"))
     trained_grid = np.asarray(Image.open(os.path.join(work, "samples", "step_0000006.png")))
-    os.remove(os.path.join(work, "samples", "step_0000006.png"))
     sampled = cli(config, f"--workdir={work}", "--mode=sample")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     # the sample command draws exactly the grid the training loop drew from the same EMA weights and seed
-    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(work, "samples", "step_0000006.png"))),
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(work, "samples", "sample_step_0000006.png"))),
                                   trained_grid)
     assert trained_grid.std() > 0
 

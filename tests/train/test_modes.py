@@ -56,8 +56,11 @@ def test_sample_mode_builds_no_data_set_or_optimizer_state_and_redraws_the_train
     for module, name in ((mmdit_jax.data.pipeline, "build_sources"), (mmdit_jax.train.state, "init_state"),
                          (mmdit_jax.train.state, "make_optimizer")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("sampling built training state"))
-    assert commands.sample(cfg, workdir) == grid_path
+    sample_path = os.path.join(workdir, "samples", f"sample_step_{cfg.train.num_steps:07d}.png")
+    assert commands.sample(cfg, workdir) == sample_path
+    # the training loop's own picture is kept; the sample mode's is the same grid
     np.testing.assert_array_equal(np.asarray(Image.open(grid_path)), trained_grid)
+    np.testing.assert_array_equal(np.asarray(Image.open(sample_path)), trained_grid)
     assert not os.path.exists(os.path.join(workdir, "tfds"))
     assert not os.path.exists(os.path.join(workdir, "text_cache"))
     img = np.asarray(Image.open(commands.sample(cfg, workdir, ["a green ring"])))
