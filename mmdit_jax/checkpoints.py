@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -59,6 +60,7 @@ class Checkpointer:
                     logging.warning("restored the earlier checkpoint at step %d: %s", step, "; ".join(errors))
                 return step, restored["state"], dict(restored["data"])
             except Exception as e:  # any unreadable checkpoint: try the previous one (one warning if one works)
+                _quiet_late_read_callbacks()
                 errors.append(f"checkpoint step {step} in {self.directory} could not be restored "
                               f"({type(e).__name__}: {_first_line(e)})")
         self.close()   # closed before raising: an open asynchronous manager prints errors when the process exits
@@ -119,6 +121,7 @@ def restore_params(directory: str, abstract_params: Any, item: str = "ema_params
         try:
             params = checkpointer.restore(os.path.join(directory, str(step)), args=args)["state"][item]
         except Exception as e:  # an unreadable checkpoint: try the previous one, say so if none works
+            _quiet_late_read_callbacks()
             errors.append(f"checkpoint step {step} in {directory} could not be restored "
                           f"({type(e).__name__}: {_first_line(e)})")
             continue
@@ -128,7 +131,34 @@ def restore_params(directory: str, abstract_params: Any, item: str = "ema_params
     raise CheckpointError("no checkpoint could be restored:\n" + "\n".join(errors))
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of an error's message (Orbax's shape errors run to pages)."""
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, at most ``limit`` characters (Orbax's shape errors run to pages,
+    TensorStore's read errors carry the whole store spec on one line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+def _is_late_read_callback(unraisable: Any) -> bool:
+    """A TensorStore read of an abandoned restore completing after Orbax closed the restore's asyncio loop: its
+    callback finds the loop closed. Nothing is lost (the restore already failed and was reported)."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name == "_check_closed")
+
+
+def _quiet_late_read_callbacks() -> None:
+    """Drop ``_is_late_read_callback`` reports (dozens of tracebacks after one unreadable checkpoint); every other
+    unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_late_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_late_read_callback(unraisable):
+            previous(unraisable)
+
+    hook._drops_late_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

@@ -79,3 +79,37 @@ def test_inference_restores_one_subtree_of_the_newest_readable_checkpoint_and_wr
     with pytest.raises(CheckpointError, match=str(tmp_path / "none")):
         restore_params(str(tmp_path / "none"), abstract)
     assert not (tmp_path / "none").exists()
+
+
+def test_late_read_callbacks_of_an_abandoned_restore_are_dropped_and_nothing_else(monkeypatch):
+    """After an unreadable checkpoint, TensorStore reads complete on Orbax's closed asyncio loop (dozens of
+    'Event loop is closed' tracebacks): that report alone is dropped, other unraisable exceptions still reach the
+    previous hook."""
+    import asyncio
+    import sys
+
+    from mmdit_jax import checkpoints
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    checkpoints._quiet_late_read_callbacks()
+    checkpoints._quiet_late_read_callbacks()     # installed once
+    loop = asyncio.new_event_loop()
+    loop.close()
+
+    class Unraisable:
+        def __init__(self, error):
+            self.exc_type, self.exc_value, self.exc_traceback = type(error), error, error.__traceback__
+
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        late = e
+    sys.unraisablehook(Unraisable(late))
+    try:
+        raise RuntimeError("Event loop is closed")    # the same text from elsewhere is not dropped
+    except RuntimeError as e:
+        elsewhere = e
+    sys.unraisablehook(Unraisable(elsewhere))
+    sys.unraisablehook(Unraisable(ValueError("other")))
+    assert seen == ["Event loop is closed", "other"]
