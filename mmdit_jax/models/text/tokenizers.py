@@ -32,6 +32,7 @@ class PromptTokenizer:
         self.tokenizer = cls.from_pretrained(folder, local_files_only=True, **kwargs)
         self.kind = kind
         self.max_length = max_length or (77 if kind == "clip" else 256)
+        self._truncated: set[str] = set()   # prompts already warned about: a run encodes its prompts many times
         check_positive_int("tokenizer.max_length", self.max_length)
 
     @classmethod
@@ -45,8 +46,9 @@ class PromptTokenizer:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
                              add_special_tokens=True)["input_ids"]
         full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        for prompt_ids, kept in zip(full, ids):
-            if len(prompt_ids) > len(kept):
+        for prompt, prompt_ids, kept in zip(prompts, full, ids):
+            if len(prompt_ids) > len(kept) and prompt not in self._truncated:
+                self._truncated.add(prompt)
                 removed = self.tokenizer.decode(prompt_ids[self.max_length - 1:-1])
                 logging.warning("prompt truncated to %d %s tokens; removed: %r", self.max_length, self.kind, removed)
         return np.asarray(ids, np.int32)
