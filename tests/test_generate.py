@@ -73,7 +73,7 @@ def test_command_line_error_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mmdit_jax.generate", f"--source={tmp_path / 'nowhere'}",
                            "--prompt=a red circle"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: source") and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --source") and "Traceback" not in proc.stderr
 
 
 def test_pipeline_folder_images_equal_sd3pipeline_per_prompt_and_seed_whatever_the_batch(tiny_sd3_folder, tmp_path):

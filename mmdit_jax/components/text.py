@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.checks import ConfigError, check_choice
+from mmdit_jax.checks import ConfigError, check_choice, check_positive_int
 from mmdit_jax.models.text.clip import CLIPTextModel
 from mmdit_jax.models.text.conditioning import (
     Encoder,
@@ -253,8 +253,6 @@ def text_stack_from_folder(name: str, parts: dict[str, str], max_sequence_length
     check_choice("text stack", name, TEXT_STACKS)
     spec = TEXT_STACKS[name]
     length = spec.default_max_sequence_length if max_sequence_length is None else max_sequence_length
-    from mmdit_jax.checks import check_positive_int
-
     check_positive_int("max_sequence_length", length)
     if spec.max_sequence_length_limit is not None and length > spec.max_sequence_length_limit:
         raise ConfigError(f"max_sequence_length={length} must be at most {spec.max_sequence_length_limit} "

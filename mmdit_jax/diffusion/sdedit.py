@@ -16,12 +16,13 @@ Everything above works for any velocity model ``net(x, t)`` with ``t (B,)`` the 
 SDEdit on any schedule of the core (``sdedit_ode``): on the probability-flow grid ``t_0 > ... > t_n`` of
 ``schedule.timesteps(n)``, start at ``x_{t_s} = alpha(t_s) x0 + sigma(t_s) eps`` with the same ``t_s`` index rule
 and integrate the ODE (Euler or Heun) over the remaining ``n - t_s`` steps, for a model in any parameterisation.
+A run's ``sample.sampler`` says which ODE and how many steps (``ode_method``).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,8 @@ from mmdit_jax.diffusion.samplers.ode import probability_flow
 from mmdit_jax.diffusion.schedules import Schedule
 
 Array = jax.Array
+# the samplers whose grid is the probability-flow ODE -> its method (None: the sampler config's ``method``)
+ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}
 
 
 def img2img_start(num_inference_steps: int, strength: float) -> int:
@@ -115,3 +118,14 @@ def inpaint_ode(net: Net, schedule: Schedule, parameterization: str, x0: Array, 
     x = alpha * x0 + sigma * noise
     return probability_flow(net, schedule, parameterization, x.astype(x0.dtype), n_steps, method, start=start,
                             project=project)
+
+
+def ode_method(sampler: Mapping[str, Any], n_steps: int | None = None) -> tuple[int, str]:
+    """``(n_steps, method)`` SDEdit and inpainting integrate on the grid of a run's ``sample.sampler`` config
+    (``n_steps`` overrides the config's); errors name ``sample.sampler.name``."""
+    name = sampler["name"]
+    if name not in ODE_SAMPLERS:
+        raise ConfigError(f"image-to-image (SDEdit) and inpainting integrate the probability-flow ODE: "
+                          f"sample.sampler.name={name!r} must be one of {sorted(ODE_SAMPLERS)}")
+    method = ODE_SAMPLERS[name] or sampler.get("method", "euler")
+    return int(sampler["n_steps"] if n_steps is None else n_steps), method

@@ -12,8 +12,9 @@ Guidance (``s_T = sample.guidance_scale``, ``∅_T`` the configured negative, ``
   as in FLUX.1 Kontext;
 * channel concatenation: two-scale guidance (``diffusion.guidance.two_scale_guidance``) with ``s_I =
   edit.image_guidance_scale`` and the null image ``0`` (what ``edit.image_drop_prob`` trained);
-* SDEdit: ordinary CFG with the caption of the wanted image, from ``x_{t_s}`` on the ODE grid
-  (``diffusion.sdedit.sdedit_ode``; the run's sampler must be ``ode`` or ``flow_euler``).
+* SDEdit: ordinary CFG with the caption of the wanted image, from ``x_{t_s}`` on the ODE grid: the image-to-image
+  task of ``pipeline.Pipeline`` on the run (``diffusion.sdedit.sdedit_ode``; the run's sampler must be ``ode`` or
+  ``flow_euler``).
 
 Each call is one compiled program per (shapes, options); every image in a batch gets its own noise from
 ``PRNGKey(seed)``, and turn ``j`` of ``multi_turn`` (from 0) uses seed ``seed + j``.
@@ -21,6 +22,7 @@ Each call is one compiled program per (shapes, options); every image in a batch 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -30,14 +32,14 @@ import numpy as np
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.diffusion.samplers import make_sampler
-from mmdit_jax.diffusion.sdedit import sdedit_ode
 from mmdit_jax.pipelines.guidance import guided_net
 from mmdit_jax.pipelines.images import preprocess_images, to_uint8
+from mmdit_jax.pipelines.loaded import LoadedModel
+from mmdit_jax.pipelines.pipeline import Pipeline
 from mmdit_jax.setup.editing import edit_mode
 from mmdit_jax.pipelines.trained_model import TrainedModel
 
 Array = jax.Array
-ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}   # sampler name -> its ODE method (None: from the config)
 
 
 class EditingPipeline:
@@ -62,13 +64,16 @@ class EditingPipeline:
         if tuple(x.shape[1:]) != tuple(self.model.data_shape):
             raise ConfigError(f"images must be {tuple(self.model.data_shape)} for this model, got {tuple(x.shape[1:])}")
 
+    def _texts(self, texts: Sequence[str], n: int) -> list[str]:
+        texts = list(texts)
+        if len(texts) == 1 and n > 1:
+            texts = texts * n
+        if len(texts) != n:
+            raise ConfigError(f"give one text per image or one for all: got {len(texts)} texts for {n} images")
+        return texts
+
     def _text(self, prompts: Sequence[str], n: int) -> tuple[dict[str, Array], dict[str, Array]]:
-        prompts = list(prompts)
-        if len(prompts) == 1 and n > 1:
-            prompts = prompts * n
-        if len(prompts) != n:
-            raise ConfigError(f"give one text per image or one for all: got {len(prompts)} texts for {n} images")
-        cond = self.model.text.encode(prompts)
+        cond = self.model.text.encode(self._texts(prompts, n))
         return cond, self.model.text.negative(self.negative, cond)
 
     # ---- instruction editing ----------------------------------------------------------------------------------
@@ -119,29 +124,21 @@ class EditingPipeline:
 
     # ---- SDEdit -----------------------------------------------------------------------------------------------
 
-    @functools.partial(jax.jit, static_argnames=("self", "strength"))
-    def _sdedit(self, variables: Any, source: Array, cond: Any, negative: Any, key: Array, strength: float) -> Array:
-        cfg, family = self.model.config, self.model.family
-        sampler = cfg.sample.sampler
-        method = ODE_SAMPLERS[sampler.name] or sampler.get("method", "euler")
-        net = guided_net(family, family.prepare(variables), cond, negative, self.guidance_scale)
-        noise = jax.random.normal(key, source.shape)
-        return sdedit_ode(net, family.schedule, cfg.model_parameterization, source, noise, int(sampler.n_steps),
-                          strength, method)
+    @functools.cached_property
+    def _pipeline(self) -> Pipeline:
+        """The one ``Pipeline`` on this run, guiding against this editor's negative (built on first use: only
+        ``sdedit`` runs on it)."""
+        loaded = LoadedModel.from_trained(self.model)
+        loaded.spec = dataclasses.replace(loaded.spec, negative=self.negative)
+        return Pipeline(loaded)
 
-    def sdedit(self, images: Any, captions: Sequence[str], strength: float, seed: int,
-               variables: Any = None) -> np.ndarray:
-        """SDEdit (no edit training): ``images`` noised to ``strength`` in (0, 1] and denoised towards
-        ``captions`` (the wanted image's description). Needs an ``ode`` or ``flow_euler`` sampler."""
-        name = self.model.config.sample.sampler.name
-        if name not in ODE_SAMPLERS:
-            raise ConfigError(f"sdedit integrates the probability-flow ODE: sample.sampler.name={name!r} must be one of "
-                              f"{sorted(ODE_SAMPLERS)}")
+    def sdedit(self, images: Any, captions: Sequence[str], strength: float, seed: int) -> np.ndarray:
+        """SDEdit (no edit training): ``images`` (uint8) noised to ``strength`` in (0, 1] and denoised towards
+        ``captions`` (the wanted image's description), one per image or one for all; ``(N, H, W, 3)`` uint8. It is
+        ``Pipeline``'s image-to-image on the run: its sampler must be ``ode`` or ``flow_euler``."""
         if self.mode == "channel_concat":
             raise ConfigError("sdedit needs a text-to-image model; this one reads a concatenated source image")
         source = preprocess_images(images, "images")
         self._check_shape(source)
-        cond, negative = self._text(captions, len(source))
-        variables = self.model.variables if variables is None else variables
-        out = self._sdedit(variables, jnp.asarray(source), cond, negative, jax.random.PRNGKey(seed), float(strength))
-        return to_uint8(out)
+        return self._pipeline(self._texts(captions, len(source)), image=images, strength=strength, seed=seed,
+                              guidance_scale=self.guidance_scale)

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmdit_jax.checks import ConfigError
+from mmdit_jax.components.codec import KLCodec
 from mmdit_jax.components.text import TEXT_STACKS, text_stack_from_folder
 from mmdit_jax.diffusion.flow_match import dynamic_mu, flow_match_schedule, flux_sigmas, scheduler_config
 from mmdit_jax.diffusion.schedules import RectifiedFlowSchedule
@@ -168,10 +169,8 @@ def folder_spec(folder: str) -> tuple[str, FolderSpec]:
 def load_folder(path: str | os.PathLike, dtype: str = "float32", max_sequence_length: int | None = None) -> Any:
     """The ``LoadedModel`` of a pipeline folder. ``dtype``: compute dtype of the transformer and the VAE (text
     encoders run in float32); ``max_sequence_length``: T5 tokens (default: the text stack's, diffusers')."""
-    import dataclasses as dc
-
     from mmdit_jax.interop.vae import load_vae
-    from mmdit_jax.pipelines.loaded import FolderGrid, LoadedModel, VAECodec
+    from mmdit_jax.pipelines.loaded import FolderGrid, LoadedModel
 
     folder = os.fspath(path)
     if not os.path.isdir(folder):
@@ -184,13 +183,13 @@ def load_folder(path: str | os.PathLike, dtype: str = "float32", max_sequence_le
                                        "scheduler config"))
     cls = get_family(spec.family)
     model_cfg, variables = cls.load_pretrained(parts["transformer"])
-    model_cfg = dc.replace(model_cfg, dtype=dtype)
+    model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
     model_cfg.validate()
     schedule = RectifiedFlowSchedule(shift=float(sched["shift"]), num_train_timesteps=int(sched["num_train_timesteps"]))
     family = cls(model_cfg, schedule, timestep_scale=spec.timestep_scale(sched))
 
     vae_cfg, vae_variables = load_vae(parts["vae"])
-    vae_cfg = dc.replace(vae_cfg, dtype=dtype)
+    vae_cfg = dataclasses.replace(vae_cfg, dtype=dtype)
     vae_cfg.validate()
     channels = spec.latent_channels(model_cfg)
     if vae_cfg.latent_channels != channels:
@@ -199,7 +198,7 @@ def load_folder(path: str | os.PathLike, dtype: str = "float32", max_sequence_le
     text = text_stack_from_folder(spec.text_stack, parts, max_sequence_length, spec.context_dim(model_cfg))
     family.check_conditioning(text.shapes())
     grid = FolderGrid(sched, spec.custom_sigmas, spec.latent_patch(model_cfg))
-    return LoadedModel(family=family, variables=variables, text=text, codec=VAECodec(vae_cfg, vae_variables),
+    return LoadedModel(family=family, variables=variables, text=text, codec=KLCodec(vae_cfg, vae_variables),
                        grid=grid, spec=spec, pipeline=pipeline, source=folder)
 
 

@@ -26,8 +26,6 @@ import numpy as np
 from mmdit_jax.components.codec import KLCodec
 from mmdit_jax.families import Family
 
-VAECodec = KLCodec
-
 
 @dataclasses.dataclass(frozen=True)
 class FolderGrid:
@@ -70,25 +68,12 @@ class PixelCodec:
 @dataclasses.dataclass(frozen=True)
 class RunGrid:
     """A training run's sampling: its ``sample.sampler`` section, on the family's schedule in the run's
-    parameterisation. Image-to-image and inpainting integrate the probability-flow ODE on the same grid."""
+    parameterisation. Image-to-image and inpainting integrate the probability-flow ODE on the same grid
+    (``mmdit_jax.diffusion.sdedit.ode_method``)."""
 
     sampler: Any
     parameterization: str
     latent_patch: int = 1
-
-    # sampler name -> its probability-flow ODE method (None: the config's ``method``)
-    ODE_SAMPLERS = {"ode": None, "flow_euler": "euler"}
-
-    def ode(self, num_inference_steps: int | None) -> tuple[int, str]:
-        """``(n_steps, method)`` of SDEdit / inpainting on this run's grid; errors name ``sample.sampler.name``."""
-        from mmdit_jax.checks import ConfigError
-
-        name = self.sampler["name"]
-        if name not in self.ODE_SAMPLERS:
-            raise ConfigError(f"image-to-image and inpainting integrate the probability-flow ODE: sample.sampler.name="
-                              f"{name!r} must be one of {sorted(self.ODE_SAMPLERS)}")
-        method = self.ODE_SAMPLERS[name] or self.sampler.get("method", "euler")
-        return int(self.sampler["n_steps"] if num_inference_steps is None else num_inference_steps), method
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,6 @@ Study switches: ``remove_pooled`` (y = e_t), ``steering = (p+ prompts, p- prompt
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -38,26 +37,11 @@ from mmdit_jax.diffusion.samplers import make_sampler
 from mmdit_jax.diffusion.sdedit import img2img_start, inpaint_flow_match_euler, inpaint_ode, scale_noise, sdedit_ode
 from mmdit_jax.pipelines import tasks
 from mmdit_jax.pipelines.guidance import guided_net
-from mmdit_jax.pipelines.images import preprocess_images, preprocess_mask, to_uint8
+from mmdit_jax.pipelines.images import preprocess_images, to_uint8
 from mmdit_jax.pipelines.loaded import LoadedModel, RunGrid
+from mmdit_jax.pipelines.tasks import Plan
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The static part of one compiled program."""
-
-    task: str
-    sigmas: tuple[float, ...]
-    guided: bool
-    options: tuple[tuple[str, Any], ...]
-    slg_layers: tuple[int, ...] = ()
-    sampler: tuple[tuple[str, Any], ...] | None = None
-    shape: tuple[int, ...] = ()
-    from_noise: bool = False
-    decode_shift: bool = True
-    ode: tuple[int, str, float] | None = None     # a workdir's (n_steps, method, strength) for SDEdit / inpainting
 
 
 class Pipeline:
@@ -300,26 +284,21 @@ class Pipeline:
                                                   steering, remove_pooled)
         guided = negative is not None
         n = cond["context"].shape[0]
-        default_steps = (self.model.spec.image_task_steps if task in ("image_to_image", "inpainting") and not self.is_run
-                         else tasks.DEFAULT_STEPS[task])
-        steps = len(sigmas) if sigmas is not None else (
-            default_steps if num_inference_steps is None else num_inference_steps)
-        check_positive_int("num_inference_steps", steps)
-        options = tuple(sorted(({"remove_pooled": True} if remove_pooled else {}).items()))
-        if (tuple(skip_layers) or tuple(skip_guidance_layers)) and not self._family_option("skip_layers"):
-            raise ConfigError(f"skip_layers / skip_guidance_layers: model family {self.family.name!r} cannot skip "
-                              "blocks (the sd3 family can)")
-        if tuple(skip_layers):
-            options += (("skip_layers", tuple(int(i) for i in skip_layers)),)
+        options = tasks.net_options(self.family, remove_pooled, skip_layers, skip_guidance_layers)
         if self.is_run:
             if latents is not None or sigmas is not None or tuple(skip_guidance_layers) or reference_image is not None:
                 raise ConfigError("latents, sigmas, skip_guidance_layers and reference_image are pipeline-folder "
                                   "options; a workdir's model samples with its own sampler (edit a workdir with the "
                                   "edit command)")
-            plan, arrays = self._run_inputs(task, n, height, width, num_inference_steps, seed, image, mask_image,
+            plan, arrays = tasks.run_inputs(self, task, n, height, width, num_inference_steps, seed, image, mask_image,
                                             strength, noise, options, sampler)
             scales = {"cfg": jnp.float32(scale), "slg": jnp.float32(0.0)}
             return self._run(self.variables, self.model.codec.variables, arrays, cond, negative, scales, plan=plan)
+        default_steps = (self.model.spec.image_task_steps if task in ("image_to_image", "inpainting")
+                         else tasks.DEFAULT_STEPS[task])
+        steps = len(sigmas) if sigmas is not None else (
+            default_steps if num_inference_steps is None else num_inference_steps)
+        check_positive_int("num_inference_steps", steps)
         arrays: dict[str, Any] = {}
         key = jax.random.PRNGKey(seed)
         f = self.vae_scale_factor
@@ -327,10 +306,7 @@ class Pipeline:
 
         if task in ("image_to_image", "inpainting"):
             t_start = img2img_start(steps, strength)
-            images = preprocess_images(image)
-            self._check_image_size(images, height, width, ("height", "width"))
-            tasks.check_batch("image", images.shape[0], n)
-            shape = self.latent_shape(n, *images.shape[1:3])
+            images, mask, shape = tasks.image_inputs(self, n, image, mask_image, height, width)
             key_posterior, key_noise = jax.random.split(key)
             if not sample_posterior and posterior_noise is not None:
                 raise ConfigError("posterior_noise is unused with sample_posterior=False (the posterior mean is taken)")
@@ -340,9 +316,7 @@ class Pipeline:
                                                            (images.shape[0],) + shape[1:], key_posterior, f)
             arrays["noise"] = tasks.noise_or("noise", noise, shape, key_noise, f)
             grid = self.grid(steps, shape[1], shape[2], sigmas)[0][t_start:]
-            if task == "inpainting":
-                mask = preprocess_mask(mask_image, *images.shape[1:3], f)
-                tasks.check_batch("mask_image", mask.shape[0], n)
+            if mask is not None:
                 arrays["mask"] = mask
                 plan_extra = {"from_noise": strength == 1, "decode_shift": bool(decode_shift)}
         else:
@@ -364,16 +338,16 @@ class Pipeline:
             if sampler is None:
                 arrays["latents"] = tasks.noise_or("latents", latents, shape, key, f)
                 grid = self.grid(steps, shape[1], shape[2], sigmas)[0]
-        slg_layers, window = self._skip_layer_guidance(task, skip_guidance_layers, steps, skip_layer_guidance_start,
-                                                       skip_layer_guidance_stop, guided)
+        slg_layers, window = tasks.skip_layer_guidance(task, skip_guidance_layers,
+                                                       getattr(self.family.config, "num_layers", 0), steps,
+                                                       skip_layer_guidance_start, skip_layer_guidance_stop, guided)
         arrays["window"] = jnp.asarray(window)
         spec = None
         if sampler is not None:
             if task != "text_to_image" or latents is not None or slg_layers or sigmas is not None:
                 raise ConfigError("sampler: a sampler of the core draws its own starting noise from the seed; latents, "
                                   "sigmas, skip_guidance_layers and image tasks use the default FlowMatchEuler loop")
-            spec = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(sampler).items()))
-            make_sampler(dict(spec), self.family.schedule, "velocity")      # errors name the sampler's field
+            spec = tasks.frozen_sampler(sampler, self.family.schedule, "velocity")
             arrays["key"] = key
         plan = Plan(task, () if grid is None else tuple(float(s) for s in grid), guided, options, slg_layers, spec,
                     shape, **plan_extra)
@@ -383,75 +357,3 @@ class Pipeline:
     def __call__(self, prompts: Sequence[str] | str, **kwargs: Any) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 images (``generate``, then ``images.to_uint8``)."""
         return to_uint8(self.generate(prompts, **kwargs))
-
-    def _run_inputs(self, task: str, n: int, height: int | None, width: int | None, num_inference_steps: int | None,
-                    seed: int, image: Any, mask_image: Any, strength: float, noise: Any,
-                    options: tuple[tuple[str, Any], ...],
-                    sampler: Mapping[str, Any] | None) -> tuple[Plan, dict[str, Any]]:
-        """A workdir's plan: text-to-image with the run's sampler from ``fold_in(PRNGKey(seed), 0)`` (as
-        ``SamplingPipeline`` draws one prompt), image tasks on its probability-flow ODE with ``noise`` from
-        ``PRNGKey(seed)`` and the posterior mean of a latent run's VAE."""
-        grid, f = self.model.grid, self.vae_scale_factor
-        if task == "text_to_image":
-            default = self.default_height_width()
-            height, width = (default[0] if height is None else height), (default[1] if width is None else width)
-            self.check_size(height, width)
-            config = dict(grid.sampler if sampler is None else sampler)
-            if num_inference_steps is not None:
-                if "n_steps" not in config:
-                    raise ConfigError(f"num_inference_steps: sampler {config.get('name')!r} of this run has no "
-                                      "n_steps option")
-                config["n_steps"] = int(num_inference_steps)
-            spec = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
-            make_sampler(dict(spec), self.family.schedule, grid.parameterization)   # errors name the field
-            shape = self.latent_shape(n, height, width)
-            arrays = {"key": jax.random.fold_in(jax.random.PRNGKey(seed), 0)}
-            return Plan(task, (), True, options, sampler=spec, shape=shape), arrays
-        if sampler is not None:
-            raise ConfigError("sampler: image-to-image and inpainting of a workdir run on its probability-flow ODE")
-        n_steps, method = grid.ode(num_inference_steps)
-        img2img_start(n_steps, strength)      # errors name strength
-        images = preprocess_images(image)
-        self._check_image_size(images, height, width, ("height", "width"))
-        tasks.check_batch("image", images.shape[0], n)
-        shape = self.latent_shape(n, *images.shape[1:3])
-        arrays = {"images": images, "noise": tasks.noise_or("noise", noise, shape, jax.random.PRNGKey(seed), f)}
-        if task == "inpainting":
-            arrays["mask"] = preprocess_mask(mask_image, *images.shape[1:3], f)
-            tasks.check_batch("mask_image", arrays["mask"].shape[0], n)
-        return Plan(task, (), True, options, shape=shape, ode=(n_steps, method, float(strength))), arrays
-
-    # ---- checks -----------------------------------------------------------------------------------------------
-
-    def _family_option(self, name: str) -> bool:
-        """Whether the family's ``net`` takes the inference option ``name``."""
-        import inspect
-
-        return name in inspect.signature(self.family.net).parameters
-
-    def _check_image_size(self, images: np.ndarray, height: int | None, width: int | None,
-                          names: tuple[str, str]) -> None:
-        size = images.shape[1:3]
-        for name, value, have in zip(names, (height, width), size):
-            if value is not None and value != have:
-                raise ConfigError(f"{name}={value}: image-to-image and inpainting generate at the image's size "
-                                  f"{size[0]}x{size[1]} (nothing is resized)")
-        self.check_size(*size, names=names)
-
-    def _skip_layer_guidance(self, task: str, layers: Sequence[int], num_inference_steps: int, start: float,
-                             stop: float, guided: bool) -> tuple[tuple[int, ...], np.ndarray]:
-        layers = tuple(int(i) for i in layers)
-        window = tasks.slg_window(num_inference_steps, start, stop)
-        if not layers:
-            return (), window
-        depth = getattr(self.family.config, "num_layers", 0)
-        if task != "text_to_image":
-            raise ConfigError("skip_guidance_layers: skip-layer guidance runs with text-to-image only")
-        if any(not 0 <= i < depth for i in layers):
-            raise ConfigError(f"skip_guidance_layers={list(layers)} must index blocks in [0, {depth}) of this "
-                              f"transformer (SD3.5 medium: [7, 8, 9])")
-        if not guided:
-            raise ConfigError("skip_guidance_layers needs classifier-free guidance (guidance_scale > 1); diffusers "
-                              "ignores it otherwise")
-        # a window without steps compiles the plain CFG program
-        return (layers if window.any() else ()), window

@@ -45,7 +45,8 @@ class SamplingPipeline:
         self.chunk = chunk
 
     @classmethod
-    def from_workdir(cls, config: Any, workdir: str, allow_untrained: bool = False, **kwargs: Any) -> "SamplingPipeline":
+    def from_workdir(cls, config: Any, workdir: str, allow_untrained: bool = False,
+                     **kwargs: Any) -> "SamplingPipeline":
         """The newest checkpoint's EMA weights of a training workdir (``load_trained``)."""
         return cls(load_trained(config, workdir, allow_untrained), **kwargs)
 

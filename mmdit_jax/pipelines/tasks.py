@@ -12,18 +12,30 @@ reference       in-context editing (FLUX.1 Kontext): the posterior *mode* of the
                 tokens of both guidance branches with its own positions, never noised; text-to-image otherwise
 ==============  =========================================================================================
 
-Every task runs with every guidance of ``mmdit_jax.pipelines.guidance`` its family supports.
+Every task runs with every guidance of ``mmdit_jax.pipelines.guidance`` its family supports. On a training workdir
+(``run_inputs``) text-to-image is the run's own sampler, and image-to-image and inpainting integrate its
+probability-flow ODE (``diffusion.sdedit.sdedit_ode`` / ``inpaint_ode``) instead of the FlowMatchEuler grid.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import inspect
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_positive_int
+from mmdit_jax.diffusion.samplers import make_sampler
+from mmdit_jax.diffusion.schedules import Schedule
+from mmdit_jax.diffusion.sdedit import img2img_start, ode_method
+from mmdit_jax.families import Family
+from mmdit_jax.pipelines.images import preprocess_images, preprocess_mask
+
+if TYPE_CHECKING:
+    from mmdit_jax.pipelines.pipeline import Pipeline
 
 Array = jax.Array
 TASKS = ("text_to_image", "image_to_image", "inpainting", "reference")
@@ -37,6 +49,22 @@ PREFERRED_KONTEXT_RESOLUTIONS = (
     (1568, 672),
 )
 DEFAULT_MAX_AREA = 1024 ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The static part of one compiled program."""
+
+    task: str
+    sigmas: tuple[float, ...]
+    guided: bool
+    options: tuple[tuple[str, Any], ...]
+    slg_layers: tuple[int, ...] = ()
+    sampler: tuple[tuple[str, Any], ...] | None = None
+    shape: tuple[int, ...] = ()
+    from_noise: bool = False
+    decode_shift: bool = True
+    ode: tuple[int, str, float] | None = None     # a workdir's (n_steps, method, strength) for SDEdit / inpainting
 
 
 def task_of(image: Any, mask_image: Any, reference_image: Any) -> str:
@@ -104,3 +132,101 @@ def kontext_target_size(height: int, width: int, max_area: int | None, multiple:
         raise ConfigError(f"max_area={max_area} is too small for a {height}x{width} aspect ratio at multiples of "
                           f"{multiple}: the target would be {h}x{w}")
     return h, w
+
+
+def net_options(family: Family, remove_pooled: bool, skip_layers: Sequence[int],
+                skip_guidance_layers: Sequence[int]) -> tuple[tuple[str, Any], ...]:
+    """The ``family.net`` options of a call as a plan entry; dropping blocks needs a family whose ``net`` takes
+    ``skip_layers``."""
+    options: tuple[tuple[str, Any], ...] = (("remove_pooled", True),) if remove_pooled else ()
+    if ((tuple(skip_layers) or tuple(skip_guidance_layers))
+            and "skip_layers" not in inspect.signature(family.net).parameters):
+        raise ConfigError(f"skip_layers / skip_guidance_layers: model family {family.name!r} cannot skip blocks (the "
+                          "sd3 family can)")
+    if tuple(skip_layers):
+        options += (("skip_layers", tuple(int(i) for i in skip_layers)),)
+    return options
+
+
+def frozen_sampler(config: Mapping[str, Any], schedule: Schedule,
+                   parameterization: str) -> tuple[tuple[str, Any], ...]:
+    """A sampler config of the core as a plan entry (sorted, lists as tuples), built once so that errors name the
+    sampler's field."""
+    spec = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(config).items()))
+    make_sampler(dict(spec), schedule, parameterization)
+    return spec
+
+
+def skip_layer_guidance(task: str, layers: Sequence[int], depth: int, num_inference_steps: int, start: float,
+                        stop: float, guided: bool) -> tuple[tuple[int, ...], np.ndarray]:
+    """``(blocks skipped in the guidance pass, (n,) bool steps they are skipped at)`` of SD3.5's skip-layer guidance
+    on a transformer of ``depth`` blocks; ``()`` blocks when ``layers`` is empty or the window holds no step."""
+    layers = tuple(int(i) for i in layers)
+    window = slg_window(num_inference_steps, start, stop)
+    if not layers:
+        return (), window
+    if task != "text_to_image":
+        raise ConfigError("skip_guidance_layers: skip-layer guidance runs with text-to-image only")
+    if any(not 0 <= i < depth for i in layers):
+        raise ConfigError(f"skip_guidance_layers={list(layers)} must index blocks in [0, {depth}) of this "
+                          f"transformer (SD3.5 medium: [7, 8, 9])")
+    if not guided:
+        raise ConfigError("skip_guidance_layers needs classifier-free guidance (guidance_scale > 1); diffusers "
+                          "ignores it otherwise")
+    # a window without steps compiles the plain CFG program
+    return (layers if window.any() else ()), window
+
+
+def image_inputs(pipe: "Pipeline", n: int, image: Any, mask_image: Any, height: int | None,
+                 width: int | None) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int, int]]:
+    """``(images (N_img, H, W, 3) in [-1, 1], mask (N_mask, H / f, W / f, 1) or None, latent shape (n, H / f,
+    W / f, C))`` of image-to-image and inpainting for ``n`` prompts. They run at the image's size (nothing is
+    resized), so ``height`` / ``width``, when given, must be it; image and mask counts must divide ``n``."""
+    images = preprocess_images(image)
+    size = images.shape[1:3]
+    for name, value, have in zip(("height", "width"), (height, width), size):
+        if value is not None and value != have:
+            raise ConfigError(f"{name}={value}: image-to-image and inpainting generate at the image's size "
+                              f"{size[0]}x{size[1]} (nothing is resized)")
+    pipe.check_size(*size)
+    check_batch("image", images.shape[0], n)
+    mask = None
+    if mask_image is not None:
+        mask = preprocess_mask(mask_image, *size, pipe.vae_scale_factor)
+        check_batch("mask_image", mask.shape[0], n)
+    return images, mask, pipe.latent_shape(n, *size)
+
+
+def run_inputs(pipe: "Pipeline", task: str, n: int, height: int | None, width: int | None,
+               num_inference_steps: int | None, seed: int, image: Any, mask_image: Any, strength: float, noise: Any,
+               options: tuple[tuple[str, Any], ...],
+               sampler: Mapping[str, Any] | None) -> tuple[Plan, dict[str, Any]]:
+    """``(plan, arrays)`` of a workdir's call for ``n`` prompts: text-to-image with the run's sampler (or
+    ``sampler``) from ``fold_in(PRNGKey(seed), 0)``, as ``SamplingPipeline`` draws one prompt; image tasks on its
+    probability-flow ODE with ``noise`` from ``PRNGKey(seed)`` and the posterior mean of a latent run's VAE."""
+    grid = pipe.model.grid
+    if num_inference_steps is not None:
+        check_positive_int("num_inference_steps", num_inference_steps)
+    if task == "text_to_image":
+        default = pipe.default_height_width()
+        height, width = (default[0] if height is None else height), (default[1] if width is None else width)
+        pipe.check_size(height, width)
+        config = dict(grid.sampler if sampler is None else sampler)
+        if num_inference_steps is not None:
+            if "n_steps" not in config:
+                raise ConfigError(f"num_inference_steps: sampler {config.get('name')!r} of this run has no "
+                                  "n_steps option")
+            config["n_steps"] = int(num_inference_steps)
+        spec = frozen_sampler(config, pipe.family.schedule, grid.parameterization)
+        arrays = {"key": jax.random.fold_in(jax.random.PRNGKey(seed), 0)}
+        return Plan(task, (), True, options, sampler=spec, shape=pipe.latent_shape(n, height, width)), arrays
+    if sampler is not None:
+        raise ConfigError("sampler: image-to-image and inpainting of a workdir run on its probability-flow ODE")
+    n_steps, method = ode_method(grid.sampler, num_inference_steps)
+    img2img_start(n_steps, strength)      # errors name strength
+    images, mask, shape = image_inputs(pipe, n, image, mask_image, height, width)
+    arrays = {"images": images, "noise": noise_or("noise", noise, shape, jax.random.PRNGKey(seed),
+                                                  pipe.vae_scale_factor)}
+    if mask is not None:
+        arrays["mask"] = mask
+    return Plan(task, (), True, options, shape=shape, ode=(n_steps, method, float(strength))), arrays

@@ -17,10 +17,9 @@ diffusers = pytest.importorskip("diffusers")
 
 import tests.plugins.t5dit  # noqa: E402,F401  (registers the plug-in, as a config file or an entry point would)
 from mmdit_jax.checks import ConfigError  # noqa: E402
-from mmdit_jax.pipelines.editing import EditingPipeline  # noqa: E402
 from mmdit_jax.pipelines.pipeline import Pipeline  # noqa: E402
 from mmdit_jax.pipelines.sampling import SamplingPipeline  # noqa: E402
-from mmdit_jax.pipelines.trained_model import load_trained  # noqa: E402
+from tests.pipeline_oracles import sdedit_written_out  # noqa: E402
 from tests.pipelines.tiny_sd3 import components, smooth_images  # noqa: E402
 
 PROMPTS = ["a red circle", "a large blue square"]
@@ -98,8 +97,7 @@ def test_workdir_text_to_image_image_to_image_and_inpainting(run):
     np.testing.assert_array_equal(pipe(PROMPTS[:1], seed=2), sampling(PROMPTS[:1], 2))
     images = (smooth_images(2, 32) * 255).round().astype(np.uint8)
     img2img = pipe(PROMPTS, image=images, strength=0.6, seed=5)
-    editor = EditingPipeline(load_trained(cfg, workdir))
-    np.testing.assert_array_equal(img2img, editor.sdedit(images, PROMPTS, 0.6, 5))
+    np.testing.assert_array_equal(img2img, sdedit_written_out(cfg, workdir, images, PROMPTS, 0.6, 5))
     ones = pipe(PROMPTS, image=images, mask_image=np.ones((32, 32), np.float32), strength=0.6, seed=5)
     np.testing.assert_array_equal(ones, img2img)
     kept = pipe(PROMPTS, image=images, mask_image=np.zeros((32, 32), np.float32), strength=0.6, seed=5)

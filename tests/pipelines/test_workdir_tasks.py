@@ -1,7 +1,8 @@
 """The one ``Pipeline`` on a training workdir: text-to-image is what ``SamplingPipeline`` draws for the prompt and
-seed; image-to-image is ``EditingPipeline.sdedit`` (SDEdit on the run's probability-flow ODE); inpainting with an
-all-ones mask is image-to-image exactly, and with an all-zeros mask gives the image back (the known region is put back
-at every step, and the grid ends at the data)."""
+seed; image-to-image is SDEdit on the run's probability-flow ODE (``diffusion.sdedit.sdedit_ode`` with the run's
+CFG, which ``EditingPipeline.sdedit`` runs through this pipeline); inpainting with an all-ones mask is image-to-image
+exactly, and with an all-zeros mask gives the image back (the known region is put back at every step, and the grid
+ends at the data)."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from mmdit_jax.pipelines.editing import EditingPipeline
 from mmdit_jax.pipelines.pipeline import Pipeline
 from mmdit_jax.pipelines.sampling import SamplingPipeline
 from mmdit_jax.pipelines.trained_model import load_trained
+from tests.pipeline_oracles import sdedit_written_out
 
 PROMPTS = ["a red circle", "a large blue square in the top left"]
 
@@ -41,10 +43,13 @@ def test_text_to_image_is_the_sampling_pipeline(run):
 def test_image_to_image_is_sdedit_on_the_run(run):
     config, workdir, pipe = run
     images = _images(2)
-    editor = EditingPipeline(load_trained(config, workdir))
-    want = editor.sdedit(images, PROMPTS, 0.6, seed=5)
     got = pipe(PROMPTS, image=images, strength=0.6, seed=5)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, sdedit_written_out(config, workdir, images, PROMPTS, 0.6, seed=5))
+    # the editor's SDEdit is this task, one caption for all images included
+    editor = EditingPipeline(load_trained(config, workdir))
+    np.testing.assert_array_equal(editor.sdedit(images, PROMPTS, 0.6, seed=5), got)
+    np.testing.assert_array_equal(editor.sdedit(images, PROMPTS[:1], 0.6, seed=5),
+                                  pipe(PROMPTS[:1] * 2, image=images, strength=0.6, seed=5))
     assert np.abs(got.astype(int) - images.astype(int)).mean() > 1.0     # the edit moved the image
 
 
