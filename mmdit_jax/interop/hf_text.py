@@ -20,7 +20,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mmdit_jax.interop.safetensors_io import load_state_dict
 from mmdit_jax.models.text.clip import CLIPTextConfig, CLIPTextModel
-from mmdit_jax.models.text.t5 import T5Config, T5Encoder
+from mmdit_jax.models.text.llama import LlamaConfig, LlamaModel
+from mmdit_jax.models.text.t5 import FEED_FORWARD_PROJS, T5Config, T5Encoder
 from mmdit_jax.checks import ConfigError
 
 IGNORED = re.compile(r".*position_ids$")
@@ -114,19 +115,22 @@ def load_clip(folder: str, dtype: Any = np.float32) -> tuple[CLIPTextConfig, dic
 
 
 def t5_config_from_hf(raw: dict[str, Any]) -> T5Config:
-    if raw.get("feed_forward_proj", "gated-gelu") != "gated-gelu":
-        raise ConfigError(f"T5 feed_forward_proj={raw['feed_forward_proj']!r} is not supported; T5 v1.1 uses 'gated-gelu'")
+    # transformers' default is "relu" (v1.0); v1.1 configs all say "gated-gelu"
+    proj = raw.get("feed_forward_proj", "relu")
+    if proj not in FEED_FORWARD_PROJS:
+        raise ConfigError(f"T5 feed_forward_proj={proj!r} is not supported; choose one of {list(FEED_FORWARD_PROJS)} "
+                          "(T5 v1.1: 'gated-gelu', T5 v1.0: 'relu')")
     cfg = T5Config(vocab_size=raw["vocab_size"], d_model=raw["d_model"], d_kv=raw["d_kv"], d_ff=raw["d_ff"],
                    num_layers=raw["num_layers"], num_heads=raw["num_heads"],
                    relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
                    relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
-                   layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-6))
+                   layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-6), feed_forward_proj=proj)
     cfg.validate()
     return cfg
 
 
 def load_t5(folder: str, dtype: Any = np.float32) -> tuple[T5Config, dict[str, Any]]:
-    """``(config, variables)`` of a T5 v1.1 encoder from a local Hugging Face folder."""
+    """``(config, variables)`` of a T5 encoder (v1.1 or v1.0) from a local Hugging Face folder."""
     sd = load_state_dict(folder)
     if "shared.weight" in sd:
         sd.pop("encoder.embed_tokens.weight", None)  # tied copy of shared.weight
@@ -180,3 +184,62 @@ def save_clip(folder: str, config: CLIPTextConfig, variables: Any, tokenizer_fol
     if tokenizer_folder:
         for name in os.listdir(tokenizer_folder):
             shutil.copyfile(os.path.join(tokenizer_folder, name), os.path.join(folder, name))
+
+
+# ------------------------------------------------------------------------------------------------
+# Llama (transformers' ``LlamaModel`` / ``LlamaForCausalLM``; the LM head is not part of the encoder)
+
+
+def _llama_path(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
+    key = key.removeprefix("model.")
+    ident = lambda w: w  # noqa: E731
+    if key == "embed_tokens.weight":
+        return ("embed_tokens", "embedding"), ident
+    if key == "norm.weight":
+        return ("norm", "scale"), ident
+    if m := re.fullmatch(r"layers\.(\d+)\.(self_attn\.|mlp\.)?(\w+)\.(weight|bias)", key):
+        layer, name, kind = f"layers_{m[1]}", m[3], m[4]
+        if name.endswith("layernorm"):
+            return (layer, name, "scale"), ident
+        return (layer, name, "kernel" if kind == "weight" else "bias"), np.transpose if kind == "weight" else ident
+    return None
+
+
+def llama_config_from_hf(raw: dict[str, Any]) -> LlamaConfig:
+    """``LlamaConfig`` from a transformers ``config.json``: RoPE from ``rope_parameters`` (transformers 5) or
+    ``rope_theta`` + ``rope_scaling`` (older files)."""
+    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ConfigError(f"Llama rope_type={rope_type!r} is not supported; choose 'default' or 'llama3'")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"Llama hidden_act={raw['hidden_act']!r} is not supported; Llama uses 'silu'")
+    scaling = {}
+    if rope_type == "llama3":
+        scaling = dict(rope_factor=float(rope["factor"]), rope_low_freq_factor=float(rope["low_freq_factor"]),
+                       rope_high_freq_factor=float(rope["high_freq_factor"]),
+                       rope_original_max_positions=int(rope["original_max_position_embeddings"]))
+    cfg = LlamaConfig(
+        vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"], num_heads=raw["num_attention_heads"],
+        num_kv_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"], head_dim=raw.get("head_dim"),
+        rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        rope_type=rope_type, attention_bias=bool(raw.get("attention_bias", False)),
+        mlp_bias=bool(raw.get("mlp_bias", False)), **scaling)
+    cfg.validate()
+    return cfg
+
+
+def llama_from_state_dict(sd: dict[str, np.ndarray], cfg: LlamaConfig, dtype: Any = np.float32) -> dict[str, Any]:
+    """Flax variables of ``LlamaModel(cfg)`` from a transformers ``LlamaModel`` / ``LlamaForCausalLM`` state dict
+    (the ``lm_head`` and rotary buffers are dropped)."""
+    sd = {k: v for k, v in sd.items() if k != "lm_head.weight" and not k.endswith("rotary_emb.inv_freq")}
+    return _convert(sd, _llama_path, LlamaModel(cfg), 8, dtype)
+
+
+def load_llama(folder: str, dtype: Any = np.float32) -> tuple[LlamaConfig, dict[str, Any]]:
+    """``(config, variables)`` of a Llama text encoder from a local Hugging Face folder."""
+    sd = load_state_dict(folder)
+    cfg = llama_config_from_hf(_read_config(folder))
+    return cfg, llama_from_state_dict(sd, cfg, dtype)

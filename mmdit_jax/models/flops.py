@@ -94,7 +94,8 @@ def clip_forward_flops(cfg: CLIPTextConfig, batch: int, tokens: int) -> int:
 
 def t5_forward_flops(cfg: T5Config, batch: int, tokens: int) -> int:
     inner = cfg.num_heads * cfg.d_kv
+    input_projections = 1 if cfg.feed_forward_proj == "relu" else 2   # v1.0: W_i; v1.1 (gated): W_0 and W_1
     per_layer = _linear(tokens, cfg.d_model, 3 * inner) + _attention(tokens, tokens, inner) \
-        + _linear(tokens, inner, cfg.d_model) + 2 * _linear(tokens, cfg.d_model, cfg.d_ff) \
+        + _linear(tokens, inner, cfg.d_model) + input_projections * _linear(tokens, cfg.d_model, cfg.d_ff) \
         + _linear(tokens, cfg.d_ff, cfg.d_model)
     return batch * cfg.num_layers * per_layer

@@ -1,8 +1,9 @@
-"""T5 v1.1 encoder (transformers' ``T5EncoderModel`` with ``feed_forward_proj="gated-gelu"``).
+"""T5 encoder (transformers' ``T5EncoderModel``): v1.1 (``feed_forward_proj="gated-gelu"``) and v1.0 (``"relu"``).
 
     h_0 = E[ids];  bias = RelPos(buckets(k - q))  (from the first layer, shared by all)
     h' = h + O(softmax(Q K^T + bias) V)        with Q, K, V of RMSNorm(h)   (no 1/sqrt(d) scaling)
-    h  = h' + W_o (gelu_tanh(W_0 u) * W_1 u),  u = RMSNorm(h')              (no biases anywhere)
+    h  = h' + W_o (gelu_tanh(W_0 u) * W_1 u),  u = RMSNorm(h')              v1.1 (SD3, FLUX: T5-XXL); no biases
+    h  = h' + W_o relu(W_i u)                                               v1.0 (Cosmos: t5-11b)
     last = RMSNorm_final(h_L)
 
 ``hidden_states = (h_0, ..., h_{L-1}, last)`` as transformers returns them.
@@ -19,9 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from mmdit_jax.models.layers import Dense, RMSNorm
-from mmdit_jax.checks import check_positive_int
+from mmdit_jax.checks import check_choice, check_positive_int
 
 Array = jax.Array
+
+# transformers' names: gated-gelu (v1.1: wi_0, wi_1, wo) | relu (v1.0: wi, wo)
+FEED_FORWARD_PROJS = ("gated-gelu", "relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +39,12 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "gated-gelu"
 
     def validate(self) -> None:
         for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
             check_positive_int(f"t5.{f}", getattr(self, f))
+        check_choice("t5.feed_forward_proj", self.feed_forward_proj, FEED_FORWARD_PROJS)
 
 
 T5_XXL = T5Config()
@@ -71,8 +77,11 @@ class T5Layer(nn.Module):
         o = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), scale=1.0)
         h = h + dense(cfg.d_model, "o")(o.reshape(u.shape[:2] + (-1,)))
         u = RMSNorm(cfg.layer_norm_epsilon, name="ff_norm")(h)
-        gated = jax.nn.gelu(dense(cfg.d_ff, "wi_0")(u), approximate=True) * dense(cfg.d_ff, "wi_1")(u)
-        return h + dense(cfg.d_model, "wo")(gated)
+        if cfg.feed_forward_proj == "relu":
+            inner = jax.nn.relu(dense(cfg.d_ff, "wi")(u))
+        else:
+            inner = jax.nn.gelu(dense(cfg.d_ff, "wi_0")(u), approximate=True) * dense(cfg.d_ff, "wi_1")(u)
+        return h + dense(cfg.d_model, "wo")(inner)
 
 
 class T5Encoder(nn.Module):
