@@ -1,7 +1,8 @@
 """Latent codecs: images <-> the latents a diffusion model works on.
 
 ``KLCodec`` is the 2D KL autoencoder (``AutoencoderKL``) as traced functions, the codec of pipeline folders and of
-latent training (``CODECS`` names the codecs a run can choose; a causal video codec goes beside it):
+latent training; ``WanCodec`` is the Wan 2.1 causal video autoencoder (``models.wan_vae``), which reads an image
+as a one-frame video. ``CODECS`` names them (``kl``, ``wan``); folders and latent runs read KL codecs so far.
 
     encode: z = (mean + exp(logvar / 2) eps - shift_factor) scaling_factor      (eps None: the posterior mean)
     decode: x = D(z / scaling_factor + shift_factor)                            (``shift=False``: D(z / scaling))
@@ -31,10 +32,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
 from mmdit_jax.interop.vae import load_vae
+from mmdit_jax.models.wan_vae import AutoencoderKLWan, WanVAEConfig
+from mmdit_jax.models.wan_vae import denormalize_latents as denormalize_wan_latents
+from mmdit_jax.models.wan_vae import normalize_latents as normalize_wan_latents
 from mmdit_jax.models.vae import (
     AutoencoderKL,
     VAEConfig,
@@ -101,8 +104,51 @@ class KLCodec:
         return self.module.apply(variables, z, method="decode")
 
 
+@dataclasses.dataclass
+class WanCodec:
+    """The Wan VAE's encode / decode as functions of its variables, with ``KLCodec``'s interface:
+
+        encode: z_model = (mean + exp(logvar / 2) eps - latents_mean) / latents_std     (eps None: the mean)
+        decode: x = clip(D(z_model * latents_std + latents_mean), -1, 1)
+
+    Images ``(B, H, W, C)`` are one-frame videos (the exact 2D reduction); videos are ``(B, T, H, W, C)``,
+    ``T = 1 + 4 k``, with latents ``(B, 1 + 4 k / f_t, h, w, z)``.
+    """
+
+    config: WanVAEConfig
+    variables: Any
+
+    def __post_init__(self) -> None:
+        self.module = AutoencoderKLWan(self.config)
+        self.variables = jax.device_put(self.variables)
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent side ``f_s``."""
+        return self.config.spatial_downscale
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
+
+    def encode(self, variables: Any, images: Array, eps: Array | None = None) -> Array:
+        """Images ``(B, H, W, C)`` or videos ``(B, T, H, W, C)`` in [-1, 1] -> model latents of the same rank."""
+        video = images if images.ndim == 5 else images[:, None]
+        mean, logvar = self.module.apply(variables, video, method="encode")
+        if eps is not None:
+            mean = mean + jnp.exp(0.5 * logvar) * (eps if images.ndim == 5 else eps[:, None])
+        z = normalize_wan_latents(mean, self.config)
+        return z if images.ndim == 5 else z[:, 0]
+
+    def decode(self, variables: Any, z: Array) -> Array:
+        """Model latents ``(B, h, w, z)`` or ``(B, t, h, w, z)`` -> pixels of the same rank, in [-1, 1]."""
+        video = z if z.ndim == 5 else z[:, None]
+        x = self.module.apply(variables, denormalize_wan_latents(video, self.config), method="decode")
+        return x if z.ndim == 5 else x[:, 0]
+
+
 # name -> codec class: what ``latent.codec`` (and a pipeline folder's ``vae/``) is read as
-CODECS: dict[str, type] = {"kl": KLCodec}
+CODECS: dict[str, type] = {"kl": KLCodec, "wan": WanCodec}
 
 
 @dataclasses.dataclass

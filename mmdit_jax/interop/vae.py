@@ -51,20 +51,22 @@ def diffusers_key(path: tuple[str, ...]) -> str:
     return ".".join(parts + ["bias" if path[-1] == "bias" else "weight"])
 
 
-def _to_flax(w: np.ndarray) -> np.ndarray:
+def to_flax_layout(w: np.ndarray) -> np.ndarray:
+    """A torch weight in Flax's layout: conv ``(O, I, kh, kw) -> (kh, kw, I, O)``, Linear ``(out, in) -> (in, out)``."""
     if w.ndim == 4:
         return w.transpose(2, 3, 1, 0)        # conv (O, I, kh, kw) -> (kh, kw, I, O)
     return w.T if w.ndim == 2 else w          # Linear (out, in) -> Dense (in, out)
 
 
-def _from_flax(w: np.ndarray) -> np.ndarray:
+def from_flax_layout(w: np.ndarray) -> np.ndarray:
+    """The inverse of ``to_flax_layout``."""
     if w.ndim == 4:
         return w.transpose(3, 2, 0, 1)
     return w.T if w.ndim == 2 else w
 
 
 def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(_from_flax(np.empty(shape, np.int8)).shape)
+    return tuple(from_flax_layout(np.empty(shape, np.int8)).shape)
 
 
 def _paths(cfg: VAEConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -116,7 +118,7 @@ def from_diffusers(sd: Mapping[str, np.ndarray], cfg: VAEConfig, dtype: Any = No
         if tuple(sd[key].shape) != shape:
             raise ConfigError(f"checkpoint key {key} has shape {tuple(sd[key].shape)}, expected {shape} for the "
                               "VAE config")
-        params[path] = _to_flax(sd[key]).astype(dtype)
+        params[path] = to_flax_layout(sd[key]).astype(dtype)
     return {"params": unflatten_dict(params)}
 
 
@@ -124,7 +126,7 @@ def to_diffusers(cfg: VAEConfig, variables: Mapping[str, Any]) -> StateDict:
     """diffusers state dict (numpy, current names) from Flax variables; loads into diffusers' ``AutoencoderKL``."""
     flat = flatten_dict(dict(variables["params"]))
     expected = expected_shapes(cfg)
-    sd = {diffusers_key(path): _from_flax(np.asarray(w)) for path, w in flat.items()}
+    sd = {diffusers_key(path): from_flax_layout(np.asarray(w)) for path, w in flat.items()}
     if set(sd) != set(expected):
         missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
         raise ConfigError(f"Flax variables do not match the VAE config: missing {missing[:10]}, "
