@@ -7,7 +7,8 @@ A family owns
 * ``net``: the adapter from ``(variables, conditioning)`` to the ``net(x, t)`` of the score-based core, which
   is called with the schedule's own ``t`` (what the network actually sees, e.g. ``1000 t``, is decided here);
 * ``forward_flops``: the matmul FLOPs of one forward pass;
-* ``load_pretrained`` / ``export``: checkpoint converters, where the family has a released counterpart.
+* ``load_pretrained`` / ``export``: checkpoint converters, where the family has a released counterpart;
+* ``lora_layout``: its parameters' diffusers module names, for LoRA files (``interop.lora``).
 
 **Conditioning** is a named bundle, a ``dict[str, Array]`` whose entries all have the batch as leading axis.
 The names in use:
@@ -122,6 +123,12 @@ class Family:
     def export(self, variables: Mapping[str, Any], layout: str = "diffusers") -> dict[str, Any]:
         """The variables as a released model's state dict (numpy arrays) in ``layout``."""
         raise ConfigError(f"model family {self.name!r} has no checkpoint converter")
+
+    @classmethod
+    def lora_layout(cls) -> Any:
+        """How the parameters map to diffusers' module names for LoRA files (``interop.lora.LoraLayout``), or None
+        where the family has no diffusers LoRA format."""
+        return None
 
     # ---- helpers for subclasses ---------------------------------------------------------------------
 

@@ -21,8 +21,10 @@ tokens of ``p_t = model.temporal_patch_size`` frames each, with ids ``(t, row, c
 image's are ``(0, row, col)``: a one-frame clip with ``p_t = 1`` is the image model, same weights). Optional
 ``context_frames (B, T_c, H, W, C)``: clean previous frames (frame-by-frame generation), packed the same way and
 appended after the clip's tokens at times ``0 .. T_c/p_t - 1``, the clip's times starting at ``T_c/p_t``; the output
-is the clip's. Clips take no ``reference`` (its index 1 is a time on the first axis).
-Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``.
+is the clip's. Clips take no ``reference`` (its index 1 is a time on the first axis). Which groups join the stream
+and at which frame is ``models/image_stream.py`` (shared with SD3); here each becomes packed tokens and RoPE ids.
+Inference options of ``net``: ``remove_pooled`` (y = e_t [+ e_g]), ``guidance``; with ``pooled_steering`` they reach
+the model as one ``Interventions`` (``models/conditioning.py``).
 Checkpoints: diffusers folders / files and the original BFL layout (``mmdit_jax.interop.flux``).
 """
 
@@ -37,10 +39,12 @@ import numpy as np
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families.base import Conditioning, Family, Net
+from mmdit_jax.models.conditioning import Interventions
 from mmdit_jax.models.flux import (
-    FluxConfig, FluxTransformer, latent_clip_ids, latent_image_ids, pack_clip, pack_latents, text_ids, unpack_clip,
-    unpack_latents,
+    FluxConfig, FluxTransformer, group_ids, latent_clip_ids, latent_image_ids, pack_clip, pack_latents, text_ids,
+    unpack_clip, unpack_latents,
 )
+from mmdit_jax.models.image_stream import check_clean_groups, image_stream
 from mmdit_jax.models.flops import flux_forward_flops
 from mmdit_jax.models.numerics import cast_kernels
 
@@ -159,69 +163,38 @@ class FluxFamily(Family):
 
     def net(self, variables: Mapping[str, Any], cond: Conditioning, remove_pooled: bool = False,
             guidance: float = 3.5) -> Net:
+        """``x``'s tokens then the clean groups' (``models/image_stream.py``: a Kontext reference at index 1, or
+        context frames before a clip in time), with their ids; the output is read from ``x``'s tokens."""
         self._require(cond, "context")
-        context = cond["context"]
-        steering = cond.get("pooled_steering")
-        reference = cond.get("reference")
-        if reference is not None and self.config.in_channels != self.config.out_channels:
+        cfg, context = self.config, cond["context"]
+        interventions = Interventions.of(remove_pooled=remove_pooled, pooled_steering=cond.get("pooled_steering"))
+        reference, context_frames = cond.get("reference"), cond.get("context_frames")
+        if reference is not None and cfg.in_channels != cfg.out_channels:
             raise ConfigError("cond['reference'] (in-context editing) needs a model whose input is the image alone; "
-                              f"this one reads {self.config.in_channels} features for {self.config.out_channels}")
-        if reference is not None and (reference.ndim != 4 or 4 * reference.shape[-1] != self.config.in_channels
+                              f"this one reads {cfg.in_channels} features for {cfg.out_channels}")
+        if reference is not None and (reference.ndim != 4 or 4 * reference.shape[-1] != cfg.in_channels
                                       or reference.shape[1] % 2 or reference.shape[2] % 2):
-            raise ConfigError(f"cond['reference'] must be (B, h, w, {self.config.latent_channels}) latents with h, w "
+            raise ConfigError(f"cond['reference'] must be (B, h, w, {cfg.latent_channels}) latents with h, w "
                               f"even, got shape {tuple(reference.shape)}")
-        context_frames = cond.get("context_frames")
-        if context_frames is not None and reference is not None:
-            raise ConfigError("cond['context_frames'] (frame-by-frame video) and cond['reference'] (Kontext editing) "
-                              "cannot be combined: the reference's index 1 is a time on the clip's time axis")
-        if context_frames is not None and self.config.in_channels != self.config.out_channels:
+        check_clean_groups(reference, context_frames)
+        if context_frames is not None and cfg.in_channels != cfg.out_channels:
             raise ConfigError("cond['context_frames'] needs a model whose input is the clip alone; this one reads "
-                              f"{self.config.in_channels} features for {self.config.out_channels}")
-
-        def clip_net(x: Array, t: Array) -> Array:
-            """``x: (B, T, H, W, C)``: the clip's tokens at times ``T_c/p_t ..``, then the context frames' at
-            ``0 .. T_c/p_t - 1``; the output is read from the clip's tokens."""
-            b, frames, height, width, _ = x.shape
-            pt = self.config.temporal_patch_size
-            if reference is not None:
-                raise ConfigError("cond['reference'] (Kontext, index 1 on the first RoPE axis) cannot go with a clip, "
-                                  "whose first axis is time: condition on earlier frames with cond['context_frames']")
-            tokens = self._tokens(x, cond)
-            n, first = tokens.shape[1], 0
-            if context_frames is not None:
-                if context_frames.ndim != 5 or context_frames.shape[0] != b or context_frames.shape[2:] != x.shape[2:]:
-                    raise ConfigError(f"cond['context_frames'] must be clean frames (B, T_c, H, W, C) of the clip x "
-                                      f"{tuple(x.shape)}, got {tuple(context_frames.shape)}")
-                if context_frames.shape[1] % pt:
-                    raise ConfigError(f"cond['context_frames'] has {context_frames.shape[1]} frames, not divisible by "
-                                      f"model.temporal_patch_size={pt}")
-                first = context_frames.shape[1] // pt
-                tokens = jnp.concatenate([tokens, pack_clip(context_frames.astype(tokens.dtype), pt)], axis=1)
-            ids = latent_clip_ids(frames, height, width, pt, first)
-            if context_frames is not None:
-                ids = np.concatenate([ids, latent_clip_ids(context_frames.shape[1], height, width, pt)])
-            out = self.module.apply(variables, tokens, t, context, cond.get("pooled"), ids,
-                                    text_ids(context.shape[1]), self._guidance(cond, b, guidance),
-                                    remove_pooled=remove_pooled, pooled_steering=steering,
-                                    time_scale=self.timestep_scale)
-            return unpack_clip(out[:, :n], frames, height, width, pt)
+                              f"{cfg.in_channels} features for {cfg.out_channels}")
 
         def net(x: Array, t: Array) -> Array:
-            if x.ndim == 5:
-                return clip_net(x, t)
-            if context_frames is not None:
-                raise ConfigError(f"cond['context_frames'] are frames of a clip: x must be (B, T, H, W, C), got "
-                                  f"{tuple(x.shape)}")
-            b, height, width, _ = x.shape
-            tokens = self._tokens(x, cond)
-            if reference is not None:
-                tokens = jnp.concatenate([tokens, pack_latents(reference.astype(tokens.dtype))], axis=1)
-            ids = image_ids(height, width, None if reference is None else tuple(reference.shape[1:3]))
+            pt = cfg.temporal_patch_size
+            groups = image_stream(x, reference, context_frames, pt)
+            target = self._tokens(x, cond)         # x's tokens, with a channel-concatenated image's features
+            tokens = jnp.concatenate([target, *(self._pack(g.latents.astype(target.dtype)) for g in groups[1:])],
+                                     axis=1) if len(groups) > 1 else target
+            ids = np.concatenate([group_ids(g, pt) for g in groups])
             out = self.module.apply(variables, tokens, t, context, cond.get("pooled"), ids,
-                                    text_ids(context.shape[1]), self._guidance(cond, b, guidance),
-                                    remove_pooled=remove_pooled, pooled_steering=steering,
-                                    time_scale=self.timestep_scale)
-            return unpack_latents(out[:, :(height // 2) * (width // 2)], height, width)
+                                    text_ids(context.shape[1]), self._guidance(cond, x.shape[0], guidance),
+                                    interventions, time_scale=self.timestep_scale)[:, :target.shape[1]]
+            height, width = x.shape[-3:-1]
+            if x.ndim == 4:
+                return unpack_latents(out, height, width)
+            return unpack_clip(out, x.shape[1], height, width, pt)
 
         return net
 
@@ -246,6 +219,19 @@ class FluxFamily(Family):
         from mmdit_jax.interop.flux import load_flux
 
         return load_flux(source, **overrides)
+
+    @classmethod
+    def lora_layout(cls) -> Any:
+        """diffusers' ``FluxTransformer2DModel`` names (``interop.flux``); scanned: the double and the single
+        blocks, each one stack."""
+        from mmdit_jax.interop import flux
+        from mmdit_jax.interop.lora import LoraLayout
+        from mmdit_jax.models import flux_params
+
+        groups = (("transformer_blocks", "num_layers"), ("single_transformer_blocks", "num_single_layers"))
+        return LoraLayout(flux.diffusers_keys, flux.flax_path, flux_params.stack_blocks, flux_params.unstack_blocks,
+                          lambda cfg: [[f"{g}_{i}" for i in range(getattr(cfg, n))] for g, n in groups],
+                          lambda cfg: [g for g, _ in groups])
 
     def export(self, variables: Mapping[str, Any], layout: str = "diffusers") -> dict[str, Any]:
         from mmdit_jax.interop.flux import diffusers_to_original, to_diffusers

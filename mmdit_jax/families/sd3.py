@@ -3,9 +3,10 @@
     net(x, t) = MMDiT(x, timestep_scale * t, cond["context"], cond["pooled"])      (SD3: timestep_scale = 1000)
 
 Inference options of ``net``: ``remove_pooled`` (y = e_t, the CLIP-removal ablation), ``skip_layers``; and the
-conditioning entry ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y (see ``MMDiT``).
+conditioning entry ``pooled_steering = (pooled_plus, pooled_minus, w)`` steers y; all three reach the model as one
+``Interventions`` (``models/conditioning.py``).
 Editing entries: ``reference (B, h, w, C)`` (in-context: its tokens follow the target's, as frame 1 of the
-position table, see ``MMDiT``; the output is the target's), ``concat (B, H, W, C)`` (channel concatenation:
+position table, ``models/image_stream.py``; the output is the target's), ``concat (B, H, W, C)`` (channel concatenation:
 ``x`` and ``concat`` enter the patch embedding together, so ``model.in_channels = 2 C``, ``out_channels = C``).
 Video: ``x (B, T, H, W, C)`` (``model.temporal_patch_size`` frames per patch) and ``context_frames (B, T_c, H, W,
 C)``, clean previous frames for frame-by-frame generation (see ``MMDiT``).
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.families.base import Conditioning, Family, Net
+from mmdit_jax.models.conditioning import Interventions
 from mmdit_jax.models.flops import mmdit_forward_flops
 from mmdit_jax.models.layers import attention_backend
 from mmdit_jax.models.mmdit import MMDiT, MMDiTConfig
@@ -117,7 +119,8 @@ class SD3Family(Family):
     def net(self, variables: Mapping[str, Any], cond: Conditioning, remove_pooled: bool = False,
             skip_layers: tuple[int, ...] = ()) -> Net:
         pooled = cond.get("pooled") if self.config.use_pooled else None
-        steering = cond.get("pooled_steering")
+        interventions = Interventions.of(remove_pooled=remove_pooled, skip_layers=skip_layers,
+                                         pooled_steering=cond.get("pooled_steering"))
         reference = cond.get("reference")
         if reference is not None and self.config.in_channels != self.config.out_channels:
             raise ConfigError("cond['reference'] (in-context editing) needs a model whose input is the image alone; "
@@ -125,8 +128,7 @@ class SD3Family(Family):
 
         def net(x: Array, t: Array) -> Array:
             return self.module.apply(variables, _with_concat(self.config, x, cond), self.timestep_scale * t,
-                                     cond["context"], pooled, skip_layers=skip_layers, remove_pooled=remove_pooled,
-                                     pooled_steering=steering, reference=reference,
+                                     cond["context"], pooled, interventions, reference=reference,
                                      context_frames=cond.get("context_frames"))
 
         return net
@@ -141,6 +143,22 @@ class SD3Family(Family):
         from mmdit_jax.interop.sd3 import load_sd3
 
         return load_sd3(source, **overrides)
+
+    @classmethod
+    def lora_layout(cls) -> Any:
+        """diffusers' ``SD3Transformer2DModel`` names (``interop.sd3``); scanned runs ``scan_{a}_{b}``."""
+        from mmdit_jax.interop.lora import LoraLayout
+        from mmdit_jax.interop.sd3 import diffusers_keys, flax_path
+        from mmdit_jax.models import mmdit_params
+
+        def path(key: str) -> tuple[str, ...] | None:
+            collection, p = flax_path(key)
+            return p if collection == "params" else None
+
+        return LoraLayout(
+            diffusers_keys, path, mmdit_params.stack_blocks, mmdit_params.unstack_blocks,
+            lambda cfg: [[f"transformer_blocks_{i}" for i in range(a, b)] for a, b, _ in cfg.block_groups()],
+            lambda cfg: [f"scan_{a}_{b}" for a, b, _ in cfg.block_groups()])
 
     def export(self, variables: Mapping[str, Any], layout: str = "diffusers") -> dict[str, Any]:
         from mmdit_jax.interop.sd3 import diffusers_to_original, to_diffusers

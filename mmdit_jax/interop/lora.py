@@ -7,7 +7,8 @@ Key format (diffusers' ``save_lora_weights`` of a transformer, PEFT names under 
 
 ``{module}`` is the diffusers module name (``transformer_blocks.0.attn.to_out.0``,
 ``single_transformer_blocks.1.proj_mlp``) of the Flax module our adapter adapts; the mapping is the family's
-checkpoint mapping (``interop.sd3`` / ``interop.flux`` ``flax_path``) inverted over its Linear weights.
+checkpoint mapping inverted over its Linear weights, as the family provides it (``Family.lora_layout``:
+``LoraLayout``).
 
 **Scale on export: folded into B** (``lora_B.weight = (s B)^T``, no alpha written). diffusers sets the PEFT
 ``lora_alpha`` from a file's ``lora_adapter_metadata`` only when reading a safetensors file
@@ -47,42 +48,32 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"     # diffusers' LORA_WEIGHT_NA
 _KEY = re.compile(r"(?P<module>.+)\.(?P<kind>lora_A\.weight|lora_B\.weight|alpha)")
 
 
-class _Layout(NamedTuple):
+class LoraLayout(NamedTuple):
+    """How a family's parameters meet diffusers' module names: what ``Family.lora_layout()`` returns (each family
+    provides its own, so a new family needs no edit here)."""
+
     keys: Callable[[Any], list[str]]                 # config -> diffusers state-dict keys
     path: Callable[[str], Path | None]               # diffusers key -> path in params (None: not a parameter)
-    stack: Callable[[dict, Any], dict]
-    unstack: Callable[[dict, Any], dict]
+    stack: Callable[[dict, Any], dict]               # unrolled -> scanned variables (``scan_blocks``)
+    unstack: Callable[[dict, Any], dict]             # scanned -> unrolled variables
     groups: Callable[[Any], list[list[str]]]         # config -> names of the unrolled blocks stacked together
     stacked: Callable[[Any], list[str]]              # config -> names of the stacked subtrees
 
 
-def _sd3_path(key: str) -> Path | None:
-    from mmdit_jax.interop.sd3 import flax_path
+def _layout(family: str | Any) -> LoraLayout:
+    """The layout of ``family`` (a family name, class or instance)."""
+    from mmdit_jax.families import FAMILIES, get_family
 
-    collection, path = flax_path(key)
-    return path if collection == "params" else None
-
-
-def _layout(family_name: str) -> _Layout:
-    if family_name == "sd3":
-        from mmdit_jax.interop.sd3 import diffusers_keys
-        from mmdit_jax.models import mmdit_params as p
-
-        return _Layout(diffusers_keys, _sd3_path, p.stack_blocks, p.unstack_blocks,
-                       lambda cfg: [[f"transformer_blocks_{i}" for i in range(a, b)] for a, b, _ in cfg.block_groups()],
-                       lambda cfg: [f"scan_{a}_{b}" for a, b, _ in cfg.block_groups()])
-    if family_name == "flux":
-        from mmdit_jax.interop import flux
-        from mmdit_jax.models import flux_params as p
-
-        groups = (("transformer_blocks", "num_layers"), ("single_transformer_blocks", "num_single_layers"))
-        return _Layout(flux.diffusers_keys, flux.flax_path, p.stack_blocks, p.unstack_blocks,
-                       lambda cfg: [[f"{g}_{i}" for i in range(getattr(cfg, n))] for g, n in groups],
-                       lambda cfg: [g for g, _ in groups])
-    raise ConfigError(f"family_name={family_name!r} has no diffusers LoRA format; choose one of ['flux', 'sd3']")
+    cls = get_family(family) if isinstance(family, str) else family
+    layout = cls.lora_layout()
+    if layout is None:
+        with_one = sorted(n for n in FAMILIES if get_family(n).lora_layout() is not None)
+        raise ConfigError(f"family_name={cls.name!r} has no diffusers LoRA format (Family.lora_layout); families "
+                          f"with one: {with_one}")
+    return layout
 
 
-def _linear_modules(layout: _Layout, cfg: Any) -> dict[Path, str]:
+def _linear_modules(layout: LoraLayout, cfg: Any) -> dict[Path, str]:
     """Flax module path (unrolled layout) -> diffusers module name, for every Linear layer of the model."""
     out = {}
     for key in layout.keys(cfg):
@@ -107,7 +98,7 @@ def _tree(flat: Mapping[Path, Any]) -> dict[str, Any]:
     return out
 
 
-def _unrolled(layout: _Layout, cfg: Any, adapter: Mapping[str, Any]) -> dict[str, Any]:
+def _unrolled(layout: LoraLayout, cfg: Any, adapter: Mapping[str, Any]) -> dict[str, Any]:
     if not any(name in adapter for name in layout.stacked(cfg)):
         return dict(adapter)
     # the family's unstack expects every stacked subtree; an adapter may adapt modules of only some
@@ -115,10 +106,12 @@ def _unrolled(layout: _Layout, cfg: Any, adapter: Mapping[str, Any]) -> dict[str
     return _prune(layout.unstack({"params": params}, cfg)["params"])
 
 
-def to_diffusers_lora(family_name: str, model_config: Any, adapter: Mapping[str, Any], scale: float) -> StateDict:
+def to_diffusers_lora(family_name: str | Any, model_config: Any, adapter: Mapping[str, Any], scale: float) -> StateDict:
     """PEFT / diffusers LoRA state dict (float32, ``transformer.`` prefix, ``s`` folded into ``lora_B``) of an
-    adapter in either block layout. Raises ConfigError for an adapted module diffusers has no Linear for."""
+    adapter in either block layout; ``family_name``: a family's name, class or instance. Raises ConfigError for an
+    adapted module diffusers has no Linear for."""
     layout = _layout(family_name)
+    family_name = family_name if isinstance(family_name, str) else family_name.name
     names = _linear_modules(layout, model_config)
     unrolled = _unrolled(layout, model_config, adapter)
     sd: StateDict = {}
@@ -157,16 +150,18 @@ def _alpha(conf: Mapping[str, Any], module: str) -> float:
     return float(conf["lora_alpha"])
 
 
-def from_diffusers_lora(family_name: str, model_config: Any, state_dict: Mapping[str, Any],
+def from_diffusers_lora(family_name: str | Any, model_config: Any, state_dict: Mapping[str, Any],
                         metadata: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], float]:
     """``(adapter, scale)`` from a PEFT / diffusers LoRA state dict (``transformer.`` prefix optional), in the
-    config's block layout (``scan_blocks``). ``metadata``: ``load_lora``'s file metadata, or a PEFT config dict.
+    config's block layout (``scan_blocks``); ``family_name``: a family's name, class or instance. ``metadata``:
+    ``load_lora``'s file metadata, or a PEFT config dict.
 
     Under ``scan_blocks``, blocks of a stacked run that the file leaves unadapted get zero factors and ranks within
     a run are zero-padded to the largest (both leave ``W + s A B`` unchanged; zero factors get zero gradients).
     Raises ConfigError for keys that name no Linear layer of the model, or malformed factors.
     """
     layout = _layout(family_name)
+    family_name = family_name if isinstance(family_name, str) else family_name.name
     paths = {name: path for path, name in _linear_modules(layout, model_config).items()}
     found: dict[str, dict[str, np.ndarray]] = {}
     unknown = []

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
-from mmdit_jax.models.embeddings import MLPEmbedder, timestep_features
+from mmdit_jax.models.conditioning import Interventions, check_conditioning, conditioning_vector
 from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
+from mmdit_jax.models.image_stream import TokenGroup
 from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
 from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
 from mmdit_jax.models.rope import grid_ids, rope_tables
@@ -196,6 +197,15 @@ def latent_clip_ids(frames: int, height: int, width: int, temporal_patch_size: i
     return grid_ids((frames // temporal_patch_size, height // 2, width // 2), (first, 0, 0))
 
 
+def group_ids(group: TokenGroup, temporal_patch_size: int = 1) -> np.ndarray:
+    """The RoPE ids ``(f, row, col)`` of a group of the image stream (``models/image_stream.py``) at its frame
+    ``f``: an image's ``latent_image_ids(H, W, index=f)``, a clip's ``latent_clip_ids(.., first=f)``."""
+    latents, frame = group
+    if latents.ndim == 4:
+        return latent_image_ids(latents.shape[1], latents.shape[2], index=frame)
+    return latent_clip_ids(latents.shape[1], latents.shape[2], latents.shape[3], temporal_patch_size, frame)
+
+
 def text_ids(tokens: int) -> np.ndarray:
     """``(T, 3)`` zero ids of the text tokens (RoPE is the identity on them)."""
     return np.zeros((tokens, 3), np.float32)
@@ -231,17 +241,15 @@ class FluxTransformer(nn.Module):
     ``img_ids`` / ``txt_ids``: numpy ids give host float64 RoPE tables (diffusers' to the bit), traced ids float32
     ones (``models/rope.py``). ``guidance`` is required exactly when ``guidance_embeds``.
 
-    The conditioning vector (as the SD3 MMDiT, docs/pooled_clip_study.md):
-
-        y = e_t [+ e_g] + h_y(pooled)                                    (default)
-        y = e_t [+ e_g]                                                  (``remove_pooled=True``; pooled may be None)
-        y = e_t [+ e_g] + h_y(pooled) + w (h_y(pooled_plus) - h_y(pooled_minus))   (``pooled_steering``)
+    ``y = e_t [+ e_g] + h_y(pooled)`` (``models/conditioning.py``). ``interventions`` (``Interventions``):
+    ``remove_pooled`` (``y = e_t [+ e_g]``; pooled may be None), ``pooled_steering = (p+, p-, w)``; FLUX takes no
+    ``skip_layers``. The same switches as keywords (``remove_pooled=True`` ...) build the same ``Interventions``.
     """
 
     config: FluxConfig
 
     def _check_inputs(self, tokens: Array, context: Array, pooled: Array | None, guidance: Array | None,
-                      remove_pooled: bool, pooled_steering: Any) -> None:
+                      interventions: Interventions) -> None:
         cfg = self.config
         if tokens.ndim != 3 or tokens.shape[-1] != cfg.in_channels:
             raise ConfigError(f"tokens must be packed (B, N, {cfg.in_channels}) for model.in_channels="
@@ -249,29 +257,20 @@ class FluxTransformer(nn.Module):
         if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
             raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
                               f"{cfg.joint_attention_dim}, got shape {context.shape}")
-        b = tokens.shape[0]
-        if not remove_pooled and (pooled is None or pooled.shape != (b, cfg.pooled_projection_dim)):
-            raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="
-                              f"{cfg.pooled_projection_dim}, got {None if pooled is None else pooled.shape}")
-        if cfg.guidance_embeds and guidance is None:
-            raise ConfigError("model.guidance_embeds=True (a guidance-distilled model) needs a guidance scale per "
-                              "example (conditioning entry 'guidance', shape (B,))")
-        if pooled_steering is not None:
-            if remove_pooled:
-                raise ConfigError("pooled_steering needs the pooled path: remove_pooled=False")
-            if len(pooled_steering) != 3:
-                raise ConfigError("pooled_steering must be (pooled_plus, pooled_minus, w)")
-            for name, v in zip(("pooled_plus", "pooled_minus"), pooled_steering[:2]):
-                if v.shape != (b, cfg.pooled_projection_dim):
-                    raise ConfigError(f"pooled_steering {name} must be (B, {cfg.pooled_projection_dim}), got {v.shape}")
+        check_conditioning(interventions, pooled, guidance, tokens.shape[0], cfg.pooled_projection_dim,
+                           guidance_embeds=cfg.guidance_embeds)
+        if interventions.skip_layers:
+            raise ConfigError(f"skip_layers={list(interventions.skip_layers)}: the FLUX transformer cannot skip "
+                              "blocks (the sd3 family can)")
 
     @nn.compact
     def __call__(self, tokens: Array, timestep: Array, context: Array, pooled: Array | None,
                  img_ids: np.ndarray | Array, txt_ids: np.ndarray | Array, guidance: Array | None = None,
-                 remove_pooled: bool = False, pooled_steering: tuple[Array, Array, Array] | None = None,
-                 time_scale: float = 1000.0) -> Array:
+                 interventions: Interventions | None = None, *, time_scale: float = 1000.0,
+                 **switches: Any) -> Array:
         cfg = self.config
-        self._check_inputs(tokens, context, pooled, guidance, remove_pooled, pooled_steering)
+        interventions = Interventions.merge(interventions, **switches)
+        self._check_inputs(tokens, context, pooled, guidance, interventions)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         d, b, n = cfg.hidden, tokens.shape[0], tokens.shape[1]
         dense = lambda f, name: Dense(f, dtype=dtype, param_dtype=pdtype, name=name)  # noqa: E731
@@ -280,21 +279,12 @@ class FluxTransformer(nn.Module):
                               f"{len(cfg.axes_dims_rope)}), got {img_ids.shape} / {txt_ids.shape}")
 
         img = dense(d, "x_embedder")(tokens.astype(dtype))
+        # e_t(time_scale t), e_g(1000 g): the products in float32, as diffusers and BFL form them
         per_example = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (b,))  # noqa: E731
-        y = MLPEmbedder(d, dtype, pdtype, name="timestep_embedder")(
-            timestep_features(per_example(timestep) * jnp.float32(time_scale)).astype(dtype))
-        if cfg.guidance_embeds:
-            y = y + MLPEmbedder(d, dtype, pdtype, name="guidance_embedder")(
-                timestep_features(per_example(guidance) * jnp.float32(1000.0)).astype(dtype))
-        h_y = MLPEmbedder(d, dtype, pdtype, name="text_embedder")
-        if not remove_pooled:
-            y = y + h_y(pooled.astype(dtype))
-            if pooled_steering is not None:
-                plus, minus, weight = pooled_steering
-                weight = jnp.broadcast_to(jnp.asarray(weight, dtype), (b,))
-                y = y + weight[:, None] * (h_y(plus.astype(dtype)) - h_y(minus.astype(dtype)))
-        elif self.is_initializing():  # the parameters exist whether or not this call reads them
-            h_y(jnp.zeros((b, cfg.pooled_projection_dim), dtype))
+        y = conditioning_vector(
+            per_example(timestep) * jnp.float32(time_scale), pooled, hidden=d, dtype=dtype, param_dtype=pdtype,
+            pooled_dim=cfg.pooled_projection_dim, interventions=interventions, initializing=self.is_initializing(),
+            guidance=per_example(guidance) * jnp.float32(1000.0) if cfg.guidance_embeds else None)
         txt = dense(d, "context_embedder")(context.astype(dtype))
 
         ids = np.concatenate([np.asarray(txt_ids), np.asarray(img_ids)]) if all(

@@ -7,9 +7,11 @@
     out     = unpatchify(proj_out(modulate(LN(x), shift, scale)))   -> (B, H, W, C_out)
 
 Variables: ``params`` (trainable) and ``buffers`` (the position table, loaded from checkpoints, never trained).
-The image stream may carry extra token groups after the N patch tokens; the output is always read from the first
-N tokens. In-context editing passes a clean ``reference (B, H', W', C)`` image, embedded like ``x`` and marked as
-frame 1 (``embeddings.frame_offset_embedding``): ``ref_tokens = PatchEmbed(ref) + crop(pos_table) + e(1) - e(0)``.
+``y`` and its interventions (pooled removal, steering, skipped blocks) are ``models/conditioning.py``'s.
+
+The image stream (``models/image_stream.py``) may carry clean token groups after the target's N tokens; the output
+is always read from the first N. In-context editing passes a clean ``reference (B, H', W', C)`` image, embedded like
+``x`` as frame 1: ``ref_tokens = PatchEmbed(ref) + crop(pos_table) + e(1) - e(0)`` (``embeddings.frame_offsets``).
 
 Video: ``x: (B, T, H, W, C)`` is patched over ``(p_t, p, p)`` (``temporal_patch_size`` frames; with ``p_t = 1``
 the image patch embedding applied per frame) into ``tau = T / p_t`` frames of ``h w`` tokens, one sequence with
@@ -22,17 +24,18 @@ previous frames, join the stream at frames ``0 .. T_c/p_t - 1``; the noisy clip 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmdit_jax.models.embeddings import (
-    MLPEmbedder, crop_position_table, frame_offset_embedding, frame_offsets, sincos_2d_table, timestep_features,
-    unpatchify, unpatchify_clip,
-)
+from mmdit_jax.models.conditioning import Interventions, check_conditioning, conditioning_vector
 from mmdit_jax.models.custom_gradients import custom_gradients_on
+from mmdit_jax.models.embeddings import (
+    crop_position_table, frame_offset_embedding, frame_offsets, sincos_2d_table, unpatchify, unpatchify_clip,
+)
+from mmdit_jax.models.image_stream import TokenGroup, image_stream
 from mmdit_jax.models.layers import ATTENTION_IMPLS, Dense, Attention, FeedForward, layer_norm, modulate
 from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
@@ -188,26 +191,19 @@ class MMDiT(nn.Module):
     """``(x: (B, H, W, C), timestep: (B,), context: (B, T, d_ctx), pooled: (B, d_pool) | None) -> (B, H, W, C_out)``;
     a clip ``x: (B, F, H, W, C)`` gives ``(B, F, H, W, C_out)`` (``context_frames``: see the module docstring).
 
-    ``timestep`` is in the model's own units (SD3: ``1000 t``). ``skip_layers`` (static) bypasses those blocks.
-    ``extra_tokens: (B, M, D)`` are appended to the image stream after the N patch tokens (already embedded,
-    e.g. a clean reference image through the same patch embedding); the output is read from the first N.
-    ``reference: (B, H', W', C)`` is such a group made here: the clean image of in-context editing as frame 1.
+    ``timestep`` is in the model's own units (SD3: ``1000 t``). ``reference: (B, H', W', C)``: the clean image of
+    in-context editing, joining the image stream as frame 1 (``models/image_stream.py``).
 
-    The conditioning vector (the pooled-CLIP study, docs/pooled_clip_study.md):
-
-        y = e_t + h_y(pooled)                                        (default)
-        y = e_t                                                      (``remove_pooled=True``; pooled may be None)
-        y = e_t + h_y(pooled) + w (h_y(pooled_plus) - h_y(pooled_minus))   (``pooled_steering``)
-
-    ``pooled_steering = (pooled_plus (B, d_pool), pooled_minus (B, d_pool), w (B,) or scalar)`` is
-    ŷ(p, p+, p-, t) = y(p, t) + w (y(p+, t) - y(p-, t)): e_t cancels in the difference. No new parameters,
-    so it applies to any MMDiT with the pooled path, converted checkpoints included. w = 0 is the original y.
+    ``y = e_t + h_y(pooled)`` (``models/conditioning.py``). ``interventions`` (``Interventions``): ``remove_pooled``
+    (``y = e_t``; pooled may be None), ``pooled_steering = (p+, p-, w)`` (``y += w (h_y(p+) - h_y(p-))``),
+    ``skip_layers`` (static: those blocks are bypassed). The same switches as keywords
+    (``remove_pooled=True`` ...) build the same ``Interventions``.
     """
 
     config: MMDiTConfig
 
-    def _check_inputs(self, x: Array, context: Array, pooled: Array | None, remove_pooled: bool = False,
-                      pooled_steering: Any = None) -> None:
+    def _check_latents(self, x: Array) -> None:
+        """``x``: an image or clip of ``in_channels`` whose patch grid fits the position table."""
         cfg, p, pt = self.config, self.config.patch_size, self.config.temporal_patch_size
         if x.ndim not in (4, 5) or x.shape[-1] != cfg.in_channels:
             raise ConfigError(f"x must be an image (B, H, W, {cfg.in_channels}) or a clip (B, T, H, W, "
@@ -223,44 +219,26 @@ class MMDiT(nn.Module):
         if height // p > m or width // p > m:
             raise ConfigError(f"x spatial size {height}x{width} gives a {height // p}x{width // p} patch grid, larger "
                               f"than the position table (model.pos_embed_max_size={m} patches per side)")
+
+    def _check_inputs(self, x: Array, context: Array, pooled: Array | None, interventions: Interventions) -> None:
+        cfg = self.config
+        self._check_latents(x)
         if context.ndim != 3 or context.shape[-1] != cfg.joint_attention_dim:
             raise ConfigError(f"context must be (B, T, {cfg.joint_attention_dim}) for model.joint_attention_dim="
                               f"{cfg.joint_attention_dim}, got shape {context.shape}")
-        if remove_pooled and not cfg.use_pooled:
-            # Removing a path the model does not have would silently sample the unchanged model.
-            raise ConfigError("remove_pooled=True on a model without a pooled path (model.use_pooled=False: y = e_t "
-                              "already); remove_pooled applies to models with model.use_pooled=True")
-        uses_pooled = cfg.use_pooled and not remove_pooled
-        if uses_pooled and (pooled is None or pooled.shape != (x.shape[0], cfg.pooled_projection_dim)):
-            raise ConfigError(f"pooled must be (B, {cfg.pooled_projection_dim}) for model.pooled_projection_dim="
-                              f"{cfg.pooled_projection_dim}, got {None if pooled is None else pooled.shape}")
-        if pooled_steering is not None:
-            if not uses_pooled:
-                raise ConfigError("pooled_steering needs the pooled path: model.use_pooled=True and remove_pooled=False")
-            if len(pooled_steering) != 3:
-                raise ConfigError("pooled_steering must be (pooled_plus, pooled_minus, w)")
-            for name, v in zip(("pooled_plus", "pooled_minus"), pooled_steering[:2]):
-                if v.shape != (x.shape[0], cfg.pooled_projection_dim):
-                    raise ConfigError(f"pooled_steering {name} must be (B, {cfg.pooled_projection_dim}), got {v.shape}")
+        check_conditioning(interventions, pooled, None, x.shape[0], cfg.pooled_projection_dim,
+                           has_pooled=cfg.use_pooled, pooled_switch="model.use_pooled")
 
     @nn.compact
     def __call__(self, x: Array, timestep: Array, context: Array, pooled: Array | None = None,
-                 skip_layers: Sequence[int] = (), extra_tokens: Array | None = None, remove_pooled: bool = False,
-                 pooled_steering: tuple[Array, Array, Array] | None = None, reference: Array | None = None,
-                 context_frames: Array | None = None) -> Array:
+                 interventions: Interventions | None = None, *, reference: Array | None = None,
+                 context_frames: Array | None = None, **switches: Any) -> Array:
         cfg = self.config
-        self._check_inputs(x, context, pooled, remove_pooled, pooled_steering)
-        if reference is not None:
-            self._check_inputs(reference, context, pooled, remove_pooled, pooled_steering)
-        video = x.ndim == 5
-        if context_frames is not None:
-            if not video or context_frames.ndim != 5 or context_frames.shape[0] != x.shape[0] or \
-                    context_frames.shape[2:] != x.shape[2:]:
-                raise ConfigError(f"context_frames must be clean frames (B, T_c, H, W, C) of the clip x {x.shape}, "
-                                  f"got {context_frames.shape}")
-            if reference is not None:
-                raise ConfigError("context_frames (frame-by-frame video) and reference (editing) cannot be combined")
-            self._check_inputs(context_frames, context, pooled, remove_pooled, pooled_steering)
+        interventions = Interventions.merge(interventions, **switches)
+        self._check_inputs(x, context, pooled, interventions)
+        groups = image_stream(x, reference, context_frames, cfg.temporal_patch_size)
+        for group in groups[1:]:
+            self._check_latents(group.latents)
         dtype, pdtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         d, p, pt = cfg.hidden, cfg.patch_size, cfg.temporal_patch_size
         b = x.shape[0]
@@ -279,47 +257,32 @@ class MMDiT(nn.Module):
             lambda: sincos_2d_table(d, m, cfg.sample_size // p)[None],
             jax.ShapeDtypeStruct((1, m * m, d), jnp.float32))).value
 
-        def embed_clip(clip: Array, first_frame: int) -> Array:
-            """``(B, T, H, W, C)`` -> ``(B, T/p_t h w, D)`` tokens at frames ``first_frame ..``."""
-            frames = clip.shape[1] // pt
-            patches = patch_embed(clip.astype(dtype)) if pt > 1 else \
-                patch_embed(clip.reshape(-1, *clip.shape[2:]).astype(dtype))
-            pos = crop_position_table(table, h, w)[:, None] + jnp.asarray(frame_offsets(d, frames, first_frame))[:, None]
-            return (patches.reshape(b, frames, h * w, d) + pos.astype(dtype)).reshape(b, frames * h * w, d)
+        def embed(group: TokenGroup) -> Array:
+            """``(B, [T,] H, W, C)`` -> ``(B, [T/p_t] h w, D)`` tokens at frames ``group.frame ..``. A clip's frame
+            offsets are folded into its positions before they are added, an image's are added after them (frame 0
+            adds nothing): the orders of summation the models were trained with."""
+            latents, frame = group
+            if latents.ndim == 5:
+                frames = latents.shape[1] // pt
+                patches = patch_embed(latents.astype(dtype)) if pt > 1 else \
+                    patch_embed(latents.reshape(-1, *latents.shape[2:]).astype(dtype))
+                pos = crop_position_table(table, h, w)[:, None] + jnp.asarray(frame_offsets(d, frames, frame))[:, None]
+                return (patches.reshape(b, frames, h * w, d) + pos.astype(dtype)).reshape(b, frames * h * w, d)
+            gh, gw = latents.shape[1] // p, latents.shape[2] // p
+            tokens = patch_embed(latents.astype(dtype)).reshape(b, gh * gw, d) + \
+                crop_position_table(table, gh, gw).astype(dtype)
+            return tokens + jnp.asarray(frame_offset_embedding(d, frame), dtype) if frame else tokens
 
-        num_context = 0 if context_frames is None else context_frames.shape[1] // pt
-        if video:
-            tokens = embed_clip(x, num_context)
-            n_out = tokens.shape[1]
-            if context_frames is not None:
-                tokens = jnp.concatenate([tokens, embed_clip(context_frames, 0)], axis=1)
-        else:
-            tokens = patch_embed(x.astype(dtype)).reshape(b, h * w, d) + crop_position_table(table, h, w).astype(dtype)
-            n_out = h * w
-        if reference is not None:    # the clean image to edit, as frame 1 (its own positions, never noised)
-            _, ref_h, ref_w, _ = reference.shape
-            ref = patch_embed(reference.astype(dtype)).reshape(b, (ref_h // p) * (ref_w // p), d)
-            ref = ref + crop_position_table(table, ref_h // p, ref_w // p).astype(dtype) \
-                + jnp.asarray(frame_offset_embedding(d, 1), dtype)
-            tokens = jnp.concatenate([tokens, ref], axis=1)
-        if extra_tokens is not None:  # any further token group: (B, M, D)
-            if extra_tokens.ndim != 3 or extra_tokens.shape[0] != b or extra_tokens.shape[-1] != d:
-                raise ConfigError(f"extra_tokens must be (B={b}, M, D={d}), got {extra_tokens.shape}")
-            tokens = jnp.concatenate([tokens, extra_tokens.astype(dtype)], axis=1)
+        streams = [embed(g) for g in groups]
+        n_out = streams[0].shape[1]
+        tokens = jnp.concatenate(streams, axis=1) if len(streams) > 1 else streams[0]
 
-        # Conditioning vector y = e_t + h_y (or e_t alone in the CLIP-removal ablation), optionally steered.
-        t_feat = timestep_features(jnp.broadcast_to(jnp.asarray(timestep), (b,))).astype(dtype)
-        y = MLPEmbedder(d, dtype, pdtype, name="timestep_embedder")(t_feat)
-        if cfg.use_pooled and (not remove_pooled or self.is_initializing()):
-            h_y = MLPEmbedder(d, dtype, pdtype, name="text_embedder")
-            y = y + h_y(pooled.astype(dtype))
-            if pooled_steering is not None:
-                plus, minus, weight = pooled_steering
-                weight = jnp.broadcast_to(jnp.asarray(weight, dtype), (b,))
-                y = y + weight[:, None] * (h_y(plus.astype(dtype)) - h_y(minus.astype(dtype)))
+        y = conditioning_vector(jnp.broadcast_to(jnp.asarray(timestep), (b,)), pooled, hidden=d, dtype=dtype,
+                                param_dtype=pdtype, has_pooled=cfg.use_pooled, pooled_dim=cfg.pooled_projection_dim,
+                                interventions=interventions, initializing=self.is_initializing())
         c = dense(d, "context_embedder")(context.astype(dtype))
 
-        skip = frozenset(int(i) for i in skip_layers)
+        skip = frozenset(interventions.skip_layers)
         if cfg.scan_blocks:
             for start, stop, dual in cfg.block_groups():
                 scan = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -341,6 +304,6 @@ class MMDiT(nn.Module):
 
         scale, shift = jnp.split(dense(2 * d, "norm_out")(nn.silu(y)), 2, axis=-1)  # diffusers: scale first
         out = dense(pt * p * p * cfg.out_channels, "proj_out")(modulate(layer_norm(tokens[:, :n_out]), shift, scale))
-        if video:
+        if x.ndim == 5:
             return unpatchify_clip(out, n_out // (h * w), h, w, pt, p, cfg.out_channels)
         return unpatchify(out, h, w, p, cfg.out_channels)

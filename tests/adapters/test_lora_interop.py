@@ -243,9 +243,34 @@ def test_unknown_modules_and_families_are_named(sd3, tmp_path):
         from_diffusers_lora("sd3", cfg, {"single_transformer_blocks.0.proj_mlp.lora_A.weight": a})
     with pytest.raises(ConfigError, match=r"transformer_blocks\.0\.attn\.to_q needs lora_A.*lora_B"):
         from_diffusers_lora("sd3", cfg, {"transformer_blocks.0.attn.to_q.lora_A.weight": a})
-    with pytest.raises(ConfigError, match=r"family_name='mlp'.*\['flux', 'sd3'\]"):
+    with pytest.raises(ConfigError, match=r"family_name='mlp' has no diffusers LoRA format.*'flux', 'sd3'"):
         to_diffusers_lora("mlp", cfg, {}, 1.0)
     with pytest.raises(ConfigError, match=r"patch_embed"):
         to_diffusers_lora("sd3", cfg, {"patch_embed": {"lora_A": a.T, "lora_B": b.T}}, 1.0)
     with pytest.raises(ConfigError, match=r"expected a \.safetensors file"):
         load_lora(tmp_path)
+
+
+def test_the_layout_is_asked_of_the_family(sd3):
+    """A family outside the package brings its own layout (``Family.lora_layout``): here an SD3 copy whose diffusers
+    names say ``blocks`` for ``transformer_blocks``; families are taken by name, class or instance."""
+    from mmdit_jax.families.sd3 import SD3Family
+    from mmdit_jax.interop.lora import LoraLayout
+
+    class Renamed(SD3Family):
+        name = "sd3_renamed"
+
+        @classmethod
+        def lora_layout(cls) -> LoraLayout:
+            base = SD3Family.lora_layout()
+            return base._replace(keys=lambda cfg: [k.replace("transformer_blocks.", "blocks.") for k in base.keys(cfg)],
+                                 path=lambda key: base.path(key.replace("blocks.", "transformer_blocks.", 1)
+                                                            if key.startswith("blocks.") else key))
+
+    cfg, _ = sd3[2][False]
+    adapter = init_lora(jax.random.PRNGKey(0), sd3[2][False][1]["params"], LoraConfig(rank=2))
+    ours = to_diffusers_lora("sd3", cfg, adapter, 1.0)
+    renamed = to_diffusers_lora(Renamed, cfg, adapter, 1.0)
+    assert sorted(renamed) == sorted(k.replace("transformer.transformer_blocks.", "transformer.blocks.") for k in ours)
+    back, _ = from_diffusers_lora(Renamed(cfg, None), cfg, renamed)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(from_diffusers_lora("sd3", cfg, ours)[0])

@@ -121,18 +121,6 @@ def test_bad_model_config_names_the_field(field, value, match):
         model_config({**get_config("tiny"), "depth": 3})
 
 
-def test_extra_token_groups_join_the_image_stream_and_the_output_keeps_the_input_shape():
-    cfg = _tiny()
-    variables, x, c, y = _init(cfg)
-    x = jax.random.normal(jax.random.PRNGKey(3), x.shape)
-    base = MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, y)
-    extra = jax.random.normal(jax.random.PRNGKey(4), (2, 5, cfg.hidden))
-    out = MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, y, extra_tokens=extra)
-    assert out.shape == x.shape and float(jnp.abs(out - base).max()) > 1e-4   # the extra tokens are attended
-    with pytest.raises(ConfigError, match="extra_tokens"):
-        MMDiT(cfg).apply(variables, x, jnp.ones((2,)), c, y, extra_tokens=extra[:, :, :3])
-
-
 def test_einsum_attention_equals_dot_product_attention():
     cfg = _tiny()
     variables, x, c, y = _init(cfg)
