@@ -117,7 +117,7 @@ def export_lora(config: Any, workdir: str, out: str | None = None, overwrite: bo
         check_new_outputs("--out", [os.path.join(out, WEIGHT_NAME)], overwrite)
     step, adapter, lora = load_adapter(config, workdir)
     family = family_from_config(config)
-    state_dict = to_diffusers_lora(family.name, family.config, adapter, lora.scale)
+    state_dict = to_diffusers_lora(family, family.config, adapter, lora.scale)
     path = save_lora(out, state_dict)
     report(f"LoRA of step {step} (rank {lora.rank}, {len(state_dict) // 2} modules): {path}")
     return path

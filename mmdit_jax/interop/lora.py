@@ -60,16 +60,12 @@ class LoraLayout(NamedTuple):
     stacked: Callable[[Any], list[str]]              # config -> names of the stacked subtrees
 
 
-def _layout(family: str | Any) -> LoraLayout:
-    """The layout of ``family`` (a family name, class or instance)."""
-    from mmdit_jax.families import FAMILIES, get_family
-
-    cls = get_family(family) if isinstance(family, str) else family
-    layout = cls.lora_layout()
+def _layout(family: Any) -> LoraLayout:
+    """The layout of ``family`` (a family class or instance: anything with ``name`` and ``lora_layout()``)."""
+    layout = family.lora_layout()
     if layout is None:
-        with_one = sorted(n for n in FAMILIES if get_family(n).lora_layout() is not None)
-        raise ConfigError(f"family_name={cls.name!r} has no diffusers LoRA format (Family.lora_layout); families "
-                          f"with one: {with_one}")
+        raise ConfigError(f"model.name={family.name!r} has no diffusers LoRA format (its Family.lora_layout() gives "
+                          "none); LoRA files are read and written for families that define one (sd3, flux)")
     return layout
 
 
@@ -106,12 +102,12 @@ def _unrolled(layout: LoraLayout, cfg: Any, adapter: Mapping[str, Any]) -> dict[
     return _prune(layout.unstack({"params": params}, cfg)["params"])
 
 
-def to_diffusers_lora(family_name: str | Any, model_config: Any, adapter: Mapping[str, Any], scale: float) -> StateDict:
+def to_diffusers_lora(family: Any, model_config: Any, adapter: Mapping[str, Any], scale: float) -> StateDict:
     """PEFT / diffusers LoRA state dict (float32, ``transformer.`` prefix, ``s`` folded into ``lora_B``) of an
-    adapter in either block layout; ``family_name``: a family's name, class or instance. Raises ConfigError for an
+    adapter in either block layout; ``family``: a family class or instance (``mmdit_jax.families``). Raises ConfigError for an
     adapted module diffusers has no Linear for."""
-    layout = _layout(family_name)
-    family_name = family_name if isinstance(family_name, str) else family_name.name
+    layout = _layout(family)
+    family_name = family.name
     names = _linear_modules(layout, model_config)
     unrolled = _unrolled(layout, model_config, adapter)
     sd: StateDict = {}
@@ -150,18 +146,18 @@ def _alpha(conf: Mapping[str, Any], module: str) -> float:
     return float(conf["lora_alpha"])
 
 
-def from_diffusers_lora(family_name: str | Any, model_config: Any, state_dict: Mapping[str, Any],
+def from_diffusers_lora(family: Any, model_config: Any, state_dict: Mapping[str, Any],
                         metadata: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], float]:
     """``(adapter, scale)`` from a PEFT / diffusers LoRA state dict (``transformer.`` prefix optional), in the
-    config's block layout (``scan_blocks``); ``family_name``: a family's name, class or instance. ``metadata``:
+    config's block layout (``scan_blocks``); ``family``: a family class or instance (``mmdit_jax.families``). ``metadata``:
     ``load_lora``'s file metadata, or a PEFT config dict.
 
     Under ``scan_blocks``, blocks of a stacked run that the file leaves unadapted get zero factors and ranks within
     a run are zero-padded to the largest (both leave ``W + s A B`` unchanged; zero factors get zero gradients).
     Raises ConfigError for keys that name no Linear layer of the model, or malformed factors.
     """
-    layout = _layout(family_name)
-    family_name = family_name if isinstance(family_name, str) else family_name.name
+    layout = _layout(family)
+    family_name = family.name
     paths = {name: path for path, name in _linear_modules(layout, model_config).items()}
     found: dict[str, dict[str, np.ndarray]] = {}
     unknown = []

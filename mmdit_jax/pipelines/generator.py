@@ -108,7 +108,7 @@ def with_lora(family: Any, variables: Any, path: str, weight: float = 1.0) -> di
     except (SafetensorError, OSError) as e:   # truncated, corrupt, or not a safetensors file
         raise ConfigError(f"--lora={path!r}: not a readable .safetensors file (truncated or corrupt? "
                           f"{one_line(e)})") from e
-    adapter, scale = from_diffusers_lora(family.name, family.config, state_dict, metadata)
+    adapter, scale = from_diffusers_lora(family, family.config, state_dict, metadata)
     return {**variables, "params": merge(variables["params"], adapter, weight * scale)}
 
 

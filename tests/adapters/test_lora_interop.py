@@ -16,6 +16,7 @@ import jax  # noqa: E402
 
 from mmdit_jax.adapters.lora import ATTENTION_TARGETS, LoraConfig, adapter_paths, delta, init_lora, merge  # noqa: E402
 from mmdit_jax.checks import ConfigError  # noqa: E402
+from mmdit_jax.families import get_family  # noqa: E402
 from mmdit_jax.interop.flux import load_flux  # noqa: E402
 from mmdit_jax.interop.lora import (  # noqa: E402
     WEIGHT_NAME, from_diffusers_lora, load_lora, save_lora, to_diffusers_lora,
@@ -125,7 +126,7 @@ def test_sd3_lora_saved_here_loads_in_diffusers_with_our_merged_output(sd3, tmp_
     cfg, variables = configs[True]                                 # scanned: exported through unstack_blocks
     lora = LoraConfig(rank=2, alpha=3.0, targets=(*ATTENTION_TARGETS, "proj_in", "proj_out"))
     adapter = random_adapter(variables["params"], lora, seed=0)
-    sd = to_diffusers_lora("sd3", cfg, adapter, lora.scale)
+    sd = to_diffusers_lora(get_family("sd3"), cfg, adapter, lora.scale)
     assert sd["transformer.transformer_blocks.1.attn.to_out.0.lora_A.weight"].shape == (2, 16)
     assert sd["transformer.transformer_blocks.0.ff_context.net.2.lora_B.weight"].shape == (16, 2)
     file = save_lora(tmp_path, sd)
@@ -147,7 +148,7 @@ def test_flux_lora_made_here_loads_in_diffusers_with_our_merged_output(flux):
     cfg, variables = configs[False]
     lora = LoraConfig(rank=3, alpha=1.5, targets=(*ATTENTION_TARGETS, "proj_mlp"))
     adapter = random_adapter(variables["params"], lora, seed=2)
-    sd = to_diffusers_lora("flux", cfg, adapter, lora.scale)
+    sd = to_diffusers_lora(get_family("flux"), cfg, adapter, lora.scale)
     assert "transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight" in sd
     model = copy.deepcopy(base)
     model.load_lora_adapter(to_torch(sd), prefix="transformer")    # in memory: diffusers assumes alpha = r
@@ -169,12 +170,12 @@ def test_sd3_peft_lora_saved_by_diffusers_loads_here_with_its_alpha(sd3, tmp_pat
     ref = sd3_reference(model, inputs)
     sd, metadata = load_lora(tmp_path)
     assert all(k.startswith("transformer.") for k in sd) and "lora_adapter_metadata" in metadata
-    adapter, scale = from_diffusers_lora("sd3", cfg, sd, metadata)
+    adapter, scale = from_diffusers_lora(get_family("sd3"), cfg, sd, metadata)
     assert scale == 2.5                                            # one alpha: kept as the scale, factors as stored
     np.testing.assert_array_equal(adapter["transformer_blocks_0"]["attn"]["to_q"]["lora_A"],
                                   sd["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"].T)
     assert rel_err(sd3_ours(cfg, variables, inputs, adapter, scale), ref) <= 1e-5
-    adapter, scale = from_diffusers_lora("sd3", cfg, sd)          # without the metadata, alpha = r
+    adapter, scale = from_diffusers_lora(get_family("sd3"), cfg, sd)          # without the metadata, alpha = r
     assert scale == 1.0
     assert rel_err(sd3_ours(cfg, variables, inputs, adapter, scale), ref) > 1e-3
 
@@ -189,7 +190,7 @@ def test_flux_peft_lora_with_alpha_and_rank_patterns_loads_into_a_scanned_model(
     ref = flux_reference(model, inp)
     sd = {k: v.numpy() for k, v in peft_state(model).items()}     # no "transformer." prefix
     assert sd["single_transformer_blocks.0.proj_mlp.lora_A.weight"].shape == (3, 16)
-    adapter, scale = from_diffusers_lora("flux", cfg, sd, model.peft_config["default"].to_dict())
+    adapter, scale = from_diffusers_lora(get_family("flux"), cfg, sd, model.peft_config["default"].to_dict())
     assert scale == 1.0                                            # scales differ: each folded into its B
     assert adapter["single_transformer_blocks"]["block"]["proj_mlp"]["lora_A"].shape == (2, 16, 3)
     assert rel_err(flux_ours(cfg, variables, inp, adapter, scale), ref) <= 1e-5
@@ -201,6 +202,7 @@ def test_round_trip_through_diffusers_keys(family, scan, alpha, sd3, flux):
     cfg, variables = (sd3 if family == "sd3" else flux)[2][scan]
     lora = LoraConfig(rank=4, alpha=alpha, targets=(*ATTENTION_TARGETS, "proj_in", "proj_mlp"))
     adapter = random_adapter(variables["params"], lora, seed=3)
+    family = get_family(family)
     back, scale = from_diffusers_lora(family, cfg, to_diffusers_lora(family, cfg, adapter, lora.scale))
     assert scale == 1.0 and sorted(adapter_paths(back)) == sorted(adapter_paths(adapter))
     for path in adapter_paths(adapter):
@@ -219,8 +221,8 @@ def test_a_lora_of_some_blocks_of_a_stacked_run_is_padded_with_zeros(sd3):
     sd = {f"transformer_blocks.{i}.attn.{m}.lora_{ab}.weight": rng.standard_normal(shape, np.float32)
           for i, m, r in ((0, "to_q", 2), (1, "to_k", 1)) for ab, shape in (("A", (r, 16)), ("B", (16, r)))}
     sd["transformer_blocks.1.attn.to_k.alpha"] = np.float32(3.0)  # kohya-style: folded, scale 1
-    stacked, scale = from_diffusers_lora("sd3", cfg, sd)
-    unrolled, scale_unrolled = from_diffusers_lora("sd3", cfg_unrolled, sd)
+    stacked, scale = from_diffusers_lora(get_family("sd3"), cfg, sd)
+    unrolled, scale_unrolled = from_diffusers_lora(get_family("sd3"), cfg_unrolled, sd)
     assert scale == scale_unrolled == 1.0
     assert stacked["scan_0_2"]["block"]["attn"]["to_q"]["lora_A"].shape == (2, 16, 2)
     back = mmdit_params.unstack_blocks({"params": stacked}, cfg)["params"]
@@ -237,23 +239,23 @@ def test_unknown_modules_and_families_are_named(sd3, tmp_path):
     cfg, _ = sd3[2][False]
     a, b = np.zeros((2, 16), np.float32), np.zeros((16, 2), np.float32)
     with pytest.raises(ConfigError, match=r"transformer_blocks\.7\.attn\.to_q.*transformer_blocks\.\{i\}\.attn\.to_q"):
-        from_diffusers_lora("sd3", cfg, {"transformer.transformer_blocks.7.attn.to_q.lora_A.weight": a,
+        from_diffusers_lora(get_family("sd3"), cfg, {"transformer.transformer_blocks.7.attn.to_q.lora_A.weight": a,
                                          "transformer.transformer_blocks.7.attn.to_q.lora_B.weight": b})
     with pytest.raises(ConfigError, match=r"single_transformer_blocks\.0\.proj_mlp"):
-        from_diffusers_lora("sd3", cfg, {"single_transformer_blocks.0.proj_mlp.lora_A.weight": a})
+        from_diffusers_lora(get_family("sd3"), cfg, {"single_transformer_blocks.0.proj_mlp.lora_A.weight": a})
     with pytest.raises(ConfigError, match=r"transformer_blocks\.0\.attn\.to_q needs lora_A.*lora_B"):
-        from_diffusers_lora("sd3", cfg, {"transformer_blocks.0.attn.to_q.lora_A.weight": a})
-    with pytest.raises(ConfigError, match=r"family_name='mlp' has no diffusers LoRA format.*'flux', 'sd3'"):
-        to_diffusers_lora("mlp", cfg, {}, 1.0)
+        from_diffusers_lora(get_family("sd3"), cfg, {"transformer_blocks.0.attn.to_q.lora_A.weight": a})
+    with pytest.raises(ConfigError, match=r"model.name='mlp' has no diffusers LoRA format"):
+        to_diffusers_lora(get_family("mlp"), cfg, {}, 1.0)
     with pytest.raises(ConfigError, match=r"patch_embed"):
-        to_diffusers_lora("sd3", cfg, {"patch_embed": {"lora_A": a.T, "lora_B": b.T}}, 1.0)
+        to_diffusers_lora(get_family("sd3"), cfg, {"patch_embed": {"lora_A": a.T, "lora_B": b.T}}, 1.0)
     with pytest.raises(ConfigError, match=r"expected a \.safetensors file"):
         load_lora(tmp_path)
 
 
 def test_the_layout_is_asked_of_the_family(sd3):
     """A family outside the package brings its own layout (``Family.lora_layout``): here an SD3 copy whose diffusers
-    names say ``blocks`` for ``transformer_blocks``; families are taken by name, class or instance."""
+    names say ``blocks`` for ``transformer_blocks``; families are taken as classes or instances."""
     from mmdit_jax.families.sd3 import SD3Family
     from mmdit_jax.interop.lora import LoraLayout
 
@@ -269,8 +271,9 @@ def test_the_layout_is_asked_of_the_family(sd3):
 
     cfg, _ = sd3[2][False]
     adapter = init_lora(jax.random.PRNGKey(0), sd3[2][False][1]["params"], LoraConfig(rank=2))
-    ours = to_diffusers_lora("sd3", cfg, adapter, 1.0)
+    ours = to_diffusers_lora(get_family("sd3"), cfg, adapter, 1.0)
     renamed = to_diffusers_lora(Renamed, cfg, adapter, 1.0)
     assert sorted(renamed) == sorted(k.replace("transformer.transformer_blocks.", "transformer.blocks.") for k in ours)
     back, _ = from_diffusers_lora(Renamed(cfg, None), cfg, renamed)
-    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(from_diffusers_lora("sd3", cfg, ours)[0])
+    want = from_diffusers_lora(get_family("sd3"), cfg, ours)[0]
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(want)
