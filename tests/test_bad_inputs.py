@@ -75,12 +75,13 @@ def snapshot(*folders) -> dict:
 @pytest.fixture(scope="module", autouse=True)
 def absl_log_stream():
     """``absl.app.run`` points absl's log handler at the stderr of the moment (the capture of a test): give it the
-    process's stderr back, which outlives the tests."""
+    process's stderr back, which outlives the tests, and forget the parsed flags."""
     yield
     from absl import logging
 
     logging.get_absl_handler().python_handler.stream = sys.__stderr__
     logging.set_verbosity(logging.WARNING)
+    FLAGS.unparse_flags()   # later tests in this process must not see this module's last command line (--verbosity)
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive, check_positive_int
+from mmdit_jax.checks import ConfigError, check_keys, check_positive, check_positive_int
 from mmdit_jax.models.cosmos_blocks import (
     AdaLNLoRA, CosmosBlock, LearnablePositionEmbedding, TimeEmbedding, rope_axes_dims, rope_tables_3d,
 )
-from mmdit_jax.models.layers import Dense, attention_backend
-from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.layers import Dense
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES, attention_path, check_numerics
 
 Array = jax.Array
 
@@ -109,18 +109,11 @@ class CosmosConfig:
         if self.extra_pos_embed_type not in EXTRA_POS_EMBED_TYPES:
             raise ConfigError(f"model.extra_pos_embed_type={self.extra_pos_embed_type!r} is not valid; choose one "
                               f"of {list(EXTRA_POS_EMBED_TYPES)}")
-        check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
-        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
-            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
-                              f"platform) or one of {list(ATTENTION_IMPLS)}")
+        check_numerics(self, ATTENTION_IMPLS)
 
     def attention_backend(self) -> str:
-        """'cudnn' where ``attention_impl=None`` finds an NVIDIA GPU and a bf16/fp16 dtype, else 'xla'."""
-        if self.attention_impl is not None:
-            return self.attention_impl
-        return "cudnn" if attention_backend(None, DTYPES[self.dtype], self.head_dim) == "cudnn" else "xla"
+        """``attention_impl``, or the platform's choice for None (``numerics.attention_path``)."""
+        return attention_path(self)
 
     def block_kwargs(self) -> dict[str, Any]:
         return dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,

@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
+from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
 from mmdit_jax.models.conditioning import Interventions, check_conditioning, conditioning_vector
 from mmdit_jax.models.flux_blocks import DoubleStreamBlock, SingleStreamBlock
 from mmdit_jax.models.image_stream import TokenGroup
-from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
-from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.layers import Dense, layer_norm, modulate
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES, attention_path, check_numerics
 from mmdit_jax.models.rope import grid_ids, rope_tables
 
 Array = jax.Array
@@ -110,18 +110,11 @@ class FluxConfig:
         if any(int(a) <= 0 or int(a) % 2 for a in dims) or sum(dims) != self.head_dim:
             raise ConfigError(f"model.axes_dims_rope={dims} must be positive even dims summing to model.head_dim="
                               f"{self.head_dim}")
-        check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
-        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
-            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
-                              f"platform) or one of {list(ATTENTION_IMPLS)}")
+        check_numerics(self, ATTENTION_IMPLS)
 
     def attention_backend(self) -> str:
-        """'cudnn' where ``attention_impl=None`` finds an NVIDIA GPU and a bf16/fp16 dtype, else 'xla'."""
-        if self.attention_impl is not None:
-            return self.attention_impl
-        return "cudnn" if attention_backend(None, DTYPES[self.dtype], self.head_dim) == "cudnn" else "xla"
+        """``attention_impl``, or the platform's choice for None (``numerics.attention_path``)."""
+        return attention_path(self)
 
     def block_kwargs(self) -> dict[str, Any]:
         return dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_ratio=self.mlp_ratio,

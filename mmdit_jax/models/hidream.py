@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
+from mmdit_jax.checks import ConfigError, check_keys, check_positive_int
 from mmdit_jax.models.conditioning import Interventions, check_conditioning, conditioning_vector
 from mmdit_jax.models.embeddings import patchify_clip, unpatchify
 from mmdit_jax.models.hidream_blocks import DoubleStreamBlock, SingleStreamBlock
-from mmdit_jax.models.layers import Dense, attention_backend, layer_norm, modulate
-from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.layers import Dense, layer_norm, modulate
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES, attention_path, check_numerics
 from mmdit_jax.models.rope import grid_ids, rope_tables
 
 Array = jax.Array
@@ -124,17 +124,11 @@ class HiDreamConfig:
         if len(self.llama_layers) != blocks or any(i < 0 for i in self.llama_layers):
             raise ConfigError(f"model.llama_layers must name one Llama layer (>= 0) per block, {blocks} entries "
                               f"(num_layers + num_single_layers), got {len(self.llama_layers)}")
-        check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
-        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
-            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
-                              f"platform) or one of {list(ATTENTION_IMPLS)}")
+        check_numerics(self, ATTENTION_IMPLS)
 
     def attention_backend(self) -> str:
-        if self.attention_impl is not None:
-            return self.attention_impl
-        return "cudnn" if attention_backend(None, DTYPES[self.dtype], self.head_dim) == "cudnn" else "xla"
+        """``attention_impl``, or the platform's choice for None (``numerics.attention_path``)."""
+        return attention_path(self)
 
     def block_kwargs(self) -> dict[str, Any]:
         return dict(num_heads=self.num_heads, head_dim=self.head_dim, num_experts=self.num_routed_experts,

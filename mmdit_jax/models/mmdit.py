@@ -37,7 +37,7 @@ from mmdit_jax.models.embeddings import (
 )
 from mmdit_jax.models.image_stream import TokenGroup, image_stream
 from mmdit_jax.models.layers import ATTENTION_IMPLS, Dense, Attention, FeedForward, layer_norm, modulate
-from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES
+from mmdit_jax.models.numerics import DTYPES, REMAT_POLICIES, check_numerics
 from mmdit_jax.checks import ConfigError, check_choice, check_keys, check_positive_int
 
 Array = jax.Array
@@ -95,12 +95,7 @@ class MMDiTConfig:
         if self.use_pooled:
             check_positive_int("model.pooled_projection_dim", self.pooled_projection_dim)
         check_choice("model.qk_norm", str(self.qk_norm), ("None", "rms_norm"))
-        check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.param_dtype", self.param_dtype, DTYPES)
-        check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
-        if self.attention_impl is not None and self.attention_impl not in ATTENTION_IMPLS:
-            raise ConfigError(f"model.attention_impl={self.attention_impl!r} is not valid; choose None (picked per "
-                              f"platform) or one of {list(ATTENTION_IMPLS)}")
+        check_numerics(self, ATTENTION_IMPLS)
         if not (self.custom_gradients is None or isinstance(self.custom_gradients, bool)):
             raise ConfigError(f"model.custom_gradients={self.custom_gradients!r} is not valid; choose None (on a CPU "
                               "only), True or False")

@@ -12,6 +12,9 @@ config's ``remat_policy``:
   the attention core, so no weight matmul is computed twice;
 - ``dots``: every matmul output, the einsum attention's products too.
 
+``check_numerics`` / ``attention_path``: the checks and the attention choice every transformer config makes of its
+``dtype``, ``param_dtype``, ``remat_policy`` and ``attention_impl`` fields.
+
 ``cast_kernels``: the parameters cast to the compute dtype once per step, outside the blocks' scan, rather than
 inside every iteration of it (its docstring says why and what it costs).
 """
@@ -23,6 +26,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mmdit_jax.checks import ConfigError, check_choice
+from mmdit_jax.models.layers import attention_backend
+
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 REMAT_POLICIES: dict[str, Callable[..., bool]] = {
@@ -30,6 +36,26 @@ REMAT_POLICIES: dict[str, Callable[..., bool]] = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
 }
+
+
+def check_numerics(config: Any, attention_impls: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the first invalid numerics field of a model config: ``dtype`` / ``param_dtype`` (one
+    of ``DTYPES``), ``remat_policy`` (one of ``REMAT_POLICIES``), ``attention_impl`` (None or one of
+    ``attention_impls``, the paths that model's attention supports)."""
+    check_choice("model.dtype", config.dtype, DTYPES)
+    check_choice("model.param_dtype", config.param_dtype, DTYPES)
+    check_choice("model.remat_policy", config.remat_policy, REMAT_POLICIES)
+    if config.attention_impl is not None and config.attention_impl not in attention_impls:
+        raise ConfigError(f"model.attention_impl={config.attention_impl!r} is not valid; choose None (picked per "
+                          f"platform) or one of {list(attention_impls)}")
+
+
+def attention_path(config: Any) -> str:
+    """``config.attention_impl``, or for None: 'cudnn' where an NVIDIA GPU runs a bf16/fp16 model with a head dim
+    cuDNN supports, else 'xla' (``layers.attention_backend``'s platform choice, without its CPU einsum paths)."""
+    if config.attention_impl is not None:
+        return config.attention_impl
+    return "cudnn" if attention_backend(None, DTYPES[config.dtype], config.head_dim) == "cudnn" else "xla"
 
 
 def cast_kernels(params: Any, dtype: str) -> Any:

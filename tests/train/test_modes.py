@@ -63,7 +63,9 @@ def test_sample_mode_builds_no_data_set_or_optimizer_state_and_redraws_the_train
     np.testing.assert_array_equal(np.asarray(Image.open(sample_path)), trained_grid)
     assert not os.path.exists(os.path.join(workdir, "tfds"))
     assert not os.path.exists(os.path.join(workdir, "text_cache"))
-    img = np.asarray(Image.open(commands.sample(cfg, workdir, ["a green ring"])))
+    with pytest.raises(ConfigError, match="--overwrite"):      # nothing replaced without being asked
+        commands.sample(cfg, workdir, ["a green ring"])
+    img = np.asarray(Image.open(commands.sample(cfg, workdir, ["a green ring"], overwrite=True)))
     assert img.ndim == 3 and img.shape[-1] == 3 and img.std() > 0
 
 
@@ -83,7 +85,7 @@ def test_sample_mode_steers_the_pooled_embedding_and_removes_it(trained):
         c.sample.steering.update(positive="a blue square", negative="a red circle", **(edit or {}))
         c.sample.remove_pooled = edit is None
         c.sample.steering.weight = 0.0 if edit is None else edit.get("weight", 0.0)
-        grids[name] = np.asarray(Image.open(commands.sample(c, workdir, ["a red circle"])))
+        grids[name] = np.asarray(Image.open(commands.sample(c, workdir, ["a red circle"], overwrite=True)))
     np.testing.assert_array_equal(grids["w0"], grids["plain"])
     assert np.abs(grids["steered"].astype(int) - grids["plain"]).max() > 0
     assert np.abs(grids["removed"].astype(int) - grids["plain"]).max() > 0
