@@ -33,6 +33,7 @@ import numpy as np
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.interop.safetensors_io import load_state_dict
+from mmdit_jax.interop.trees import leaf_at
 from mmdit_jax.models.cosmos import CosmosConfig, abstract_variables, is_scanned, stack_blocks, unstack_blocks
 from mmdit_jax.models.numerics import DTYPES
 
@@ -182,12 +183,7 @@ def to_diffusers(cfg: CosmosConfig, variables: Mapping[str, Any]) -> StateDict:
         variables = unstack_blocks(variables, cfg)
     sd: StateDict = {}
     for key in diffusers_keys(cfg):
-        node = variables["params"]
-        path = flax_path(key)
-        for part in path:
-            if part not in node:
-                raise ConfigError(f"Flax variables have no params/{'/'.join(path)} (for {key})")
-            node = node[part]
+        node = leaf_at(variables["params"], flax_path(key), key)
         sd[key] = np.ascontiguousarray(_transpose(key, np.asarray(node)))
     return sd
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.interop.safetensors_io import load_state_dict
+from mmdit_jax.interop.trees import leaf_at
 from mmdit_jax.models.flux import FluxConfig
 from mmdit_jax.models.flux_params import is_scanned, stack_blocks, unstack_blocks
 from mmdit_jax.models.numerics import DTYPES
@@ -164,12 +165,7 @@ def to_diffusers(cfg: FluxConfig, variables: Mapping[str, Any]) -> StateDict:
         variables = unstack_blocks(variables, cfg)
     sd: StateDict = {}
     for key in diffusers_keys(cfg):
-        node = variables["params"]
-        path = flax_path(key)
-        for part in path:
-            if part not in node:
-                raise ConfigError(f"Flax variables have no params/{'/'.join(path)} (for {key})")
-            node = node[part]
+        node = leaf_at(variables["params"], flax_path(key), key)
         sd[key] = _transpose(key, np.asarray(node))
     return sd
 

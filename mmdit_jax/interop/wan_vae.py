@@ -23,6 +23,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mmdit_jax.checks import ConfigError
 from mmdit_jax.interop.safetensors_io import load_state_dict, save_state_dict
+from mmdit_jax.interop.trees import check_keys_match
 from mmdit_jax.interop.vae import diffusers_key, from_flax_layout, to_flax_layout
 from mmdit_jax.models.numerics import DTYPES
 from mmdit_jax.models.wan_vae import (
@@ -86,11 +87,7 @@ def from_diffusers(sd: Mapping[str, np.ndarray], cfg: WanVAEConfig, dtype: Any =
     Raises ConfigError naming missing keys, unexpected keys, or the first key whose shape does not fit ``cfg``.
     """
     paths = _paths(cfg)
-    missing, unexpected = [k for k in paths if k not in sd], sorted(set(sd) - set(paths))
-    if missing or unexpected:
-        raise ConfigError(f"checkpoint does not match the Wan VAE config: missing keys {missing[:10]}"
-                          f"{' ...' if len(missing) > 10 else ''}, unexpected keys {unexpected[:10]}"
-                          f"{' ...' if len(unexpected) > 10 else ''}")
+    check_keys_match("Wan VAE config", paths, sd)
     dtype = DTYPES[cfg.param_dtype] if dtype is None else dtype
     params = {}
     for key, (path, shape) in paths.items():
